@@ -1,0 +1,1 @@
+"""The application: configuration, REST routes, auth and services."""

@@ -1,0 +1,185 @@
+"""Documents and their members."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+
+from aiohttp import web
+
+from app.api.routing import path_uuid
+from app.api.schemas import (
+    DocumentCreate,
+    DocumentListQuery,
+    DocumentOut,
+    DocumentPage,
+    DocumentUpdate,
+    MemberList,
+    MemberOut,
+    MemberPut,
+)
+from app.api.v1 import api
+from app.auth.principal import Principal
+from app.errors import ValidationFailed
+from app.keys import DOCUMENT_SERVICE
+from app.services.documents import DocumentView, MemberView
+
+
+def document_out(view: DocumentView) -> DocumentOut:
+    document = view.document
+    return DocumentOut(
+        id=document.id,
+        title=document.title,
+        owner_id=document.owner_id,
+        role=view.role,
+        created_at=document.created_at,
+        updated_at=document.updated_at,
+    )
+
+
+def member_out(member: MemberView) -> MemberOut:
+    return MemberOut.model_validate(member)
+
+
+def encode_cursor(created_at: datetime, document_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{document_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, _, document_id = raw.partition("|")
+        return datetime.fromisoformat(created_at), uuid.UUID(document_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ValidationFailed(
+            details=[{"field": "cursor", "message": "not a cursor from this API", "type": "cursor"}]
+        ) from exc
+
+
+@api.route(
+    "POST",
+    "/documents",
+    body=DocumentCreate,
+    response=DocumentOut,
+    status=201,
+    errors=(401, 403, 422),
+    tag="documents",
+)
+async def create_document(
+    request: web.Request, principal: Principal, body: DocumentCreate
+) -> DocumentOut:
+    """Create a document; you become its owner."""
+    view = await request.app[DOCUMENT_SERVICE].create(principal, body.title)
+    return document_out(view)
+
+
+@api.route(
+    "GET",
+    "/documents",
+    query=DocumentListQuery,
+    response=DocumentPage,
+    errors=(401, 422),
+    tag="documents",
+)
+async def list_documents(
+    request: web.Request, principal: Principal, query: DocumentListQuery
+) -> DocumentPage:
+    """Documents you are a member of, newest first."""
+    after = decode_cursor(query.cursor) if query.cursor else None
+    # One extra row tells whether another page exists.
+    views = await request.app[DOCUMENT_SERVICE].list_for(
+        principal, limit=query.limit + 1, after=after
+    )
+    page = views[: query.limit]
+    next_cursor = None
+    if len(views) > query.limit:
+        last = page[-1].document
+        next_cursor = encode_cursor(last.created_at, last.id)
+    return DocumentPage(items=[document_out(view) for view in page], next_cursor=next_cursor)
+
+
+@api.route(
+    "GET", "/documents/{document_id}", response=DocumentOut, errors=(401, 404), tag="documents"
+)
+async def get_document(request: web.Request, principal: Principal) -> DocumentOut:
+    """One document and your role in it."""
+    view = await request.app[DOCUMENT_SERVICE].get(principal, path_uuid(request, "document_id"))
+    return document_out(view)
+
+
+@api.route(
+    "PATCH",
+    "/documents/{document_id}",
+    body=DocumentUpdate,
+    response=DocumentOut,
+    errors=(401, 403, 404, 422),
+    tag="documents",
+)
+async def rename_document(
+    request: web.Request, principal: Principal, body: DocumentUpdate
+) -> DocumentOut:
+    """Rename a document (owner or editor)."""
+    view = await request.app[DOCUMENT_SERVICE].rename(
+        principal, path_uuid(request, "document_id"), body.title
+    )
+    return document_out(view)
+
+
+@api.route(
+    "DELETE", "/documents/{document_id}", status=204, errors=(401, 403, 404), tag="documents"
+)
+async def delete_document(request: web.Request, principal: Principal) -> None:
+    """Delete a document with its chat and history (owner only)."""
+    await request.app[DOCUMENT_SERVICE].delete(principal, path_uuid(request, "document_id"))
+
+
+@api.route(
+    "GET",
+    "/documents/{document_id}/members",
+    response=MemberList,
+    errors=(401, 404),
+    tag="members",
+)
+async def list_members(request: web.Request, principal: Principal) -> MemberList:
+    """Everyone with access to the document and their roles."""
+    members = await request.app[DOCUMENT_SERVICE].members(
+        principal, path_uuid(request, "document_id")
+    )
+    return MemberList(items=[member_out(member) for member in members])
+
+
+@api.route(
+    "PUT",
+    "/documents/{document_id}/members/{user_id}",
+    body=MemberPut,
+    response=MemberOut,
+    errors=(401, 403, 404, 409, 422),
+    tag="members",
+)
+async def put_member(request: web.Request, principal: Principal, body: MemberPut) -> web.Response:
+    """Add a member or change their role (owner only); `owner` hands the document over."""
+    member, created = await request.app[DOCUMENT_SERVICE].put_member(
+        principal, path_uuid(request, "document_id"), path_uuid(request, "user_id"), body.role
+    )
+    return web.Response(
+        body=member_out(member).model_dump_json(),
+        status=201 if created else 200,
+        content_type="application/json",
+    )
+
+
+@api.route(
+    "DELETE",
+    "/documents/{document_id}/members/{user_id}",
+    status=204,
+    errors=(401, 403, 404, 409),
+    tag="members",
+)
+async def remove_member(request: web.Request, principal: Principal) -> None:
+    """Remove a member (owner), or leave a document yourself."""
+    await request.app[DOCUMENT_SERVICE].remove_member(
+        principal, path_uuid(request, "document_id"), path_uuid(request, "user_id")
+    )

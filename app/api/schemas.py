@@ -1,0 +1,172 @@
+"""Pydantic models for every REST body, query and response."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from storage.models import DocumentRole, GlobalRole
+
+Username = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, to_lower=True, min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$"
+    ),
+    Field(description="3-32 of a-z, 0-9, '_', '.', '-'; stored lower-case"),
+]
+Password = Annotated[str, Field(min_length=8, max_length=256)]
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Limit = Annotated[int, Field(ge=1, le=100, description="page size")]
+
+
+class Input(BaseModel):
+    """Bodies clients send: unknown fields and wrong types are errors, not guesses."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Query(BaseModel):
+    # Query strings are text: numbers are parsed from it, but unknown keys refused.
+    model_config = ConfigDict(extra="forbid")
+
+
+class Output(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine-readable code, e.g. validation_failed")
+    message: str
+    details: Any = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# --- auth -------------------------------------------------------------------------------
+
+
+class Credentials(Input):
+    username: Username
+    password: Password
+
+
+class RefreshRequest(Input):
+    refresh_token: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class TokenResponse(Output):
+    access_token: str
+    refresh_token: str
+    token_type: str = "Bearer"
+    expires_in: int = Field(description="seconds until the access token expires")
+
+
+class UserOut(Output):
+    id: uuid.UUID
+    username: str
+    role: GlobalRole
+    disabled: bool
+    created_at: datetime
+
+
+class UserPage(Output):
+    items: list[UserOut]
+    next_cursor: str | None
+
+
+class UserListQuery(Query):
+    limit: Limit = 50
+    cursor: Annotated[str, Field(max_length=64)] | None = None
+
+
+class UserUpdate(Input):
+    role: GlobalRole | None = None
+    disabled: bool | None = None
+
+
+class ApiKeyCreate(Input):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    user_id: uuid.UUID | None = Field(None, description="the user the key acts as; default: you")
+
+
+class ApiKeyOut(Output):
+    id: uuid.UUID
+    user_id: uuid.UUID
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="shown once; send it as X-API-Key")
+
+
+class ApiKeyList(Output):
+    items: list[ApiKeyOut]
+
+
+# --- documents --------------------------------------------------------------------------
+
+
+class DocumentCreate(Input):
+    title: Title
+
+
+class DocumentUpdate(Input):
+    title: Title
+
+
+class DocumentOut(Output):
+    id: uuid.UUID
+    title: str
+    owner_id: uuid.UUID
+    role: DocumentRole = Field(description="your role in this document")
+    created_at: datetime
+    updated_at: datetime
+
+
+class DocumentPage(Output):
+    items: list[DocumentOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+
+
+class DocumentListQuery(Query):
+    limit: Limit = 20
+    cursor: Annotated[str, Field(max_length=128)] | None = None
+
+
+class MemberOut(Output):
+    user_id: uuid.UUID
+    username: str
+    role: DocumentRole
+    added_at: datetime
+
+
+class MemberList(Output):
+    items: list[MemberOut]
+
+
+class MemberPut(Input):
+    role: DocumentRole
+
+
+# --- operations -------------------------------------------------------------------------
+
+
+class Health(Output):
+    status: str
+
+
+class Readiness(Output):
+    status: str = Field(description="ready, not_ready or draining")
+    checks: dict[str, str]

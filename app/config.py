@@ -1,0 +1,153 @@
+"""Settings: the only place that reads the environment.
+
+Every knob is an environment variable of the same name in upper case (``PORT``,
+``DATABASE_URL``, ...). Defaults give a single process with embedded parts (SQLite
+in ``DATA_DIR``, no Redis, Qdrant in a folder, an offline AI responder), so
+``python -m app`` works on a fresh machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Values people paste from examples; in production they are as good as no secret.
+PLACEHOLDER_SECRETS = frozenset(
+    {"", "changeme", "change-me", "secret", "jwt-secret", "your-secret", "dev", "development"}
+)
+MIN_SECRET_LENGTH = 32
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # --- serving -------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 behind a proxy.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port (Procfile passes $PORT).")
+    env: Literal["development", "production"] = Field(
+        "development",
+        description="production refuses placeholder secrets and logs JSON by default.",
+    )
+    data_dir: Path = Field(
+        Path("./data"),
+        description="Where the embedded defaults keep their files (SQLite, dev JWT secret).",
+    )
+    shutdown_grace_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="After SIGTERM, /ready answers 503 this long before the listener "
+        "closes, so a load balancer stops routing here first.",
+    )
+    shutdown_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long open requests may take to finish on shutdown."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated browser origins allowed to call the API and "
+        "Socket.IO; '*' allows any (development only).",
+    )
+
+    # --- data ----------------------------------------------------------------------
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy async URL (postgresql+asyncpg://... in production); "
+        "unset means a SQLite file in DATA_DIR.",
+    )
+    database_pool_size: int = Field(10, ge=1, description="PostgreSQL pool size per process.")
+    redis_url: str | None = Field(
+        None, description="redis://... for several nodes; unset means one process."
+    )
+
+    # --- auth ----------------------------------------------------------------------
+    jwt_secret: SecretStr | None = Field(
+        None, description="HS256 signing secret (>= 32 characters in production)."
+    )
+    jwt_private_key: SecretStr | None = Field(
+        None, description="RS256 private key, PEM text or a file path (we issue tokens)."
+    )
+    jwt_public_key: str | None = Field(
+        None,
+        description="RS256 public key, PEM text or a file path. Alone, it accepts tokens "
+        "from an external identity provider and disables local login.",
+    )
+    jwt_issuer: str = Field("roomserver", description="`iss` issued and required.")
+    jwt_audience: str = Field("roomserver", description="`aud` issued and required.")
+    access_token_ttl_seconds: int = Field(900, ge=30, description="Access token lifetime.")
+    refresh_token_ttl_seconds: int = Field(
+        30 * 24 * 3600, ge=60, description="Refresh token lifetime."
+    )
+    allow_registration: bool = Field(True, description="Open self-registration.")
+
+    # --- AI and knowledge (used by later features) ---------------------------------
+    anthropic_api_key: SecretStr | None = Field(
+        None, description="Unset: the offline responder answers instead of Claude."
+    )
+    anthropic_base_url: str | None = Field(None, description="Override the Anthropic API URL.")
+    anthropic_model: str = Field("claude-sonnet-4-5", description="Model for replies.")
+    qdrant_url: str | None = Field(None, description="Qdrant server; unset: local mode.")
+    qdrant_path: Path | None = Field(
+        None, description="Folder for Qdrant local mode (default DATA_DIR/qdrant)."
+    )
+
+    # --- limits --------------------------------------------------------------------
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest accepted REST request body."
+    )
+    page_size_max: int = Field(100, ge=1, description="Largest page a list route returns.")
+
+    # --- logging -------------------------------------------------------------------
+    log_level: str = Field("INFO", description="Python logging level name.")
+    log_format: Literal["json", "text"] | None = Field(
+        None, description="json or text; default json in production, text in development."
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper_level(cls, value: str) -> str:
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _production_is_safe(self) -> Settings:
+        if self.env != "production":
+            return self
+        problems = []
+        if self.jwt_public_key is None and self.jwt_private_key is None:
+            secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
+            if secret.lower() in PLACEHOLDER_SECRETS or len(secret) < MIN_SECRET_LENGTH:
+                problems.append(
+                    "set JWT_SECRET to a random value of at least "
+                    f"{MIN_SECRET_LENGTH} characters (for example: "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(48))'), "
+                    "or JWT_PRIVATE_KEY/JWT_PUBLIC_KEY for RS256"
+                )
+        if "*" in self.cors_origins:
+            problems.append("CORS_ORIGINS='*' is refused in production; list the origins")
+        if problems:
+            raise ValueError("refusing to start in production: " + "; ".join(problems))
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'roomserver.sqlite3').resolve()}"
+
+    @property
+    def resolved_log_format(self) -> Literal["json", "text"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.is_production else "text"

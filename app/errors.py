@@ -1,0 +1,148 @@
+"""Errors a client may see, each with a stable ``code`` and an HTTP status.
+
+They are turned into wire bodies in exactly two places: the aiohttp middleware
+(``app/api/middleware.py``) and the Socket.IO command wrapper (``realtime``).
+Anything else that escapes reaches the client as ``internal`` with no detail.
+
+    AppError (500 internal)
+     ├── BadRequest (400 bad_request)
+     │    └── MalformedJSON (400 malformed_json)
+     ├── Unauthorized (401 unauthorized)
+     │    ├── InvalidToken (401 invalid_token)
+     │    ├── TokenExpired (401 token_expired)
+     │    ├── TokenReused (401 token_reused)
+     │    └── InvalidCredentials (401 invalid_credentials)
+     ├── Forbidden (403 forbidden)
+     │    └── UserDisabled (403 user_disabled)
+     ├── NotFound (404 not_found)
+     ├── Conflict (409 conflict)
+     │    └── UsernameTaken (409 username_taken)
+     ├── PayloadTooLarge (413 payload_too_large)
+     ├── UnsupportedMediaType (415 unsupported_media_type)
+     ├── ValidationFailed (422 validation_failed)
+     ├── RateLimited (429 rate_limited)
+     └── ServiceUnavailable (503 unavailable)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class AppError(Exception):
+    """Base of every error that has a meaning for the client."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+    default_message: ClassVar[str] = "internal error"
+
+    def __init__(self, message: str | None = None, *, details: Any = None) -> None:
+        self.message = message or self.default_message
+        self.details = details
+        super().__init__(self.message)
+
+    def to_body(self) -> dict[str, Any]:
+        """The ``{"code", "message", "details"?}`` object used on every wire."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        return body
+
+
+class BadRequest(AppError):
+    status = 400
+    code = "bad_request"
+    default_message = "bad request"
+
+
+class MalformedJSON(BadRequest):
+    code = "malformed_json"
+    default_message = "the body is not valid JSON"
+
+
+class Unauthorized(AppError):
+    status = 401
+    code = "unauthorized"
+    default_message = "authentication required"
+
+
+class InvalidToken(Unauthorized):
+    code = "invalid_token"
+    default_message = "the token is invalid"
+
+
+class TokenExpired(Unauthorized):
+    code = "token_expired"
+    default_message = "the token has expired"
+
+
+class TokenReused(Unauthorized):
+    code = "token_reused"
+    default_message = "this refresh token was already used; its session was revoked"
+
+
+class InvalidCredentials(Unauthorized):
+    code = "invalid_credentials"
+    default_message = "wrong username or password"
+
+
+class Forbidden(AppError):
+    status = 403
+    code = "forbidden"
+    default_message = "not allowed"
+
+
+class UserDisabled(Forbidden):
+    code = "user_disabled"
+    default_message = "this account is disabled"
+
+
+class NotFound(AppError):
+    status = 404
+    code = "not_found"
+    default_message = "not found"
+
+
+class Conflict(AppError):
+    status = 409
+    code = "conflict"
+    default_message = "conflict"
+
+
+class UsernameTaken(Conflict):
+    code = "username_taken"
+    default_message = "this username is taken"
+
+
+class PayloadTooLarge(AppError):
+    status = 413
+    code = "payload_too_large"
+    default_message = "the request body is too large"
+
+
+class UnsupportedMediaType(AppError):
+    status = 415
+    code = "unsupported_media_type"
+    default_message = "send application/json"
+
+
+class ValidationFailed(AppError):
+    status = 422
+    code = "validation_failed"
+    default_message = "the request does not match the schema"
+
+
+class RateLimited(AppError):
+    status = 429
+    code = "rate_limited"
+    default_message = "too many requests"
+
+    def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
+        super().__init__(message, details={"retry_after": retry_after} if retry_after else None)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailable(AppError):
+    status = 503
+    code = "unavailable"
+    default_message = "the service is unavailable"

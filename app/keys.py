@@ -1,0 +1,26 @@
+"""Typed keys for everything the application shares through ``web.Application``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.metrics import Metrics
+from app.services.auth import AuthService
+from app.services.documents import DocumentService
+from app.services.users import UserService
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+ENGINE = web.AppKey("engine", AsyncEngine)
+SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
+REDIS = web.AppKey("redis", Redis)  # present only when REDIS_URL is set
+AUTH_SERVICE = web.AppKey("auth_service", AuthService)
+USER_SERVICE = web.AppKey("user_service", UserService)
+DOCUMENT_SERVICE = web.AppKey("document_service", DocumentService)
+# Set when shutdown begins: /ready answers 503 from then on.
+DRAINING = web.AppKey("draining", asyncio.Event)

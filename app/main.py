@@ -1,0 +1,105 @@
+"""The composition root: the only module that wires app services and ``realtime``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from redis.asyncio import Redis
+
+from app.api import auth as _auth_routes  # noqa: F401  (routes register on import)
+from app.api import documents as _document_routes  # noqa: F401
+from app.api import system
+from app.api import users as _user_routes  # noqa: F401
+from app.api.middleware import cors, errors, observe
+from app.api.v1 import api
+from app.auth.passwords import Passwords
+from app.auth.tokens import token_codec
+from app.config import Settings
+from app.keys import (
+    AUTH_SERVICE,
+    DOCUMENT_SERVICE,
+    DRAINING,
+    ENGINE,
+    METRICS,
+    REDIS,
+    SESSIONS,
+    SETTINGS,
+    USER_SERVICE,
+)
+from app.metrics import Metrics
+from app.services.auth import AuthService
+from app.services.documents import DocumentService
+from app.services.users import UserService
+from realtime.server import create_socketio, disconnect_all
+from storage.db import create_engine, create_sessionmaker
+from storage.migrate import current_revision, head_revision
+
+log = logging.getLogger(__name__)
+
+
+class NotMigrated(RuntimeError):
+    """The database schema is behind the code."""
+
+
+def create_app(settings: Settings) -> web.Application:
+    middlewares: list[Middleware] = [observe, errors]
+    if settings.cors_origins:
+        middlewares.insert(1, cors(settings.cors_origins))
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app[DRAINING] = asyncio.Event()
+    codec = token_codec(settings)
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        engine = create_engine(
+            settings.resolved_database_url, pool_size=settings.database_pool_size
+        )
+        try:
+            current, head = await current_revision(engine), head_revision()
+            if current != head:
+                raise NotMigrated(
+                    f"the database is at revision {current or 'none'}, the code needs {head}: "
+                    "run `python -m app migrate`"
+                )
+            sessions = create_sessionmaker(engine)
+            app[ENGINE] = engine
+            app[SESSIONS] = sessions
+            app[AUTH_SERVICE] = AuthService(
+                sessions, codec, Passwords(), allow_registration=settings.allow_registration
+            )
+            app[USER_SERVICE] = UserService(sessions)
+            app[DOCUMENT_SERVICE] = DocumentService(sessions)
+            yield
+        finally:
+            await engine.dispose()
+
+    async def redis(app: web.Application) -> AsyncIterator[None]:
+        assert settings.redis_url is not None
+        client = Redis.from_url(settings.redis_url)
+        app[REDIS] = client
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    app.cleanup_ctx.append(database)
+    if settings.redis_url:
+        app.cleanup_ctx.append(redis)
+
+    sio = create_socketio(app, cors_origins=settings.cors_origins)
+
+    async def drain(app: web.Application) -> None:
+        # Phase one of shutdown: refuse readiness, end live connections. The
+        # cleanup contexts (phase two) then close the pools. Safe to run twice.
+        app[DRAINING].set()
+        await disconnect_all(sio)
+
+    app.on_shutdown.append(drain)
+    api.install(app)
+    system.install(app)
+    return app

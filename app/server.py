@@ -1,0 +1,44 @@
+"""Serving one process: listen, and on SIGTERM/SIGINT drain before stopping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from app.config import Settings
+from app.keys import DRAINING
+from app.main import create_app
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: Settings) -> None:
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,  # the observe middleware writes one structured line instead
+        shutdown_timeout=settings.shutdown_timeout_seconds,
+    )
+    await runner.setup()  # opens the database and Redis, checks migrations
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        log.info("listening on http://%s:%d (env=%s)", settings.host, settings.port, settings.env)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("shutting down: draining for %.1fs", settings.shutdown_grace_seconds)
+        app[DRAINING].set()
+        if settings.shutdown_grace_seconds:
+            await asyncio.sleep(settings.shutdown_grace_seconds)
+    finally:
+        # Stops the listener, runs on_shutdown (disconnect clients), waits for
+        # open requests, then closes the pools in the cleanup contexts.
+        await runner.cleanup()
+        log.info("stopped")

@@ -1,0 +1,1 @@
+"""Application services: each method is one unit of work in one transaction."""

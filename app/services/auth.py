@@ -1,0 +1,238 @@
+"""Registration, login, refresh rotation, and turning credentials into a principal."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.auth.passwords import Passwords
+from app.auth.principal import Principal
+from app.auth.tokens import TokenCodec
+from app.errors import (
+    Forbidden,
+    InvalidCredentials,
+    InvalidToken,
+    TokenReused,
+    Unauthorized,
+    UserDisabled,
+    UsernameTaken,
+)
+from storage.errors import AlreadyExists
+from storage.models import GlobalRole, User
+from storage.repositories import users as users_repo
+
+log = logging.getLogger(__name__)
+
+API_KEY_PREFIX = "rsk_"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int  # seconds until the access token expires
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class AuthService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        tokens: TokenCodec,
+        passwords: Passwords,
+        *,
+        allow_registration: bool,
+    ) -> None:
+        self._sessions = sessions
+        self._tokens = tokens
+        self._passwords = passwords
+        self._allow_registration = allow_registration and tokens.keys.can_issue
+
+    @property
+    def local_login_enabled(self) -> bool:
+        return self._tokens.keys.can_issue
+
+    async def register(
+        self, username: str, password: str, role: GlobalRole = GlobalRole.USER
+    ) -> User:
+        if not self._allow_registration:
+            raise Forbidden("registration is closed")
+        return await self.create_user(username, password, role)
+
+    async def create_user(self, username: str, password: str, role: GlobalRole) -> User:
+        """Create a local user (registration, and the admin command line)."""
+        password_hash = await self._passwords.hash(password)
+        async with self._sessions.begin() as session:
+            try:
+                return await users_repo.create_user(
+                    session, username=username, password_hash=password_hash, role=role
+                )
+            except AlreadyExists as exc:
+                raise UsernameTaken() from exc
+
+    async def login(self, username: str, password: str) -> TokenPair:
+        self._require_local_login()
+        async with self._sessions() as session:
+            user = await users_repo.get_user_by_username(session, username)
+        # Verified outside any transaction: the hash takes tens of milliseconds.
+        password_hash = user.password_hash if user is not None else None
+        if not await self._passwords.verify(password_hash, password) or user is None:
+            raise InvalidCredentials()
+        if user.disabled:
+            raise UserDisabled()
+        new_hash = None
+        if password_hash and self._passwords.needs_rehash(password_hash):
+            new_hash = await self._passwords.hash(password)
+        async with self._sessions.begin() as session:
+            if new_hash is not None:
+                stored_user = await users_repo.get_user(session, user.id)
+                if stored_user is not None:
+                    stored_user.password_hash = new_hash
+            return await self._issue_pair(session, user.id, family_id=uuid.uuid4())
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        """Rotate: the presented token is spent; presenting it again revokes its family."""
+        self._require_local_login()
+        claims = self._tokens.decode(refresh_token, "refresh")
+        token_id = _claim_uuid(claims, "jti")
+        now = datetime.now(UTC)
+        refusal: Unauthorized | UserDisabled
+        async with self._sessions.begin() as session:
+            stored = await users_repo.get_refresh_token_for_update(session, token_id)
+            if stored is None:
+                raise InvalidToken("unknown refresh token")
+            if stored.revoked_at is not None:
+                raise InvalidToken("this session was revoked")
+            if stored.used_at is not None:
+                # A spent token presented again: it leaked, or a client replayed it.
+                # Revoke the whole family (committed when this block exits).
+                await users_repo.revoke_family(session, stored.family_id, now)
+                log.warning(
+                    "refresh token reused; family revoked",
+                    extra={"user_id": str(stored.user_id), "family": str(stored.family_id)},
+                )
+                refusal = TokenReused()
+            else:
+                user = await users_repo.get_user(session, stored.user_id)
+                if user is None or user.disabled:
+                    raise UserDisabled()
+                stored.used_at = now
+                return await self._issue_pair(session, user.id, family_id=stored.family_id)
+        raise refusal
+
+    async def logout(self, refresh_token: str) -> None:
+        """Revoke the whole session the refresh token belongs to."""
+        claims = self._tokens.decode(refresh_token, "refresh")
+        async with self._sessions.begin() as session:
+            stored = await users_repo.get_refresh_token_for_update(
+                session, _claim_uuid(claims, "jti")
+            )
+            if stored is not None:
+                await users_repo.revoke_family(session, stored.family_id, datetime.now(UTC))
+
+    async def authenticate_token(self, token: str) -> Principal:
+        claims = self._tokens.decode(token, "access")
+        async with self._sessions.begin() as session:
+            if self._tokens.keys.can_issue:
+                user = await users_repo.get_user(session, _claim_uuid(claims, "sub"))
+            else:
+                user = await self._external_user(session, claims)
+            if user is None:
+                raise InvalidToken("the token's user does not exist")
+            _check_usable(user, issued_at=int(claims["iat"]))
+            return Principal(
+                user_id=user.id,
+                username=user.username,
+                role=user.role,
+                via="token",
+                expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+            )
+
+    async def authenticate_api_key(self, key: str) -> Principal:
+        async with self._sessions.begin() as session:
+            stored = await users_repo.get_api_key_by_hash(session, hash_api_key(key))
+            if stored is None:
+                raise InvalidToken("unknown API key")
+            user = await users_repo.get_user(session, stored.user_id)
+            if user is None:
+                raise InvalidToken("unknown API key")
+            _check_usable(user, issued_at=None)
+            now = datetime.now(UTC)
+            # Coarse on purpose: a write per request would serialise SQLite.
+            if stored.last_used_at is None or now - stored.last_used_at > timedelta(minutes=1):
+                stored.last_used_at = now
+            return Principal(user_id=user.id, username=user.username, role=user.role, via="api_key")
+
+    @staticmethod
+    def new_api_key() -> tuple[str, str]:
+        """A fresh key and its display prefix; only the hash is ever stored."""
+        key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+        return key, key[:12]
+
+    async def _issue_pair(
+        self, session: AsyncSession, user_id: uuid.UUID, *, family_id: uuid.UUID
+    ) -> TokenPair:
+        access = self._tokens.issue(user_id, "access")
+        refresh = self._tokens.issue(user_id, "refresh", family_id=family_id)
+        await users_repo.add_refresh_token(
+            session,
+            token_id=refresh.jti,
+            family_id=family_id,
+            user_id=user_id,
+            expires_at=refresh.expires_at,
+        )
+        return TokenPair(
+            access_token=access.token,
+            refresh_token=refresh.token,
+            expires_in=int(self._tokens.access_ttl.total_seconds()),
+        )
+
+    async def _external_user(self, session: AsyncSession, claims: dict[str, Any]) -> User:
+        """The local user for an external provider's subject, created on first sight."""
+        subject = str(claims["sub"])
+        user = await users_repo.get_user_by_external_subject(session, subject)
+        if user is not None:
+            return user
+        username = str(claims.get("preferred_username") or f"ext-{subject}")[:64]
+        async with session.begin_nested():
+            if await users_repo.get_user_by_username(session, username) is not None:
+                username = f"ext-{uuid.uuid4().hex[:12]}"
+            return await users_repo.create_user(
+                session,
+                username=username,
+                password_hash=None,
+                role=GlobalRole.USER,
+                external_subject=subject,
+            )
+
+    def _require_local_login(self) -> None:
+        if not self._tokens.keys.can_issue:
+            raise Forbidden("sign in with the external identity provider")
+
+
+def _claim_uuid(claims: dict[str, Any], name: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(claims[name]))
+    except (KeyError, ValueError) as exc:
+        raise InvalidToken(f"the token's {name} is malformed") from exc
+
+
+def _check_usable(user: User, *, issued_at: int | None) -> None:
+    if user.disabled:
+        raise UserDisabled()
+    if (
+        issued_at is not None
+        and user.tokens_valid_after is not None
+        and issued_at < int(user.tokens_valid_after.timestamp())
+    ):
+        raise Unauthorized("this token was revoked; sign in again")

@@ -1,0 +1,146 @@
+"""Documents and membership: who may read, edit, rename, delete and share."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.auth.principal import Principal
+from app.errors import Conflict, Forbidden, NotFound
+from storage.models import Document, DocumentRole, GlobalRole, User
+from storage.repositories import documents as documents_repo
+from storage.repositories import users as users_repo
+
+CAN_RENAME = frozenset({DocumentRole.OWNER, DocumentRole.EDITOR})
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentView:
+    document: Document
+    role: DocumentRole
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    user_id: uuid.UUID
+    username: str
+    role: DocumentRole
+    added_at: datetime
+
+
+class DocumentService:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def create(self, principal: Principal, title: str) -> DocumentView:
+        if principal.role is GlobalRole.GUEST:
+            raise Forbidden("guests cannot create documents")
+        async with self._sessions.begin() as session:
+            document = await documents_repo.create_document(
+                session, title=title, owner_id=principal.user_id
+            )
+            return DocumentView(document, DocumentRole.OWNER)
+
+    async def list_for(
+        self,
+        principal: Principal,
+        *,
+        limit: int,
+        after: tuple[datetime, uuid.UUID] | None,
+    ) -> Sequence[DocumentView]:
+        async with self._sessions() as session:
+            rows = await documents_repo.list_documents_for_user(
+                session, principal.user_id, limit=limit, after=after
+            )
+        return [DocumentView(document, role) for document, role in rows]
+
+    async def get(self, principal: Principal, document_id: uuid.UUID) -> DocumentView:
+        async with self._sessions() as session:
+            return await _membership(session, principal, document_id)
+
+    async def rename(
+        self, principal: Principal, document_id: uuid.UUID, title: str
+    ) -> DocumentView:
+        async with self._sessions.begin() as session:
+            view = await _membership(session, principal, document_id)
+            if view.role not in CAN_RENAME:
+                raise Forbidden("viewers cannot rename a document")
+            view.document.title = title
+            await session.flush()
+            return view
+
+    async def delete(self, principal: Principal, document_id: uuid.UUID) -> None:
+        async with self._sessions.begin() as session:
+            view = await _membership(session, principal, document_id)
+            if view.role is not DocumentRole.OWNER:
+                raise Forbidden("only the owner can delete a document")
+            await documents_repo.delete_document(session, view.document)
+
+    async def members(self, principal: Principal, document_id: uuid.UUID) -> list[MemberView]:
+        async with self._sessions() as session:
+            await _membership(session, principal, document_id)
+            rows = await documents_repo.list_members(session, document_id)
+        return [_member_view(member.role, member.created_at, user) for member, user in rows]
+
+    async def put_member(
+        self,
+        principal: Principal,
+        document_id: uuid.UUID,
+        user_id: uuid.UUID,
+        role: DocumentRole,
+    ) -> tuple[MemberView, bool]:
+        """Add a member or change a role; ``role=owner`` hands the document over
+        (the previous owner stays as an editor). Returns the member and whether it
+        was added."""
+        async with self._sessions.begin() as session:
+            view = await _membership(session, principal, document_id)
+            if view.role is not DocumentRole.OWNER:
+                raise Forbidden("only the owner can change members")
+            user = await users_repo.get_user(session, user_id)
+            if user is None:
+                raise NotFound("no such user")
+            if user.id == view.document.owner_id:
+                if role is DocumentRole.OWNER:
+                    member = await documents_repo.get_member(session, document_id, user_id)
+                    assert member is not None
+                    return _member_view(member.role, member.created_at, user), False
+                raise Conflict("the owner keeps the owner role; hand the document over first")
+            if role is DocumentRole.OWNER:
+                await documents_repo.put_member(
+                    session, document_id, view.document.owner_id, DocumentRole.EDITOR
+                )
+                view.document.owner_id = user.id
+            member, created = await documents_repo.put_member(session, document_id, user_id, role)
+            return _member_view(member.role, member.created_at, user), created
+
+    async def remove_member(
+        self, principal: Principal, document_id: uuid.UUID, user_id: uuid.UUID
+    ) -> None:
+        """The owner removes anyone but themself; any other member may leave."""
+        async with self._sessions.begin() as session:
+            view = await _membership(session, principal, document_id)
+            leaving = user_id == principal.user_id
+            if view.role is not DocumentRole.OWNER and not leaving:
+                raise Forbidden("only the owner can remove members")
+            if user_id == view.document.owner_id:
+                raise Conflict("the owner cannot be removed; hand the document over first")
+            if not await documents_repo.remove_member(session, document_id, user_id):
+                raise NotFound("no such member")
+
+
+async def _membership(
+    session: AsyncSession, principal: Principal, document_id: uuid.UUID
+) -> DocumentView:
+    # Not a member and no such document look the same: ids are not disclosed.
+    found = await documents_repo.get_document_for_member(session, document_id, principal.user_id)
+    if found is None:
+        raise NotFound("document not found")
+    return DocumentView(*found)
+
+
+def _member_view(role: DocumentRole, added_at: datetime, user: User) -> MemberView:
+    return MemberView(user_id=user.id, username=user.username, role=role, added_at=added_at)

@@ -1,0 +1,1 @@
+"""Socket.IO: namespaces, handlers, delivery and cluster glue."""

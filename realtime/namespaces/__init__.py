@@ -1,0 +1,1 @@
+"""One module per Socket.IO namespace."""

@@ -1,0 +1,1 @@
+"""Repositories: queries as functions over an ``AsyncSession``; the caller commits."""

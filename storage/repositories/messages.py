@@ -1,0 +1,96 @@
+"""Chat messages with a per-document, gapless, monotonic ``seq``."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.errors import AlreadyExists
+from storage.models import AuthorKind, ChatMessage, Document
+
+
+async def find_by_client_msg_id(
+    session: AsyncSession, document_id: uuid.UUID, author_id: uuid.UUID, client_msg_id: str
+) -> ChatMessage | None:
+    return await session.scalar(
+        select(ChatMessage).where(
+            ChatMessage.document_id == document_id,
+            ChatMessage.author_id == author_id,
+            ChatMessage.client_msg_id == client_msg_id,
+        )
+    )
+
+
+async def append_message(
+    session: AsyncSession,
+    *,
+    document_id: uuid.UUID,
+    author_kind: AuthorKind,
+    author_id: uuid.UUID | None,
+    text: str,
+    client_msg_id: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> ChatMessage:
+    """Insert with the document's next ``seq``.
+
+    The counter bump takes the document row's write lock, so concurrent senders are
+    serialised per document and ``seq`` has no gaps. Raises ``AlreadyExists`` when a
+    concurrent insert took the same ``client_msg_id``: the caller must roll back
+    (the bump must not survive) and read the winner.
+    """
+    seq = await session.scalar(
+        update(Document)
+        .where(Document.id == document_id)
+        .values(last_message_seq=Document.last_message_seq + 1)
+        .returning(Document.last_message_seq)
+    )
+    if seq is None:
+        raise LookupError(f"document {document_id} does not exist")
+    message = ChatMessage(
+        document_id=document_id,
+        seq=seq,
+        author_kind=author_kind,
+        author_id=author_id,
+        client_msg_id=client_msg_id,
+        text=text,
+        meta=meta or {},
+    )
+    session.add(message)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise AlreadyExists("client_msg_id already used") from exc
+    return message
+
+
+async def get_message(session: AsyncSession, message_id: uuid.UUID) -> ChatMessage | None:
+    return await session.get(ChatMessage, message_id)
+
+
+async def messages_after(
+    session: AsyncSession, document_id: uuid.UUID, after_seq: int, *, limit: int
+) -> Sequence[ChatMessage]:
+    """Oldest first, ``seq > after_seq``."""
+    query = (
+        select(ChatMessage)
+        .where(ChatMessage.document_id == document_id, ChatMessage.seq > after_seq)
+        .order_by(ChatMessage.seq)
+        .limit(limit)
+    )
+    return (await session.scalars(query)).all()
+
+
+async def messages_before(
+    session: AsyncSession, document_id: uuid.UUID, before_seq: int | None, *, limit: int
+) -> Sequence[ChatMessage]:
+    """The ``limit`` messages just before ``before_seq`` (newest page when None), oldest first."""
+    query = select(ChatMessage).where(ChatMessage.document_id == document_id)
+    if before_seq is not None:
+        query = query.where(ChatMessage.seq < before_seq)
+    rows = (await session.scalars(query.order_by(ChatMessage.seq.desc()).limit(limit))).all()
+    return list(reversed(rows))
