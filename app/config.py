@@ -96,7 +96,6 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest accepted REST request body."
     )
-    page_size_max: int = Field(100, ge=1, description="Largest page a list route returns.")
 
     # --- logging -------------------------------------------------------------------
     log_level: str = Field("INFO", description="Python logging level name.")

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("app.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
+SOCKETIO_PATH = "/socket.io/"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 # aiohttp's own HTTP errors (unknown route, wrong method) in our error shape.
@@ -41,6 +42,13 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
     token = correlation_id.set(request_id)
+    if request.path.startswith(SOCKETIO_PATH):
+        # Long-polls and WebSockets last seconds to hours: as HTTP latency they
+        # would drown the histogram. Socket.IO has metrics of its own.
+        try:
+            return await handler(request)
+        finally:
+            correlation_id.reset(token)
     started = time.perf_counter()
     status = 500
     try:
@@ -101,7 +109,7 @@ def cors(origins: list[str]) -> Middleware:
         applies = (
             origin is not None
             and ("*" in allowed or origin in allowed)
-            and not request.path.startswith("/socket.io/")
+            and not request.path.startswith(SOCKETIO_PATH)
         )
         if not applies:
             return await handler(request)

@@ -13,7 +13,11 @@ from storage.models import DocumentRole, GlobalRole
 Username = Annotated[
     str,
     StringConstraints(
-        strip_whitespace=True, to_lower=True, min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$"
+        strip_whitespace=True,
+        to_lower=True,
+        min_length=3,
+        max_length=32,
+        pattern=r"^[A-Za-z0-9_.-]+$",
     ),
     Field(description="3-32 of a-z, 0-9, '_', '.', '-'; stored lower-case"),
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from storage.repositories import users as users_repo
 log = logging.getLogger(__name__)
 
 API_KEY_PREFIX = "rsk_"
+# Local usernames: 3-32 of a-z, 0-9, "_", ".", "-" (stored lower-case).
+USERNAME_PATTERN = re.compile(r"[a-z0-9_.-]{3,32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +206,10 @@ class AuthService:
         user = await users_repo.get_user_by_external_subject(session, subject)
         if user is not None:
             return user
-        username = str(claims.get("preferred_username") or f"ext-{subject}")[:64]
+        # The provider's name, held to local username rules; otherwise a neutral one.
+        username = str(claims.get("preferred_username") or "").strip().lower()
+        if not USERNAME_PATTERN.fullmatch(username):
+            username = f"ext-{uuid.uuid4().hex[:12]}"
         async with session.begin_nested():
             if await users_repo.get_user_by_username(session, username) is not None:
                 username = f"ext-{uuid.uuid4().hex[:12]}"

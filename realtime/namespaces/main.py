@@ -42,7 +42,9 @@ class MainNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 metrics.socket_refused.labels(exc.code).inc()
                 log.info("connection refused: %s", exc.code)
                 # The JS client sees err.message and err.data.code.
-                raise ConnectionRefusedError(exc.message, {"code": exc.code}) from exc
+                raise socketio.exceptions.ConnectionRefusedError(
+                    exc.message, {"code": exc.code}
+                ) from exc
             await self.save_session(sid, {SESSION_PRINCIPAL: principal})
             metrics.socket_connections.labels(NAMESPACE).inc()
             log.info("connected", extra={"user_id": str(principal.user_id)})

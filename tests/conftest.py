@@ -1,0 +1,228 @@
+"""Shared fixtures: real SQLite and PostgreSQL databases built by the migrations.
+
+Each test run gets its own PostgreSQL database (dropped at the end) and each test
+its own SQLite file. PostgreSQL or Redis missing is a skip, or with
+``REQUIRE_SERVICES=1`` (as in ``.ci/run``) a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+from sqlalchemy import text
+
+from app.config import Settings
+from app.main import create_app
+from storage.db import create_engine
+from storage.migrate import upgrade
+from storage.models import Base
+from tests.helpers import Api
+
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+POSTGRES_ADMIN_DSN = os.environ.get(
+    "TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+TEST_JWT_SECRET = "test-secret-" + "x" * 40
+BACKENDS = ["sqlite", "postgres"]
+T = TypeVar("T")
+
+
+def run_blocking(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to completion on a loop of its own, in another thread.
+
+    Session fixtures are set up lazily, possibly while a test's loop is running in
+    this thread, where ``asyncio.run`` is not allowed.
+    """
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        return executor.submit(asyncio.run, coroutine).result()
+
+
+def service_missing(what: str, error: BaseException) -> None:
+    message = f"{what} is not reachable ({error!r})"
+    if REQUIRE_SERVICES:
+        pytest.fail(message + " and REQUIRE_SERVICES=1", pytrace=False)
+    pytest.skip(message)
+
+
+# --- PostgreSQL ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The admin DSN, once reachable."""
+
+    async def probe() -> None:
+        connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=3)
+        await connection.close()
+
+    try:
+        run_blocking(probe())
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        service_missing("PostgreSQL", exc)
+    return POSTGRES_ADMIN_DSN
+
+
+@pytest.fixture(scope="session")
+def make_postgres_database(postgres_server: str) -> Iterator[Callable[[], str]]:
+    """Creates uniquely named databases, all dropped when the run ends."""
+    created: list[str] = []
+
+    async def admin(sql: str) -> None:
+        connection = await asyncpg.connect(postgres_server)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    def make() -> str:
+        name = f"rs_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        run_blocking(admin(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        base = postgres_server.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+        return f"{base}/{name}"
+
+    yield make
+    for name in created:
+        run_blocking(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres_url(make_postgres_database: Callable[[], str]) -> str:
+    url = make_postgres_database()
+    run_blocking(_migrate(url))
+    return url
+
+
+# --- SQLite ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.sqlite3"
+    run_blocking(_migrate(sqlite_url(path)))
+    return path
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+async def _migrate(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        await upgrade(engine)
+    finally:
+        # Closing SQLite's last connection folds its WAL into the main file,
+        # so a plain copy of that file is the whole database.
+        await engine.dispose()
+
+
+async def _truncate(url: str) -> None:
+    engine = create_engine(url)
+    tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def database_url(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[str]:
+    """A migrated, empty database of the parametrised backend."""
+    if backend == "sqlite":
+        template: Path = request.getfixturevalue("migrated_sqlite_template")
+        path = tmp_path / "test.sqlite3"
+        shutil.copyfile(template, path)
+        yield sqlite_url(path)
+    else:
+        url: str = request.getfixturevalue("migrated_postgres_url")
+        await _truncate(url)
+        yield url
+
+
+# --- Redis -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    """A Redis URL with a key prefix of its own is not needed yet: only PING is used."""
+    client = Redis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except (OSError, ConnectionError) as exc:
+        service_missing("Redis", exc)
+    finally:
+        await client.aclose()
+    yield REDIS_URL
+
+
+# --- the application -------------------------------------------------------------------
+
+
+def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "data_dir": data_dir,
+        "jwt_secret": TEST_JWT_SECRET,
+        "env": "development",
+        "redis_url": None,
+        "cors_origins": [],
+        "log_format": "text",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return make_settings(database_url, tmp_path / "data")
+
+
+AppFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+def start_app(
+    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
+    database_url: str,
+    tmp_path: Path,
+) -> AppFactory:
+    """Start the real app on a random 127.0.0.1 port, with setting overrides."""
+
+    async def start(**overrides: Any) -> TestClient[web.Request, web.Application]:
+        return await aiohttp_client(
+            create_app(make_settings(database_url, tmp_path / "data", **overrides))
+        )
+
+    return start
+
+
+@pytest.fixture
+async def client(start_app: AppFactory) -> TestClient[web.Request, web.Application]:
+    return await start_app()
+
+
+@pytest.fixture
+def api(client: TestClient[web.Request, web.Application]) -> Api:
+    return Api(client)

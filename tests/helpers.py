@@ -1,0 +1,125 @@
+"""Test helpers: a thin REST client over the real app, and bounded waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from app.keys import AUTH_SERVICE
+from storage.models import GlobalRole
+
+T = TypeVar("T")
+PASSWORD = "correct horse battery"
+
+
+@dataclass
+class User:
+    id: str
+    username: str
+    access_token: str
+    refresh_token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+class Api:
+    """Calls the app's REST routes the way a client would."""
+
+    def __init__(self, client: TestClient[web.Request, web.Application]) -> None:
+        self.client = client
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        user: User | None = None,
+        json: Any = None,
+        expect: int = 200,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Request ``path``; assert the status; return the JSON body (None for 204)."""
+        all_headers = dict(user.headers if user else {})
+        all_headers.update(headers or {})
+        response = await self.client.request(method, path, json=json, headers=all_headers, **kwargs)
+        body = await response.read()
+        assert response.status == expect, (response.status, body[:500])
+        if response.status == 204 or not body:
+            return None
+        return await response.json()
+
+    async def error(self, method: str, path: str, *, expect: int, code: str, **kwargs: Any) -> Any:
+        """Assert an error response with ``code``; return its error object."""
+        body = await self.call(method, path, expect=expect, **kwargs)
+        assert set(body) == {"error"}, body
+        assert body["error"]["code"] == code, body
+        assert body["error"]["message"], body
+        return body["error"]
+
+    async def user(self, username: str, role: GlobalRole = GlobalRole.USER) -> User:
+        """Create a user (with ``role``) and sign them in."""
+        if role is GlobalRole.USER:
+            created = await self.call(
+                "POST",
+                "/api/v1/auth/register",
+                json={"username": username, "password": PASSWORD},
+                expect=201,
+            )
+            user_id = created["id"]
+        else:
+            auth = self.client.app[AUTH_SERVICE]
+            user_id = str((await auth.create_user(username, PASSWORD, role)).id)
+        tokens = await self.login(username)
+        return User(user_id, username, tokens["access_token"], tokens["refresh_token"])
+
+    async def login(self, username: str, password: str = PASSWORD, expect: int = 200) -> Any:
+        return await self.call(
+            "POST",
+            "/api/v1/auth/login",
+            json={"username": username, "password": password},
+            expect=expect,
+        )
+
+    async def document(self, owner: User, title: str = "Plan") -> dict[str, Any]:
+        body: dict[str, Any] = await self.call(
+            "POST", "/api/v1/documents", user=owner, json={"title": title}, expect=201
+        )
+        return body
+
+    async def share(self, owner: User, document_id: str, member: User, role: str) -> None:
+        await self.call(
+            "PUT",
+            f"/api/v1/documents/{document_id}/members/{member.id}",
+            user=owner,
+            json={"role": role},
+            expect=201,
+        )
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T] | T],
+    *,
+    timeout: float = 5.0,  # noqa: ASYNC109 (a polling deadline, not a cancel scope)
+    interval: float = 0.02,
+) -> T:
+    """Retry ``check`` until it returns without AssertionError, at most ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if asyncio.iscoroutine(result):
+                result = await result
+            return result  # type: ignore[return-value]
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(interval)

@@ -1,0 +1,197 @@
+"""Socket.IO handshake authentication, with the real python-socketio client."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+import pytest
+import socketio
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from storage.models import GlobalRole
+from tests.conftest import TEST_JWT_SECRET
+from tests.helpers import Api, User, eventually
+
+Client = TestClient[web.Request, web.Application]
+WEBSOCKET = ["websocket"]
+
+
+def claims(subject: str, **overrides: Any) -> dict[str, Any]:
+    """The claims app/auth/tokens.py puts in an access token."""
+    now = int(time.time())
+    values: dict[str, Any] = {
+        "sub": subject,
+        "iss": "roomserver",
+        "aud": "roomserver",
+        "iat": now,
+        "exp": now + 600,
+        "jti": str(uuid.uuid4()),
+        "typ": "access",
+    }
+    values.update(overrides)
+    return values
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def alg_none_token(payload: dict[str, Any]) -> str:
+    header = {"alg": "none", "typ": "JWT"}
+    return f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}."
+
+
+async def metric(client: Client, name: str, **labels: str) -> float | None:
+    """One sample's value from GET /metrics; None when it was never recorded."""
+    response = await client.get("/metrics")
+    assert response.status == 200
+    for family in text_string_to_metric_families(await response.text()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
+async def assert_open_connections(client: Client, expected: float) -> None:
+    assert await metric(client, "socketio_connections", namespace="/") == expected
+
+
+class Probe:
+    """A python-socketio client that records what its ``connect_error`` handler gets."""
+
+    def __init__(self, client: Client) -> None:
+        self.url = str(client.make_url("/"))
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.errors: list[Any] = []
+
+        @self.sio.event  # type: ignore[misc]
+        async def connect_error(data: Any) -> None:
+            self.errors.append(data)
+
+    async def connect(self, auth: Any, transports: list[str] | None = WEBSOCKET) -> None:
+        await self.sio.connect(self.url, auth=auth, transports=transports, wait_timeout=5)
+
+    async def close(self) -> None:
+        if self.sio.connected:
+            await self.sio.disconnect()
+        await self.sio.shutdown()
+
+
+async def assert_refused(client: Client, auth: Any, code: str) -> None:
+    """The handshake is refused with ``code``, which is counted in /metrics."""
+    before = await metric(client, "socketio_connections_refused_total", code=code) or 0.0
+    probe = Probe(client)
+    try:
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await probe.connect(auth)
+        assert not probe.sio.connected
+    finally:
+        await probe.close()
+    assert len(probe.errors) == 1, probe.errors
+    error = probe.errors[0]
+    assert error["data"] == {"code": code}, error
+    assert isinstance(error["message"], str) and error["message"], error
+    after = await metric(client, "socketio_connections_refused_total", code=code)
+    assert after == before + 1
+    assert await metric(client, "socketio_connections", namespace="/") in (None, 0.0)
+
+
+# --- accepted --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transports", [WEBSOCKET, None], ids=["websocket", "polling-upgrade"])
+async def test_good_token_connects(api: Api, client: Client, transports: list[str] | None) -> None:
+    alice = await api.user("alice")
+    probe = Probe(client)
+    try:
+        await probe.connect({"token": alice.access_token}, transports=transports)
+        assert probe.sio.connected
+        assert probe.errors == []
+        await eventually(lambda: assert_open_connections(client, 1.0))
+        if transports is None:
+
+            def upgraded() -> None:
+                assert probe.sio.transport() == "websocket"
+
+            await eventually(upgraded)
+        await probe.sio.disconnect()
+        assert not probe.sio.connected
+        await eventually(lambda: assert_open_connections(client, 0.0))
+    finally:
+        await probe.close()
+    assert await metric(client, "socketio_connections_refused_total", code="unauthorized") is None
+
+
+async def test_two_clients_are_counted(api: Api, client: Client) -> None:
+    alice = await api.user("alice")
+    bob = await api.user("bob")
+    probes = [Probe(client), Probe(client)]
+    try:
+        for probe, user in zip(probes, (alice, bob), strict=True):
+            await probe.connect({"token": user.access_token})
+        await eventually(lambda: assert_open_connections(client, 2.0))
+        await probes[0].sio.disconnect()
+        await eventually(lambda: assert_open_connections(client, 1.0))
+    finally:
+        for probe in probes:
+            await probe.close()
+    await eventually(lambda: assert_open_connections(client, 0.0))
+
+
+# --- refused ---------------------------------------------------------------------------
+
+
+def expired(user: User) -> dict[str, str]:
+    now = int(time.time())
+    return {"token": jwt.encode(claims(user.id, iat=now - 3600, exp=now - 60), TEST_JWT_SECRET)}
+
+
+AuthFor = Callable[[User], Any]
+REFUSALS: list[tuple[str, AuthFor, str]] = [
+    ("no-auth", lambda user: None, "unauthorized"),
+    ("auth-without-token", lambda user: {}, "unauthorized"),
+    ("empty-token", lambda user: {"token": ""}, "unauthorized"),
+    ("token-not-a-string", lambda user: {"token": 42}, "unauthorized"),
+    ("garbage-token", lambda user: {"token": "garbage"}, "invalid_token"),
+    ("expired", expired, "token_expired"),
+    ("alg-none", lambda user: {"token": alg_none_token(claims(user.id))}, "invalid_token"),
+    (
+        "forged",
+        lambda user: {"token": jwt.encode(claims(user.id), "other-secret-" + "z" * 40)},
+        "invalid_token",
+    ),
+    ("refresh-token", lambda user: {"token": user.refresh_token}, "invalid_token"),
+]
+
+
+@pytest.mark.parametrize(
+    ("auth_for", "code"),
+    [(auth_for, code) for _, auth_for, code in REFUSALS],
+    ids=[name for name, _, _ in REFUSALS],
+)
+async def test_bad_handshake_is_refused(
+    api: Api, client: Client, auth_for: AuthFor, code: str
+) -> None:
+    alice = await api.user("alice")
+    await assert_refused(client, auth_for(alice), code)
+
+
+async def test_refused_codes_accumulate(api: Api, client: Client) -> None:
+    await assert_refused(client, None, "unauthorized")
+    await assert_refused(client, {}, "unauthorized")
+    assert await metric(client, "socketio_connections_refused_total", code="unauthorized") == 2.0
+
+
+async def test_disabled_user_is_refused(api: Api, client: Client) -> None:
+    root = await api.user("root", GlobalRole.ADMIN)
+    alice = await api.user("alice")
+    await api.call("PATCH", f"/api/v1/users/{alice.id}", user=root, json={"disabled": True})
+    await assert_refused(client, {"token": alice.access_token}, "user_disabled")

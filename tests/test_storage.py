@@ -1,0 +1,177 @@
+"""Repositories on SQLite and PostgreSQL: the guarantees later features build on."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pycrdt
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from storage.db import create_engine, create_sessionmaker
+from storage.errors import AlreadyExists
+from storage.models import AuthorKind, ChatMessage, DocumentMember, DocumentUpdate, GlobalRole
+from storage.repositories import crdt, messages, usage
+from storage.repositories import documents as documents_repo
+from storage.repositories import users as users_repo
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+@pytest.fixture
+async def sessions(database_url: str) -> AsyncIterator[Sessions]:
+    engine = create_engine(database_url)
+    yield create_sessionmaker(engine)
+    await engine.dispose()
+
+
+async def make_document(sessions: Sessions) -> tuple[uuid.UUID, uuid.UUID]:
+    async with sessions.begin() as session:
+        user = await users_repo.create_user(
+            session, username=f"u{uuid.uuid4().hex[:8]}", password_hash="x", role=GlobalRole.USER
+        )
+        document = await documents_repo.create_document(session, title="t", owner_id=user.id)
+        return user.id, document.id
+
+
+async def send(
+    sessions: Sessions, document_id: uuid.UUID, author_id: uuid.UUID, text: str, cid: str | None
+) -> ChatMessage:
+    async with sessions.begin() as session:
+        return await messages.append_message(
+            session,
+            document_id=document_id,
+            author_kind=AuthorKind.USER,
+            author_id=author_id,
+            text=text,
+            client_msg_id=cid,
+        )
+
+
+async def test_duplicate_username_is_already_exists(sessions: Sessions) -> None:
+    async with sessions.begin() as session:
+        await users_repo.create_user(
+            session, username="a", password_hash=None, role=GlobalRole.USER
+        )
+        with pytest.raises(AlreadyExists):
+            await users_repo.create_user(
+                session, username="a", password_hash=None, role=GlobalRole.USER
+            )
+
+
+async def test_seq_is_gapless_and_survives_a_duplicate_client_msg_id(sessions: Sessions) -> None:
+    author, document = await make_document(sessions)
+    first = await send(sessions, document, author, "one", "c1")
+    with pytest.raises(AlreadyExists):
+        await send(sessions, document, author, "one again", "c1")
+    second = await send(sessions, document, author, "two", "c2")
+    assert (first.seq, second.seq) == (1, 2)  # the refused insert left no hole
+    async with sessions() as session:
+        found = await messages.find_by_client_msg_id(session, document, author, "c1")
+    assert found is not None and found.id == first.id and found.text == "one"
+
+
+async def test_concurrent_appends_get_distinct_consecutive_seqs(sessions: Sessions) -> None:
+    author, document = await make_document(sessions)
+    sent = await asyncio.gather(
+        *(send(sessions, document, author, f"m{i}", f"c{i}") for i in range(20))
+    )
+    assert sorted(message.seq for message in sent) == list(range(1, 21))
+
+
+async def test_history_pages_both_ways(sessions: Sessions) -> None:
+    author, document = await make_document(sessions)
+    for i in range(7):
+        await send(sessions, document, author, f"m{i + 1}", None)
+    async with sessions() as session:
+        newest = await messages.messages_before(session, document, None, limit=3)
+        older = await messages.messages_before(session, document, newest[0].seq, limit=3)
+        after = await messages.messages_after(session, document, 5, limit=10)
+    assert [m.seq for m in newest] == [5, 6, 7]
+    assert [m.seq for m in older] == [2, 3, 4]
+    assert [m.text for m in after] == ["m6", "m7"]
+
+
+def yjs_update(doc: pycrdt.Doc, text: str) -> bytes:
+    before = doc.get_state()
+    # Append without an index: pycrdt counts UTF-8 bytes, Python code points.
+    body = doc.get("body", type=pycrdt.Text)
+    body += text
+    return doc.get_update(before)
+
+
+async def test_crdt_log_and_snapshot_rebuild_the_same_document(sessions: Sessions) -> None:
+    _, document = await make_document(sessions)
+    source = pycrdt.Doc()
+    ids = []
+    async with sessions.begin() as session:
+        for word in ("hello", " wörld", " 🌍"):
+            ids.append(await crdt.append_update(session, document, yjs_update(source, word)))
+    assert ids == sorted(ids)
+
+    async with sessions() as session:
+        stored = await crdt.load(session, document)
+    assert stored.snapshot is None and stored.last_update_id == ids[-1]
+
+    async with sessions.begin() as session:
+        await crdt.save_snapshot(session, document, source.get_update(), ids[1])
+        later = await crdt.append_update(session, document, yjs_update(source, "!"))
+    async with sessions() as session:
+        stored = await crdt.load(session, document)
+        info = await crdt.storage_info(session, document)
+    # The snapshot claims updates up to ids[1]; only later ones remain in the log.
+    assert [update_id for update_id, _ in stored.updates] == [ids[2], later]
+    assert info.update_count == 2 and info.snapshot_last_update_id == ids[1]
+    assert info.snapshot_bytes > 0
+
+    rebuilt = pycrdt.Doc()
+    assert stored.snapshot is not None
+    for update in [stored.snapshot, *(data for _, data in stored.updates)]:
+        rebuilt.apply_update(update)
+    assert str(rebuilt.get("body", type=pycrdt.Text)) == "hello wörld 🌍!"
+
+
+async def test_deleting_a_document_cascades(sessions: Sessions) -> None:
+    author, document = await make_document(sessions)
+    await send(sessions, document, author, "hi", None)
+    async with sessions.begin() as session:
+        await crdt.append_update(session, document, b"\x00\x00")
+    async with sessions.begin() as session:
+        found = await documents_repo.get_document(session, document)
+        assert found is not None
+        await documents_repo.delete_document(session, found)
+    async with sessions() as session:
+        for model in (ChatMessage, DocumentUpdate, DocumentMember):
+            count = await session.scalar(select(func.count()).select_from(model))
+            assert count == 0, model.__name__
+
+
+async def test_usage_totals(sessions: Sessions) -> None:
+    author, document = await make_document(sessions)
+    async with sessions.begin() as session:
+        for tokens in (100, 250):
+            await usage.record_usage(
+                session,
+                user_id=author,
+                document_id=document,
+                reply_id=uuid.uuid4(),
+                model="claude",
+                status="completed",
+                input_tokens=tokens,
+                output_tokens=10,
+                cache_read_input_tokens=5,
+                cost_usd=Decimal("0.0015"),
+            )
+    since = datetime.now(UTC) - timedelta(hours=1)
+    async with sessions() as session:
+        assert await usage.tokens_used_since(session, author, since) == 370
+        assert await usage.tokens_used_since(session, author, datetime.now(UTC) + timedelta(1)) == 0
+        [totals] = await usage.totals_by_user(session, since=since)
+    assert (totals.user_id, totals.replies, totals.input_tokens) == (author, 2, 350)
+    assert totals.cache_read_input_tokens == 10
+    assert totals.cost_usd == Decimal("0.003")
