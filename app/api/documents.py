@@ -52,7 +52,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created_at, _, document_id = raw.partition("|")
-        return datetime.fromisoformat(created_at), uuid.UUID(document_id)
+        moment = datetime.fromisoformat(created_at)
+        if moment.tzinfo is None:
+            raise ValueError("cursor time without a zone")
+        return moment, uuid.UUID(document_id)
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise ValidationFailed(
             details=[{"field": "cursor", "message": "not a cursor from this API", "type": "cursor"}]

@@ -123,7 +123,9 @@ class TokenCodec:
             "sub": str(subject),
             "iss": self.issuer,
             "aud": self.audience,
-            "iat": int(now.timestamp()),
+            # Fractional NumericDate (RFC 7519 allows it): a revocation at time t
+            # must refuse tokens issued earlier within the same second.
+            "iat": round(now.timestamp(), 3),
             "exp": int(expires_at.timestamp()),
             "jti": str(jti),
             "typ": token_type,

@@ -152,7 +152,7 @@ class AuthService:
                 user = await self._external_user(session, claims)
             if user is None:
                 raise InvalidToken("the token's user does not exist")
-            _check_usable(user, issued_at=int(claims["iat"]))
+            _check_usable(user, issued_at=float(claims["iat"]))
             return Principal(
                 user_id=user.id,
                 username=user.username,
@@ -233,12 +233,12 @@ def _claim_uuid(claims: dict[str, Any], name: str) -> uuid.UUID:
         raise InvalidToken(f"the token's {name} is malformed") from exc
 
 
-def _check_usable(user: User, *, issued_at: int | None) -> None:
+def _check_usable(user: User, *, issued_at: float | None) -> None:
     if user.disabled:
         raise UserDisabled()
     if (
         issued_at is not None
         and user.tokens_valid_after is not None
-        and issued_at < int(user.tokens_valid_after.timestamp())
+        and issued_at < user.tokens_valid_after.timestamp()
     ):
         raise Unauthorized("this token was revoked; sign in again")

@@ -51,7 +51,11 @@ class UserService:
             loses_admin = user.role is GlobalRole.ADMIN and (
                 (role is not None and role is not GlobalRole.ADMIN) or disabled is True
             )
-            if loses_admin and not user.disabled and await users_repo.count_admins(session) <= 1:
+            if (
+                loses_admin
+                and not user.disabled
+                and await users_repo.lock_active_admins(session) <= 1
+            ):
                 raise Conflict("this is the last active admin")
             if role is not None:
                 user.role = role

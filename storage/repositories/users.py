@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -59,13 +59,18 @@ async def list_users(
     return (await session.scalars(query)).all()
 
 
-async def count_admins(session: AsyncSession) -> int:
+async def lock_active_admins(session: AsyncSession) -> int:
+    """Count active admins, locking their rows until the transaction ends.
+
+    Two admins demoting each other at once must not both succeed: on PostgreSQL
+    the second waits here and then sees the first one's change.
+    """
     query = (
-        select(func.count())
-        .select_from(User)
+        select(User.id)
         .where(User.role == GlobalRole.ADMIN, User.disabled.is_(False))
+        .with_for_update()
     )
-    return int(await session.scalar(query) or 0)
+    return len((await session.scalars(query)).all())
 
 
 # --- refresh tokens -------------------------------------------------------------------
