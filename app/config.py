@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     )
     jwt_issuer: str = Field("roomserver", description="`iss` issued and required.")
     jwt_audience: str = Field("roomserver", description="`aud` issued and required.")
-    access_token_ttl_seconds: int = Field(900, ge=30, description="Access token lifetime.")
+    access_token_ttl_seconds: int = Field(900, ge=2, description="Access token lifetime.")
     refresh_token_ttl_seconds: int = Field(
         30 * 24 * 3600, ge=60, description="Refresh token lifetime."
     )
@@ -95,6 +95,39 @@ class Settings(BaseSettings):
     # --- limits --------------------------------------------------------------------
     max_body_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest accepted REST request body."
+    )
+
+    # --- realtime ------------------------------------------------------------------
+    socket_ping_interval_seconds: float = Field(
+        25,
+        gt=0,
+        description="Engine.IO ping interval; with the timeout, bounds how long "
+        "a connection that died without goodbye stays present.",
+    )
+    socket_ping_timeout_seconds: float = Field(
+        20, gt=0, description="Engine.IO ping timeout (see the interval)."
+    )
+    chat_message_max_chars: int = Field(4000, ge=1, description="Longest chat message.")
+    history_page_size: int = Field(
+        100, ge=1, le=1000, description="Messages per join backlog or history page."
+    )
+    typing_timeout_seconds: float = Field(
+        5, gt=0, description="A typing indicator clears itself after this long."
+    )
+    typing_throttle_seconds: float = Field(
+        1, ge=0, description="At most one typing broadcast per user and room this often."
+    )
+    presence_state_max_bytes: int = Field(
+        2048, ge=64, description="Largest per-connection presence state (cursor, status)."
+    )
+    token_renew_lead_seconds: float = Field(
+        60,
+        gt=0,
+        description="Ask a connection for a fresh token this long before its "
+        "access token expires (at most half its lifetime).",
+    )
+    token_renew_grace_seconds: float = Field(
+        30, ge=0, description="A connection whose token expired is disconnected after this."
     )
 
     # --- logging -------------------------------------------------------------------

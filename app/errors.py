@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from pydantic import ValidationError
+
 
 class AppError(Exception):
     """Base of every error that has a meaning for the client."""
@@ -130,6 +132,19 @@ class ValidationFailed(AppError):
     status = 422
     code = "validation_failed"
     default_message = "the request does not match the schema"
+
+    @classmethod
+    def of(cls, exc: ValidationError) -> ValidationFailed:
+        """Which field is wrong and why; never the input (it may be a password)."""
+        details = [
+            {
+                "field": ".".join(str(part) for part in error["loc"]) or "(body)",
+                "message": error["msg"],
+                "type": error["type"],
+            }
+            for error in exc.errors(include_url=False, include_input=False, include_context=False)
+        ]
+        return cls(details=details)
 
 
 class RateLimited(AppError):

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.metrics import Metrics
 from app.services.auth import AuthService
+from app.services.chat import ChatService
 from app.services.documents import DocumentService
 from app.services.users import UserService
 
@@ -22,5 +23,6 @@ REDIS = web.AppKey("redis", Redis)  # present only when REDIS_URL is set
 AUTH_SERVICE = web.AppKey("auth_service", AuthService)
 USER_SERVICE = web.AppKey("user_service", UserService)
 DOCUMENT_SERVICE = web.AppKey("document_service", DocumentService)
+CHAT_SERVICE = web.AppKey("chat_service", ChatService)
 # Set when shutdown begins: /ready answers 503 from then on.
 DRAINING = web.AppKey("draining", asyncio.Event)

@@ -21,6 +21,7 @@ from app.auth.tokens import token_codec
 from app.config import Settings
 from app.keys import (
     AUTH_SERVICE,
+    CHAT_SERVICE,
     DOCUMENT_SERVICE,
     DRAINING,
     ENGINE,
@@ -32,9 +33,10 @@ from app.keys import (
 )
 from app.metrics import Metrics
 from app.services.auth import AuthService
+from app.services.chat import ChatService
 from app.services.documents import DocumentService
 from app.services.users import UserService
-from realtime.server import create_socketio, disconnect_all
+from realtime.server import create_realtime, shutdown
 from storage.db import create_engine, create_sessionmaker
 from storage.migrate import current_revision, head_revision
 
@@ -72,8 +74,11 @@ def create_app(settings: Settings) -> web.Application:
             app[AUTH_SERVICE] = AuthService(
                 sessions, codec, Passwords(), allow_registration=settings.allow_registration
             )
-            app[USER_SERVICE] = UserService(sessions)
-            app[DOCUMENT_SERVICE] = DocumentService(sessions)
+            app[USER_SERVICE] = UserService(sessions, broadcaster)
+            app[DOCUMENT_SERVICE] = DocumentService(sessions, broadcaster)
+            app[CHAT_SERVICE] = ChatService(
+                sessions, broadcaster, page_size=settings.history_page_size
+            )
             yield
         finally:
             await engine.dispose()
@@ -87,17 +92,17 @@ def create_app(settings: Settings) -> web.Application:
         finally:
             await client.aclose()
 
+    # The realtime layer is what services broadcast through.
+    realtime, broadcaster = create_realtime(app, settings)
     app.cleanup_ctx.append(database)
     if settings.redis_url:
         app.cleanup_ctx.append(redis)
-
-    sio = create_socketio(app, cors_origins=settings.cors_origins)
 
     async def drain(app: web.Application) -> None:
         # Phase one of shutdown: refuse readiness, end live connections. The
         # cleanup contexts (phase two) then close the pools. Safe to run twice.
         app[DRAINING].set()
-        await disconnect_all(sio)
+        await shutdown(realtime)
 
     app.on_shutdown.append(drain)
     api.install(app)

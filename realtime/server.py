@@ -3,32 +3,54 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import socketio
 from aiohttp import web
 
+from app.config import Settings
+from realtime.broadcaster import SocketBroadcaster
+from realtime.commands import ack_requested
 from realtime.namespaces.main import MainNamespace
+from realtime.state import Realtime
 
 log = logging.getLogger(__name__)
 
 
-def create_socketio(app: web.Application, *, cors_origins: list[str]) -> socketio.AsyncServer:
+class RoomServer(socketio.AsyncServer):  # type: ignore[misc]
+    """Records, for each incoming event, whether the client asked for an ack."""
+
+    async def _handle_event_internal(
+        self, server: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: Any
+    ) -> None:
+        # Each event runs in a task of its own, so this does not leak across events.
+        ack_requested.set(id is not None)
+        await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
+
+
+def create_realtime(app: web.Application, settings: Settings) -> tuple[Realtime, SocketBroadcaster]:
     """Build the server, register the namespaces and attach it to ``app``."""
-    sio = socketio.AsyncServer(
+    origins = settings.cors_origins
+    sio = RoomServer(
         async_mode="aiohttp",
         # None: same origin only (python-socketio's default); "*" or a list otherwise.
-        cors_allowed_origins="*" if "*" in cors_origins else (cors_origins or None),
+        cors_allowed_origins="*" if "*" in origins else (origins or None),
+        ping_interval=settings.socket_ping_interval_seconds,
+        ping_timeout=settings.socket_ping_timeout_seconds,
         logger=False,
         engineio_logger=False,
     )
-    sio.register_namespace(MainNamespace(app))
+    rt = Realtime(sio=sio, app=app, settings=settings)
+    sio.register_namespace(MainNamespace(rt))
     sio.attach(app, socketio_path="socket.io")
-    return sio
+    return rt, SocketBroadcaster(rt)
 
 
-async def disconnect_all(sio: socketio.AsyncServer) -> None:
-    """Close every client connection (shutdown's first phase)."""
+async def shutdown(rt: Realtime) -> None:
+    """Close every client connection (shutdown's first phase); safe to call twice."""
+    sio = rt.sio
     if sio.eio.sockets:
         log.info("disconnecting %d socket clients", len(sio.eio.sockets))
         await sio.eio.disconnect()
     await sio.shutdown()
+    await rt.close()

@@ -25,10 +25,11 @@ from sqlalchemy import text
 
 from app.config import Settings
 from app.main import create_app
+from roomclient import RoomClient
 from storage.db import create_engine
 from storage.migrate import upgrade
 from storage.models import Base
-from tests.helpers import Api
+from tests.helpers import Api, User
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 POSTGRES_ADMIN_DSN = os.environ.get(
@@ -226,3 +227,25 @@ async def client(start_app: AppFactory) -> TestClient[web.Request, web.Applicati
 @pytest.fixture
 def api(client: TestClient[web.Request, web.Application]) -> Api:
     return Api(client)
+
+
+ClientFactory = Callable[..., Awaitable[RoomClient]]
+
+
+@pytest.fixture
+async def connect(
+    client: TestClient[web.Request, web.Application],
+) -> AsyncIterator[ClientFactory]:
+    """Open real Socket.IO connections (the project's RoomClient) to the test app."""
+    opened: list[RoomClient] = []
+    url = str(client.make_url("/")).rstrip("/")
+
+    async def open_client(user: User, **options: Any) -> RoomClient:
+        room_client = RoomClient(url, user.access_token, **options)
+        opened.append(room_client)
+        await room_client.connect()
+        return room_client
+
+    yield open_client
+    for room_client in opened:
+        await room_client.close()

@@ -19,12 +19,14 @@ from app.api.schemas import (
     MemberList,
     MemberOut,
     MemberPut,
+    MessageListQuery,
 )
 from app.api.v1 import api
 from app.auth.principal import Principal
 from app.errors import ValidationFailed
-from app.keys import DOCUMENT_SERVICE
+from app.keys import CHAT_SERVICE, DOCUMENT_SERVICE
 from app.services.documents import DocumentView, MemberView
+from app.wire import MessagePage
 
 
 def document_out(view: DocumentView) -> DocumentOut:
@@ -186,3 +188,30 @@ async def remove_member(request: web.Request, principal: Principal) -> None:
     await request.app[DOCUMENT_SERVICE].remove_member(
         principal, path_uuid(request, "document_id"), path_uuid(request, "user_id")
     )
+
+
+@api.route(
+    "GET",
+    "/documents/{document_id}/messages",
+    query=MessageListQuery,
+    response=MessagePage,
+    errors=(401, 404, 422),
+    tag="chat",
+)
+async def list_messages(
+    request: web.Request, principal: Principal, query: MessageListQuery
+) -> MessagePage:
+    """Chat history, oldest first: the page before `before` (newest when absent) or
+    after `after`; `has_more` tells whether another page lies in that direction."""
+    if query.before is not None and query.after is not None:
+        raise ValidationFailed(
+            details=[{"field": "after", "message": "give before or after", "type": "exclusive"}]
+        )
+    messages, has_more = await request.app[CHAT_SERVICE].history(
+        principal,
+        path_uuid(request, "document_id"),
+        before_seq=query.before,
+        after_seq=query.after,
+        limit=query.limit,
+    )
+    return MessagePage(items=messages, has_more=has_more)

@@ -146,26 +146,14 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
     except ValidationError as exc:
         if any(error["type"] == "json_invalid" for error in exc.errors()):
             raise MalformedJSON() from exc
-        raise ValidationFailed(details=validation_details(exc)) from exc
+        raise ValidationFailed.of(exc) from exc
 
 
 def parse_query(request: web.Request, model: type[M]) -> M:
     try:
         return model.model_validate(dict(request.query))
     except ValidationError as exc:
-        raise ValidationFailed(details=validation_details(exc)) from exc
-
-
-def validation_details(exc: ValidationError) -> list[dict[str, str]]:
-    """Which field is wrong and why; never the input itself (it may be a password)."""
-    return [
-        {
-            "field": ".".join(str(part) for part in error["loc"]) or "(body)",
-            "message": error["msg"],
-            "type": error["type"],
-        }
-        for error in exc.errors(include_url=False, include_input=False, include_context=False)
-    ]
+        raise ValidationFailed.of(exc) from exc
 
 
 def path_uuid(request: web.Request, name: str) -> uuid.UUID:

@@ -164,6 +164,16 @@ class MemberPut(Input):
     role: DocumentRole
 
 
+class MessageListQuery(Query):
+    before: Annotated[int, Field(ge=1, description="only messages with seq below this")] | None = (
+        None
+    )
+    after: Annotated[int, Field(ge=0, description="only messages with seq above this")] | None = (
+        None
+    )
+    limit: Limit = 50
+
+
 # --- operations -------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.principal import Principal
 from app.errors import Conflict, Forbidden, NotFound
+from app.events import Broadcaster
 from storage.models import Document, DocumentRole, GlobalRole, User
 from storage.repositories import documents as documents_repo
 from storage.repositories import users as users_repo
@@ -33,8 +34,11 @@ class MemberView:
 
 
 class DocumentService:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], broadcaster: Broadcaster
+    ) -> None:
         self._sessions = sessions
+        self._broadcaster = broadcaster
 
     async def create(self, principal: Principal, title: str) -> DocumentView:
         if principal.role is GlobalRole.GUEST:
@@ -60,13 +64,13 @@ class DocumentService:
 
     async def get(self, principal: Principal, document_id: uuid.UUID) -> DocumentView:
         async with self._sessions() as session:
-            return await _membership(session, principal, document_id)
+            return await membership(session, principal, document_id)
 
     async def rename(
         self, principal: Principal, document_id: uuid.UUID, title: str
     ) -> DocumentView:
         async with self._sessions.begin() as session:
-            view = await _membership(session, principal, document_id)
+            view = await membership(session, principal, document_id)
             if view.role not in CAN_RENAME:
                 raise Forbidden("viewers cannot rename a document")
             view.document.title = title
@@ -75,14 +79,15 @@ class DocumentService:
 
     async def delete(self, principal: Principal, document_id: uuid.UUID) -> None:
         async with self._sessions.begin() as session:
-            view = await _membership(session, principal, document_id)
+            view = await membership(session, principal, document_id)
             if view.role is not DocumentRole.OWNER:
                 raise Forbidden("only the owner can delete a document")
             await documents_repo.delete_document(session, view.document)
+        await self._broadcaster.document_deleted(document_id)
 
     async def members(self, principal: Principal, document_id: uuid.UUID) -> list[MemberView]:
         async with self._sessions() as session:
-            await _membership(session, principal, document_id)
+            await membership(session, principal, document_id)
             rows = await documents_repo.list_members(session, document_id)
         return [_member_view(member.role, member.created_at, user) for member, user in rows]
 
@@ -97,7 +102,7 @@ class DocumentService:
         (the previous owner stays as an editor). Returns the member and whether it
         was added."""
         async with self._sessions.begin() as session:
-            view = await _membership(session, principal, document_id)
+            view = await membership(session, principal, document_id)
             if view.role is not DocumentRole.OWNER:
                 raise Forbidden("only the owner can change members")
             user = await users_repo.get_user(session, user_id)
@@ -109,20 +114,28 @@ class DocumentService:
                     assert member is not None
                     return _member_view(member.role, member.created_at, user), False
                 raise Conflict("the owner keeps the owner role; hand the document over first")
+            previous_owner = None
             if role is DocumentRole.OWNER:
+                previous_owner = view.document.owner_id
                 await documents_repo.put_member(
-                    session, document_id, view.document.owner_id, DocumentRole.EDITOR
+                    session, document_id, previous_owner, DocumentRole.EDITOR
                 )
                 view.document.owner_id = user.id
             member, created = await documents_repo.put_member(session, document_id, user_id, role)
-            return _member_view(member.role, member.created_at, user), created
+            result = _member_view(member.role, member.created_at, user), created
+        if previous_owner is not None:
+            await self._broadcaster.membership_changed(
+                document_id, previous_owner, DocumentRole.EDITOR
+            )
+        await self._broadcaster.membership_changed(document_id, user_id, role)
+        return result
 
     async def remove_member(
         self, principal: Principal, document_id: uuid.UUID, user_id: uuid.UUID
     ) -> None:
         """The owner removes anyone but themself; any other member may leave."""
         async with self._sessions.begin() as session:
-            view = await _membership(session, principal, document_id)
+            view = await membership(session, principal, document_id)
             leaving = user_id == principal.user_id
             if view.role is not DocumentRole.OWNER and not leaving:
                 raise Forbidden("only the owner can remove members")
@@ -130,11 +143,13 @@ class DocumentService:
                 raise Conflict("the owner cannot be removed; hand the document over first")
             if not await documents_repo.remove_member(session, document_id, user_id):
                 raise NotFound("no such member")
+        await self._broadcaster.membership_changed(document_id, user_id, None)
 
 
-async def _membership(
+async def membership(
     session: AsyncSession, principal: Principal, document_id: uuid.UUID
 ) -> DocumentView:
+    """The document and the caller's role, or ``NotFound`` for non-members."""
     # Not a member and no such document look the same: ids are not disclosed.
     found = await documents_repo.get_document_for_member(session, document_id, principal.user_id)
     if found is None:

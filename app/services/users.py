@@ -10,14 +10,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.principal import Principal
 from app.errors import Conflict, Forbidden, NotFound
+from app.events import Broadcaster
 from app.services.auth import AuthService, hash_api_key
 from storage.models import ApiKey, GlobalRole, User
 from storage.repositories import users as users_repo
 
 
 class UserService:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], broadcaster: Broadcaster
+    ) -> None:
         self._sessions = sessions
+        self._broadcaster = broadcaster
 
     async def me(self, principal: Principal) -> User:
         async with self._sessions() as session:
@@ -59,14 +63,17 @@ class UserService:
                 raise Conflict("this is the last active admin")
             if role is not None:
                 user.role = role
-            if disabled is not None and disabled != user.disabled:
+            newly_disabled = disabled is True and not user.disabled
+            if disabled is not None:
                 user.disabled = disabled
-                if disabled:
-                    now = datetime.now(UTC)
-                    user.tokens_valid_after = now
-                    await users_repo.revoke_user_tokens(session, user.id, now)
+            if newly_disabled:
+                now = datetime.now(UTC)
+                user.tokens_valid_after = now
+                await users_repo.revoke_user_tokens(session, user.id, now)
             await session.flush()
-            return user
+        if newly_disabled:
+            await self._broadcaster.user_disabled(user.id)
+        return user
 
     async def create_api_key(
         self, principal: Principal, *, name: str, user_id: uuid.UUID | None

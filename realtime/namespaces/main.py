@@ -1,57 +1,137 @@
-"""The default namespace ``/``: authenticated connections (rooms and chat come next)."""
+"""The default namespace ``/``: authenticated connections and their commands."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 import socketio
-from aiohttp import web
 
 from app.auth.principal import Principal
-from app.errors import AppError, Unauthorized
-from app.keys import AUTH_SERVICE, METRICS
+from app.errors import AppError, Forbidden, Unauthorized
+from app.keys import METRICS
 from app.logs import correlation_id
+from app.wire import ServerEvent
+from realtime.commands import ack_requested
+from realtime.connections import Connection
+from realtime.namespaces.rooms import commands, leave_room
+from realtime.protocol import AuthRefresh
+from realtime.state import Call, Realtime
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "/"
-SESSION_PRINCIPAL = "principal"
+LIFECYCLE_EVENTS = frozenset({"connect", "disconnect"})
 
 
-async def authenticate(app: web.Application, auth: Any) -> Principal:
+async def authenticate(rt: Realtime, auth: Any) -> Principal:
     """The principal for a handshake's ``auth: {"token": ...}`` payload."""
     token = auth.get("token") if isinstance(auth, dict) else None
     if not isinstance(token, str) or not token:
         raise Unauthorized("send the access token as auth: {token: '...'}")
-    return await app[AUTH_SERVICE].authenticate_token(token)
+    return await rt.auth.authenticate_token(token)
+
+
+@commands("auth:refresh", AuthRefresh)
+async def auth_refresh(call: Call, payload: AuthRefresh) -> dict[str, Any]:
+    """A fresh access token for this connection (answer to ``auth:expiring``)."""
+    principal = await call.rt.auth.authenticate_token(payload.token)
+    if principal.user_id != call.connection.user_id:
+        raise Forbidden("the token belongs to another user")
+    call.connection.principal = principal
+    schedule_renewal(call.rt, call.connection)
+    assert principal.expires_at is not None
+    return {"expires_at": principal.expires_at.isoformat()}
+
+
+def schedule_renewal(rt: Realtime, connection: Connection) -> None:
+    """Ask for a fresh token before this one expires; end the connection if none comes."""
+    connection.cancel_timers()
+    expires_at = connection.principal.expires_at
+    if expires_at is None:
+        return
+    remaining = expires_at.timestamp() - time.time()
+    lead = min(rt.settings.token_renew_lead_seconds, max(remaining, 0) / 2)
+    grace = rt.settings.token_renew_grace_seconds
+    loop = asyncio.get_running_loop()
+
+    def ask() -> None:
+        data = {
+            "expires_at": expires_at.isoformat(),
+            "disconnect_in": round(max(expires_at.timestamp() - time.time(), 0) + grace, 3),
+        }
+        rt.spawn(rt.emit(ServerEvent.AUTH_EXPIRING, data, to=connection.sid))
+        connection.renewal = loop.call_later(
+            max(expires_at.timestamp() - time.time(), 0) + grace, expire
+        )
+
+    def expire() -> None:
+        rt.spawn(end_connection(rt, connection.sid, "token_expired", "the access token expired"))
+
+    connection.renewal = loop.call_later(max(remaining - lead, 0), ask)
+
+
+async def end_connection(rt: Realtime, sid: str, code: str, message: str) -> None:
+    """Tell a connection why, then close it."""
+    await rt.emit(ServerEvent.SESSION_ENDED, {"code": code, "message": message}, to=sid)
+    await rt.sio.disconnect(sid)
 
 
 class MainNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, rt: Realtime) -> None:
         super().__init__(NAMESPACE)
-        self.app = app
+        self.rt = rt
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         token = correlation_id.set(sid)
-        metrics = self.app[METRICS]
+        metrics = self.rt.app[METRICS]
         try:
             try:
-                principal = await authenticate(self.app, auth)
+                principal = await authenticate(self.rt, auth)
             except AppError as exc:
                 metrics.socket_refused.labels(exc.code).inc()
                 log.info("connection refused: %s", exc.code)
-                # The JS client sees err.message and err.data.code.
+                # python-socketio's exception (not the builtin of the same name):
+                # the JS client sees err.message and err.data.code.
                 raise socketio.exceptions.ConnectionRefusedError(
                     exc.message, {"code": exc.code}
                 ) from exc
-            await self.save_session(sid, {SESSION_PRINCIPAL: principal})
+            connection = Connection(sid, principal)
+            self.rt.connections.add(connection)
+            schedule_renewal(self.rt, connection)
             metrics.socket_connections.labels(NAMESPACE).inc()
             log.info("connected", extra={"user_id": str(principal.user_id)})
         finally:
             correlation_id.reset(token)
 
     async def on_disconnect(self, sid: str, reason: str | None = None) -> None:
-        session = await self.get_session(sid)
-        if SESSION_PRINCIPAL in session:
-            self.app[METRICS].socket_connections.labels(NAMESPACE).dec()
+        token = correlation_id.set(sid)
+        try:
+            connection = self.rt.connections.remove(sid)
+            if connection is None:
+                return
+            self.rt.app[METRICS].socket_connections.labels(NAMESPACE).dec()
+            for document_id in list(connection.rooms):
+                await leave_room(self.rt, connection, document_id)
+            log.info("disconnected: %s", reason)
+        finally:
+            correlation_id.reset(token)
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        if event in LIFECYCLE_EVENTS:
+            return await super().trigger_event(event, *args)
+        sid = args[0]
+        connection = self.rt.connections.get(sid)
+        if connection is None:  # a command racing its connection's end
+            return None
+        token = correlation_id.set(sid)
+        try:
+            result = await commands.run(Call(self.rt, connection), event, args[1:])
+            if not result["ok"] and not ack_requested.get():
+                # Nobody waits for an ack: say it with an event instead.
+                await self.rt.emit(ServerEvent.ERROR, {**result["error"], "event": event}, to=sid)
+            return result
+        finally:
+            correlation_id.reset(token)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.errors import AlreadyExists
-from storage.models import AuthorKind, ChatMessage, Document
+from storage.models import AuthorKind, ChatMessage, Document, User
 
 
 async def find_by_client_msg_id(
@@ -68,29 +67,40 @@ async def append_message(
     return message
 
 
-async def get_message(session: AsyncSession, message_id: uuid.UUID) -> ChatMessage | None:
-    return await session.get(ChatMessage, message_id)
+# A message with its author's username (None for the assistant or a deleted user).
+MessageRow = tuple[ChatMessage, str | None]
+
+
+def _with_author() -> Select[ChatMessage, str]:
+    return select(ChatMessage, User.username).outerjoin(User, User.id == ChatMessage.author_id)
+
+
+async def get_message(
+    session: AsyncSession, document_id: uuid.UUID, message_id: uuid.UUID
+) -> ChatMessage | None:
+    message = await session.get(ChatMessage, message_id)
+    return message if message is not None and message.document_id == document_id else None
 
 
 async def messages_after(
     session: AsyncSession, document_id: uuid.UUID, after_seq: int, *, limit: int
-) -> Sequence[ChatMessage]:
+) -> list[MessageRow]:
     """Oldest first, ``seq > after_seq``."""
     query = (
-        select(ChatMessage)
+        _with_author()
         .where(ChatMessage.document_id == document_id, ChatMessage.seq > after_seq)
         .order_by(ChatMessage.seq)
         .limit(limit)
     )
-    return (await session.scalars(query)).all()
+    return [(row[0], row[1]) for row in await session.execute(query)]
 
 
 async def messages_before(
     session: AsyncSession, document_id: uuid.UUID, before_seq: int | None, *, limit: int
-) -> Sequence[ChatMessage]:
+) -> list[MessageRow]:
     """The ``limit`` messages just before ``before_seq`` (newest page when None), oldest first."""
-    query = select(ChatMessage).where(ChatMessage.document_id == document_id)
+    query = _with_author().where(ChatMessage.document_id == document_id)
     if before_seq is not None:
         query = query.where(ChatMessage.seq < before_seq)
-    rows = (await session.scalars(query.order_by(ChatMessage.seq.desc()).limit(limit))).all()
-    return list(reversed(rows))
+    rows = await session.execute(query.order_by(ChatMessage.seq.desc()).limit(limit))
+    return [(row[0], row[1]) for row in reversed(rows.all())]

@@ -1,0 +1,228 @@
+"""Room chat: ordered, idempotent sends; history; edits and deletions.
+
+Every send of one document runs under that document's lock, from taking the next
+``seq`` to handing the message to the broadcaster, so a room hears its messages in
+``seq`` order. Joins take the same lock while they read the backlog and enter the
+room, so a message is either in the join's backlog or delivered live, never neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.auth.principal import Principal
+from app.errors import Forbidden, NotFound
+from app.events import Broadcaster
+from app.services.documents import membership
+from app.wire import MessageOut, ServerEvent, dump
+from storage.errors import AlreadyExists
+from storage.models import AuthorKind, Document, DocumentRole
+from storage.repositories import messages as messages_repo
+from storage.repositories import users as users_repo
+
+CAN_WRITE = frozenset({DocumentRole.OWNER, DocumentRole.EDITOR})
+
+
+class KeyedLocks:
+    """One asyncio lock per key, forgotten when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[uuid.UUID, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: uuid.UUID) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class JoinInfo:
+    document: Document
+    role: DocumentRole
+    last_seq: int
+    backlog: list[MessageOut]
+    has_more: bool  # more than one page was missed: page on with `chat:history`
+
+
+class ChatService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        broadcaster: Broadcaster,
+        *,
+        page_size: int,
+    ) -> None:
+        self._sessions = sessions
+        self._broadcaster = broadcaster
+        self._locks = KeyedLocks()
+        self.page_size = page_size
+
+    def room_lock(self, document_id: uuid.UUID) -> AbstractAsyncContextManager[None]:
+        """Held by sends and joins of one document (see the module docstring)."""
+        return self._locks.hold(document_id)
+
+    async def join_info(
+        self, principal: Principal, document_id: uuid.UUID, since_seq: int | None
+    ) -> JoinInfo:
+        """The caller's role and, with ``since_seq``, the first page they missed.
+
+        Call it while holding ``room_lock(document_id)``.
+        """
+        async with self._sessions() as session:
+            view = await membership(session, principal, document_id)
+            document, role = view.document, view.role
+            backlog: list[MessageOut] = []
+            has_more = False
+            if since_seq is not None:
+                rows = await messages_repo.messages_after(
+                    session, document_id, since_seq, limit=self.page_size + 1
+                )
+                has_more = len(rows) > self.page_size
+                backlog = [MessageOut.of(m, name) for m, name in rows[: self.page_size]]
+            return JoinInfo(document, role, document.last_message_seq, backlog, has_more)
+
+    async def send(
+        self,
+        principal: Principal,
+        document_id: uuid.UUID,
+        *,
+        client_msg_id: str,
+        text: str,
+        connection_id: str | None = None,
+    ) -> MessageOut:
+        """Store and broadcast a message; a retry with the same ``client_msg_id``
+        returns the stored message and broadcasts nothing."""
+        async with self.room_lock(document_id):
+            try:
+                async with self._sessions.begin() as session:
+                    view = await membership(session, principal, document_id)
+                    if view.role not in CAN_WRITE:
+                        raise Forbidden("viewers cannot send messages")
+                    message = await messages_repo.append_message(
+                        session,
+                        document_id=document_id,
+                        author_kind=AuthorKind.USER,
+                        author_id=principal.user_id,
+                        client_msg_id=client_msg_id,
+                        text=text,
+                    )
+            except AlreadyExists:
+                # A retry: the transaction rolled back (its seq with it); answer
+                # with what the first attempt stored.
+                async with self._sessions() as session:
+                    found = await messages_repo.find_by_client_msg_id(
+                        session, document_id, principal.user_id, client_msg_id
+                    )
+                assert found is not None
+                return MessageOut.of(found, principal.username)
+            out = MessageOut.of(message, principal.username)
+            await self._broadcaster.to_room(
+                document_id,
+                ServerEvent.CHAT_MESSAGE,
+                {"document_id": str(document_id), "message": dump(out)},
+                skip_connection=connection_id,
+            )
+            return out
+
+    async def history(
+        self,
+        principal: Principal,
+        document_id: uuid.UUID,
+        *,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        limit: int,
+    ) -> tuple[list[MessageOut], bool]:
+        """Up to ``limit`` messages, oldest first: those just before ``before_seq``
+        (the newest when neither bound is given) or just after ``after_seq``; and
+        whether more exist in that direction."""
+        async with self._sessions() as session:
+            await membership(session, principal, document_id)
+            if after_seq is not None:
+                rows = await messages_repo.messages_after(
+                    session, document_id, after_seq, limit=limit + 1
+                )
+                return [MessageOut.of(m, n) for m, n in rows[:limit]], len(rows) > limit
+            rows = await messages_repo.messages_before(
+                session, document_id, before_seq, limit=limit + 1
+            )
+        return [MessageOut.of(m, n) for m, n in rows[-limit:]], len(rows) > limit
+
+    async def edit(
+        self,
+        principal: Principal,
+        document_id: uuid.UUID,
+        message_id: uuid.UUID,
+        text: str,
+        *,
+        connection_id: str | None = None,
+    ) -> MessageOut:
+        """Authors edit their own messages while they still may write."""
+        async with self._sessions.begin() as session:
+            role = (await membership(session, principal, document_id)).role
+            message = await messages_repo.get_message(session, document_id, message_id)
+            if message is None:
+                raise NotFound("no such message")
+            if message.author_id != principal.user_id or role not in CAN_WRITE:
+                raise Forbidden("only the author can edit a message")
+            if message.deleted_at is not None:
+                raise NotFound("the message was deleted")
+            message.text = text
+            message.edited_at = datetime.now(UTC)
+        out = MessageOut.of(message, principal.username)
+        await self._broadcaster.to_room(
+            document_id,
+            ServerEvent.CHAT_EDITED,
+            {"document_id": str(document_id), "message": dump(out)},
+            skip_connection=connection_id,
+        )
+        return out
+
+    async def delete(
+        self,
+        principal: Principal,
+        document_id: uuid.UUID,
+        message_id: uuid.UUID,
+        *,
+        connection_id: str | None = None,
+    ) -> MessageOut:
+        """Authors delete their own messages, the document's owner any message.
+        The text is erased; the ``seq`` stays, so histories keep no gaps."""
+        async with self._sessions.begin() as session:
+            role = (await membership(session, principal, document_id)).role
+            message = await messages_repo.get_message(session, document_id, message_id)
+            if message is None or message.deleted_at is not None:
+                raise NotFound("no such message")
+            is_author = message.author_id == principal.user_id and role in CAN_WRITE
+            if not is_author and role is not DocumentRole.OWNER:
+                raise Forbidden("only the author or the owner can delete a message")
+            message.text = ""
+            message.deleted_at = datetime.now(UTC)
+            author = None
+            if message.author_id is not None:
+                user = await users_repo.get_user(session, message.author_id)
+                author = user.username if user is not None else None
+        out = MessageOut.of(message, author)
+        await self._broadcaster.to_room(
+            document_id,
+            ServerEvent.CHAT_DELETED,
+            {"document_id": str(document_id), "message": dump(out)},
+            skip_connection=connection_id,
+        )
+        return out

@@ -1,0 +1,73 @@
+"""Wire shapes shared by REST and Socket.IO, and the names of server-sent events."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from storage.models import AuthorKind, ChatMessage
+
+
+class ServerEvent(enum.StrEnum):
+    """Events the server emits on the default namespace."""
+
+    CHAT_MESSAGE = "chat:message"
+    CHAT_EDITED = "chat:edited"
+    CHAT_DELETED = "chat:deleted"
+    PRESENCE_JOINED = "presence:joined"
+    PRESENCE_LEFT = "presence:left"
+    PRESENCE_STATE = "presence:state"
+    TYPING = "typing"
+    ROOM_ROLE = "room:role"
+    ROOM_REMOVED = "room:removed"
+    AUTH_EXPIRING = "auth:expiring"
+    SESSION_ENDED = "session:ended"
+    ERROR = "error"
+
+
+class Author(BaseModel):
+    kind: AuthorKind
+    id: uuid.UUID | None
+    username: str | None
+
+
+class MessageOut(BaseModel):
+    id: uuid.UUID
+    document_id: uuid.UUID
+    seq: int
+    author: Author
+    client_msg_id: str | None
+    text: str
+    metadata: dict[str, Any]
+    created_at: datetime
+    edited_at: datetime | None
+    deleted: bool
+
+    @classmethod
+    def of(cls, message: ChatMessage, username: str | None) -> MessageOut:
+        return cls(
+            id=message.id,
+            document_id=message.document_id,
+            seq=message.seq,
+            author=Author(kind=message.author_kind, id=message.author_id, username=username),
+            client_msg_id=message.client_msg_id,
+            text=message.text,
+            metadata=message.meta,
+            created_at=message.created_at,
+            edited_at=message.edited_at,
+            deleted=message.deleted_at is not None,
+        )
+
+
+class MessagePage(BaseModel):
+    items: list[MessageOut]
+    has_more: bool
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """JSON-ready dict (UUIDs and datetimes as strings) for Socket.IO payloads."""
+    return model.model_dump(mode="json")

@@ -1,0 +1,215 @@
+"""Room commands on the default namespace: join, leave, chat, presence, typing."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+
+from app.errors import Forbidden, PayloadTooLarge, ValidationFailed
+from app.wire import ServerEvent, dump
+from realtime.commands import Commands
+from realtime.connections import Connection
+from realtime.protocol import (
+    ChatDelete,
+    ChatEdit,
+    ChatHistory,
+    ChatSend,
+    Join,
+    Leave,
+    PresenceUpdate,
+    Typing,
+)
+from realtime.state import Call, Realtime, room_name
+
+commands: Commands[Call] = Commands()
+
+
+class NotJoined(Forbidden):
+    code = "not_joined"
+    default_message = "join the room first"
+
+
+def joined(call: Call, document_id: uuid.UUID) -> None:
+    # Rooms a connection has not joined are answered like rooms that do not
+    # exist for it: nothing about them leaks.
+    if document_id not in call.connection.rooms:
+        raise NotJoined()
+
+
+@commands("join", Join)
+async def join(call: Call, payload: Join) -> dict[str, Any]:
+    rt, connection, document_id = call.rt, call.connection, payload.document_id
+    principal = connection.principal
+    # Under the room lock no message can be stored between the backlog read and
+    # entering the room: each one is in the backlog or arrives live.
+    async with rt.chat.room_lock(document_id):
+        info = await rt.chat.join_info(principal, document_id, payload.since_seq)
+        await rt.sio.enter_room(call.sid, room_name(document_id))
+        connection.rooms[document_id] = info.role
+    first = await rt.presence.join(document_id, principal.user_id, principal.username, call.sid)
+    if first:
+        await rt.emit(
+            ServerEvent.PRESENCE_JOINED,
+            {
+                "document_id": str(document_id),
+                "user": {"user_id": str(principal.user_id), "username": principal.username},
+            },
+            to=room_name(document_id),
+            skip_sid=call.sid,
+        )
+    return {
+        "document": {"id": str(info.document.id), "title": info.document.title},
+        "role": info.role.value,
+        "connection_id": call.sid,
+        "last_seq": info.last_seq,
+        "presence": await rt.presence.snapshot(document_id),
+        "messages": [dump(message) for message in info.backlog],
+        "has_more": info.has_more,
+    }
+
+
+@commands("leave", Leave)
+async def leave(call: Call, payload: Leave) -> dict[str, Any]:
+    await leave_room(call.rt, call.connection, payload.document_id)
+    return {}
+
+
+async def leave_room(rt: Realtime, connection: Connection, document_id: uuid.UUID) -> None:
+    """Take a connection out of a room and tell the room (leave, removal, disconnect)."""
+    if connection.rooms.pop(document_id, None) is None:
+        return
+    room = room_name(document_id)
+    await rt.sio.leave_room(connection.sid, room)
+    user_id = str(connection.user_id)
+    if await rt.presence.leave(document_id, connection.user_id, connection.sid):
+        if rt.typing.clear(document_id, connection.user_id):
+            await rt.emit(
+                ServerEvent.TYPING,
+                {"document_id": str(document_id), "user_id": user_id, "typing": False},
+                to=room,
+            )
+        await rt.emit(
+            ServerEvent.PRESENCE_LEFT,
+            {"document_id": str(document_id), "user_id": user_id},
+            to=room,
+        )
+    else:
+        # The user is still here in another tab; this connection's state is gone.
+        await rt.emit(
+            ServerEvent.PRESENCE_STATE,
+            {
+                "document_id": str(document_id),
+                "user_id": user_id,
+                "connection_id": connection.sid,
+                "state": None,
+            },
+            to=room,
+        )
+
+
+@commands("chat:send", ChatSend)
+async def chat_send(call: Call, payload: ChatSend) -> dict[str, Any]:
+    # No await before the service takes the room lock: a client's sends keep
+    # their order even when it does not wait for each ack.
+    joined(call, payload.document_id)
+    check_length(call, payload.text)
+    message = await call.rt.chat.send(
+        call.connection.principal,
+        payload.document_id,
+        client_msg_id=payload.client_msg_id,
+        text=payload.text,
+        connection_id=call.sid,
+    )
+    return {
+        "id": str(message.id),
+        "seq": message.seq,
+        "created_at": message.created_at.isoformat(),
+    }
+
+
+@commands("chat:history", ChatHistory)
+async def chat_history(call: Call, payload: ChatHistory) -> dict[str, Any]:
+    joined(call, payload.document_id)
+    messages, has_more = await call.rt.chat.history(
+        call.connection.principal,
+        payload.document_id,
+        before_seq=payload.before_seq,
+        after_seq=payload.after_seq,
+        limit=payload.limit,
+    )
+    return {"messages": [dump(message) for message in messages], "has_more": has_more}
+
+
+@commands("chat:edit", ChatEdit)
+async def chat_edit(call: Call, payload: ChatEdit) -> dict[str, Any]:
+    joined(call, payload.document_id)
+    check_length(call, payload.text)
+    message = await call.rt.chat.edit(
+        call.connection.principal,
+        payload.document_id,
+        payload.message_id,
+        payload.text,
+        connection_id=call.sid,
+    )
+    return {"message": dump(message)}
+
+
+@commands("chat:delete", ChatDelete)
+async def chat_delete(call: Call, payload: ChatDelete) -> dict[str, Any]:
+    joined(call, payload.document_id)
+    message = await call.rt.chat.delete(
+        call.connection.principal, payload.document_id, payload.message_id, connection_id=call.sid
+    )
+    return {"message": dump(message)}
+
+
+@commands("presence:update", PresenceUpdate)
+async def presence_update(call: Call, payload: PresenceUpdate) -> dict[str, Any]:
+    joined(call, payload.document_id)
+    limit = call.rt.settings.presence_state_max_bytes
+    if len(orjson.dumps(payload.state)) > limit:
+        raise PayloadTooLarge(f"presence state is larger than {limit} bytes")
+    document_id, user_id = payload.document_id, call.connection.user_id
+    await call.rt.presence.set_state(document_id, user_id, call.sid, payload.state)
+    await call.rt.emit(
+        ServerEvent.PRESENCE_STATE,
+        {
+            "document_id": str(document_id),
+            "user_id": str(user_id),
+            "connection_id": call.sid,
+            "state": payload.state,
+        },
+        to=room_name(document_id),
+        skip_sid=call.sid,
+    )
+    return {}
+
+
+@commands("typing", Typing)
+async def typing(call: Call, payload: Typing) -> dict[str, Any]:
+    joined(call, payload.document_id)
+    document_id, user_id = payload.document_id, call.connection.user_id
+    if call.rt.typing.update(document_id, user_id, payload.typing):
+        await call.rt.emit(
+            ServerEvent.TYPING,
+            {"document_id": str(document_id), "user_id": str(user_id), "typing": payload.typing},
+            to=room_name(document_id),
+            skip_sid=call.sid,
+        )
+    return {}
+
+
+def check_length(call: Call, text: str) -> None:
+    limit = call.rt.settings.chat_message_max_chars
+    if len(text) > limit:
+        raise ValidationFailed(
+            details=[
+                {
+                    "field": "text",
+                    "message": f"at most {limit} characters",
+                    "type": "string_too_long",
+                }
+            ]
+        )

@@ -1,0 +1,72 @@
+"""Who is in a room: per user over all their connections, with per-connection state.
+
+The room hears ``presence:joined`` when a user's first connection enters and
+``presence:left`` when their last one goes, not when a second tab opens. The
+methods are coroutines so a cluster-wide store (Redis) can stand in later.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class PresentUser:
+    username: str
+    # sid -> latest state (cursor, selection, status); {} until the client sets one
+    connections: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Presence:
+    def __init__(self) -> None:
+        self._rooms: dict[uuid.UUID, dict[uuid.UUID, PresentUser]] = {}
+
+    async def join(
+        self, document_id: uuid.UUID, user_id: uuid.UUID, username: str, sid: str
+    ) -> bool:
+        """Add a connection; True when it is the user's first in this room."""
+        users = self._rooms.setdefault(document_id, {})
+        user = users.get(user_id)
+        first = user is None
+        if user is None:
+            user = users[user_id] = PresentUser(username)
+        user.connections.setdefault(sid, {})
+        return first
+
+    async def leave(self, document_id: uuid.UUID, user_id: uuid.UUID, sid: str) -> bool:
+        """Remove a connection and its state; True when it was the user's last."""
+        users = self._rooms.get(document_id, {})
+        user = users.get(user_id)
+        if user is None or sid not in user.connections:
+            return False
+        del user.connections[sid]
+        if user.connections:
+            return False
+        del users[user_id]
+        if not users:
+            del self._rooms[document_id]
+        return True
+
+    async def set_state(
+        self, document_id: uuid.UUID, user_id: uuid.UUID, sid: str, state: dict[str, Any]
+    ) -> bool:
+        user = self._rooms.get(document_id, {}).get(user_id)
+        if user is None or sid not in user.connections:
+            return False
+        user.connections[sid] = state
+        return True
+
+    async def snapshot(self, document_id: uuid.UUID) -> list[dict[str, Any]]:
+        return [
+            {
+                "user_id": str(user_id),
+                "username": user.username,
+                "connections": [
+                    {"connection_id": sid, "state": state}
+                    for sid, state in user.connections.items()
+                ],
+            }
+            for user_id, user in self._rooms.get(document_id, {}).items()
+        ]

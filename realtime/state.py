@@ -1,0 +1,93 @@
+"""What every handler of this process shares."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import socketio
+from aiohttp import web
+
+from app.config import Settings
+from app.keys import AUTH_SERVICE, CHAT_SERVICE
+from app.services.auth import AuthService
+from app.services.chat import ChatService
+from app.wire import ServerEvent
+from realtime.connections import Connection, Connections
+from realtime.presence import Presence
+from realtime.typing_indicators import TypingIndicators
+
+log = logging.getLogger(__name__)
+
+
+def room_name(document_id: uuid.UUID) -> str:
+    return f"doc:{document_id}"
+
+
+@dataclass(eq=False)
+class Realtime:
+    sio: socketio.AsyncServer
+    app: web.Application
+    settings: Settings
+    connections: Connections = field(default_factory=Connections)
+    presence: Presence = field(default_factory=Presence)
+    typing: TypingIndicators = field(init=False)
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.typing = TypingIndicators(
+            timeout=self.settings.typing_timeout_seconds,
+            throttle=self.settings.typing_throttle_seconds,
+            on_expired=self._typing_expired,
+        )
+
+    def _typing_expired(self, document_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        data = {"document_id": str(document_id), "user_id": str(user_id), "typing": False}
+        self.spawn(self.emit(ServerEvent.TYPING, data, to=room_name(document_id)))
+
+    @property
+    def chat(self) -> ChatService:
+        return self.app[CHAT_SERVICE]
+
+    @property
+    def auth(self) -> AuthService:
+        return self.app[AUTH_SERVICE]
+
+    async def emit(
+        self, event: str, data: Any, *, to: str | None = None, skip_sid: str | None = None
+    ) -> None:
+        await self.sio.emit(event, data, to=to, skip_sid=skip_sid)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run a coroutine from a timer callback; keep it referenced, log its failure."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    async def close(self) -> None:
+        self.typing.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for connection in self.connections.all():
+            connection.cancel_timers()
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One command from one connection."""
+
+    rt: Realtime
+    connection: Connection
+
+    @property
+    def sid(self) -> str:
+        return self.connection.sid

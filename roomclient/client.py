@@ -1,0 +1,334 @@
+"""``RoomClient``: connect, join, chat with retries, history, presence callbacks.
+
+What it guarantees the application:
+- a room's ``messages`` are in ``seq`` order, without duplicates;
+- after a reconnect every joined room is joined again with ``since_seq``, and the
+  missed messages are fetched (paging when there are many): nothing is lost;
+- ``send`` retries with the same ``client_msg_id``, so a retry never duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import socketio
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[str, dict[str, Any]], Awaitable[None] | None]
+TokenProvider = Callable[[], Awaitable[str]]
+
+
+class CommandError(Exception):
+    """The server answered a command with ``{"ok": false, "error": ...}``."""
+
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+@dataclass
+class RoomView:
+    """What this client knows of one joined room."""
+
+    document_id: str
+    title: str = ""
+    role: str = ""
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    # user_id -> {"username", "connections": {connection_id: state}}
+    presence: dict[str, dict[str, Any]] = field(default_factory=dict)
+    typing: set[str] = field(default_factory=set)
+    _seqs: set[int] = field(default_factory=set)
+
+    @property
+    def last_seq(self) -> int:
+        return self.messages[-1]["seq"] if self.messages else 0
+
+    def add(self, message: dict[str, Any]) -> bool:
+        """Insert in seq order; False for a duplicate (already seen) seq."""
+        seq = message["seq"]
+        if seq in self._seqs:
+            for i, known in enumerate(self.messages):
+                if known["seq"] == seq:
+                    self.messages[i] = message  # an edit or deletion replaces it
+            return False
+        self._seqs.add(seq)
+        if not self.messages or self.messages[-1]["seq"] < seq:
+            self.messages.append(message)
+        else:
+            self.messages.append(message)
+            self.messages.sort(key=lambda m: m["seq"])
+        return True
+
+
+class RoomClient:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        transports: list[str] | None = None,
+        reconnection: bool = True,
+        refresh_token: TokenProvider | None = None,
+        command_timeout: float = 10.0,
+    ) -> None:
+        """``refresh_token`` is called when the server asks for a fresh access token."""
+        self.url = url
+        self.token = token
+        self.transports = transports or ["websocket"]
+        self.command_timeout = command_timeout
+        self.rooms: dict[str, RoomView] = {}
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.ended: dict[str, Any] | None = None
+        self._refresh_token = refresh_token
+        self._listeners: list[Listener] = []
+        self._connected = asyncio.Event()
+        self.sio = socketio.AsyncClient(reconnection=reconnection, logger=False)
+        self.sio.on("connect", self._on_connect)
+        self.sio.on("disconnect", self._on_disconnect)
+        self.sio.on("*", self._on_event)
+
+    # --- connection -----------------------------------------------------------------
+
+    async def connect(self) -> None:
+        # A callable: reconnects present the current token, not the first one.
+        await self.sio.connect(
+            self.url, auth=lambda: {"token": self.token}, transports=self.transports
+        )
+        await self._connected.wait()
+
+    async def close(self) -> None:
+        await self.sio.disconnect()
+
+    async def __aenter__(self) -> RoomClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.sio.connected)
+
+    def on(self, listener: Listener) -> None:
+        """Call ``listener(event, data)`` for every server event."""
+        self._listeners.append(listener)
+
+    # --- commands -------------------------------------------------------------------
+
+    async def command(
+        self,
+        event: str,
+        payload: dict[str, Any],
+        timeout: float | None = None,  # noqa: ASYNC109 (the ack wait, handed to sio.call)
+    ) -> Any:
+        reply = await self.sio.call(event, payload, timeout=timeout or self.command_timeout)
+        if not isinstance(reply, dict) or "ok" not in reply:
+            raise CommandError("bad_reply", f"unexpected reply {reply!r}")
+        if not reply["ok"]:
+            error = reply["error"]
+            raise CommandError(error["code"], error["message"], error.get("details"))
+        return reply["data"]
+
+    async def join(self, document_id: str) -> RoomView:
+        """Join a room. The first time, load the newest page of history; when
+        re-joining (after a reconnect), fetch everything after the last ``seq``."""
+        room = self.rooms.get(document_id)
+        rejoining = room is not None
+        room = room or RoomView(document_id)
+        payload: dict[str, Any] = {"document_id": document_id}
+        if rejoining:
+            payload["since_seq"] = room.last_seq
+        data = await self.command("join", payload)
+        room.title, room.role = data["document"]["title"], data["role"]
+        room.presence = {
+            user["user_id"]: {
+                "username": user["username"],
+                "connections": {c["connection_id"]: c["state"] for c in user["connections"]},
+            }
+            for user in data["presence"]
+        }
+        self.rooms[document_id] = room
+        if rejoining:
+            for message in data["messages"]:
+                room.add(message)
+            after = data["messages"][-1]["seq"] if data["messages"] else room.last_seq
+            if data["has_more"]:
+                await self._catch_up(room, after)
+        else:
+            messages, _ = await self.history(document_id, limit=50)
+            for message in messages:
+                room.add(message)
+        return room
+
+    async def leave(self, document_id: str) -> None:
+        await self.command("leave", {"document_id": document_id})
+        self.rooms.pop(document_id, None)
+
+    async def send(
+        self,
+        document_id: str,
+        text: str,
+        *,
+        client_msg_id: str | None = None,
+        attempts: int = 3,
+        timeout: float | None = None,  # noqa: ASYNC109 (per attempt, not overall)
+    ) -> dict[str, Any]:
+        """Send a message; on a timeout or a dropped connection try again with the
+        same ``client_msg_id`` (the server answers a retry with the original)."""
+        client_msg_id = client_msg_id or uuid.uuid4().hex
+        payload = {"document_id": document_id, "client_msg_id": client_msg_id, "text": text}
+        for attempt in range(1, attempts + 1):
+            try:
+                await asyncio.wait_for(self._connected.wait(), timeout or self.command_timeout)
+                ack: dict[str, Any] = await self.command("chat:send", payload, timeout)
+            except (
+                TimeoutError,
+                socketio.exceptions.TimeoutError,
+                socketio.exceptions.BadNamespaceError,
+            ):
+                if attempt == attempts:
+                    raise
+                log.info("send %s: attempt %d timed out, retrying", client_msg_id, attempt)
+                continue
+            room = self.rooms.get(document_id)
+            if room is not None:
+                room.add(
+                    {
+                        "id": ack["id"],
+                        "document_id": document_id,
+                        "seq": ack["seq"],
+                        "text": text,
+                        "client_msg_id": client_msg_id,
+                        "created_at": ack["created_at"],
+                        "author": {"kind": "user", "id": None, "username": None},
+                        "edited_at": None,
+                        "deleted": False,
+                        "metadata": {},
+                    }
+                )
+            return ack
+        raise AssertionError("unreachable")
+
+    async def history(
+        self,
+        document_id: str,
+        *,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        limit: int = 50,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        payload: dict[str, Any] = {"document_id": document_id, "limit": limit}
+        if before_seq is not None:
+            payload["before_seq"] = before_seq
+        if after_seq is not None:
+            payload["after_seq"] = after_seq
+        data = await self.command("chat:history", payload)
+        return data["messages"], data["has_more"]
+
+    async def edit(self, document_id: str, message_id: str, text: str) -> dict[str, Any]:
+        data = await self.command(
+            "chat:edit", {"document_id": document_id, "message_id": message_id, "text": text}
+        )
+        return self._apply_own(document_id, data["message"])
+
+    async def delete(self, document_id: str, message_id: str) -> dict[str, Any]:
+        data = await self.command(
+            "chat:delete", {"document_id": document_id, "message_id": message_id}
+        )
+        return self._apply_own(document_id, data["message"])
+
+    def _apply_own(self, document_id: str, message: dict[str, Any]) -> dict[str, Any]:
+        # The server does not echo a connection's own changes back to it.
+        room = self.rooms.get(document_id)
+        if room is not None:
+            room.add(message)
+        return message
+
+    async def update_presence(self, document_id: str, state: dict[str, Any]) -> None:
+        await self.command("presence:update", {"document_id": document_id, "state": state})
+
+    async def set_typing(self, document_id: str, typing: bool) -> None:
+        await self.command("typing", {"document_id": document_id, "typing": typing})
+
+    # --- internals ------------------------------------------------------------------
+
+    async def _catch_up(self, room: RoomView, after_seq: int) -> None:
+        """Page forward from ``after_seq`` until nothing more was missed."""
+        while True:
+            messages, has_more = await self.history(
+                room.document_id, after_seq=after_seq, limit=100
+            )
+            for message in messages:
+                room.add(message)
+            if not has_more or not messages:
+                return
+            after_seq = messages[-1]["seq"]
+
+    async def _on_connect(self) -> None:
+        self._connected.set()
+        rejoin = list(self.rooms)
+        if rejoin:
+            asyncio.get_running_loop().create_task(self._rejoin(rejoin))
+
+    async def _rejoin(self, document_ids: list[str]) -> None:
+        for document_id in document_ids:
+            try:
+                await self.join(document_id)
+            except (CommandError, socketio.exceptions.SocketIOError) as exc:
+                log.warning("could not re-join %s: %s", document_id, exc)
+
+    async def _on_disconnect(self, reason: Any = None) -> None:
+        self._connected.clear()
+
+    async def _on_event(self, event: str, data: Any = None) -> None:
+        payload = data if isinstance(data, dict) else {"value": data}
+        self.events.append((event, payload))
+        self._apply(event, payload)
+        if event == "auth:expiring" and self._refresh_token is not None:
+            self.token = await self._refresh_token()
+            await self.command("auth:refresh", {"token": self.token})
+        if event == "session:ended":
+            self.ended = payload
+        for listener in self._listeners:
+            result = listener(event, payload)
+            if asyncio.iscoroutine(result):
+                await result
+
+    def _apply(self, event: str, data: dict[str, Any]) -> None:
+        room = self.rooms.get(str(data.get("document_id")))
+        if room is None:
+            return
+        if event in ("chat:message", "chat:edited", "chat:deleted"):
+            room.add(data["message"])
+        elif event == "presence:joined":
+            user = data["user"]
+            room.presence.setdefault(
+                user["user_id"], {"username": user["username"], "connections": {}}
+            )
+        elif event == "presence:left":
+            room.presence.pop(data["user_id"], None)
+            room.typing.discard(data["user_id"])
+        elif event == "presence:state":
+            user = room.presence.setdefault(data["user_id"], {"username": None, "connections": {}})
+            if data["state"] is None:
+                user["connections"].pop(data["connection_id"], None)
+            else:
+                user["connections"][data["connection_id"]] = data["state"]
+        elif event == "typing":
+            (room.typing.add if data["typing"] else room.typing.discard)(data["user_id"])
+        elif event == "room:role":
+            room.role = data["role"]
+        elif event == "room:removed":
+            self.rooms.pop(room.document_id, None)
+
+    def room(self, document_id: str) -> RoomView:
+        return self.rooms[document_id]
