@@ -102,7 +102,7 @@ def create_app(settings: Settings) -> web.Application:
         # Phase one of shutdown: refuse readiness, end live connections. The
         # cleanup contexts (phase two) then close the pools. Safe to run twice.
         app[DRAINING].set()
-        await shutdown(realtime)
+        await shutdown(realtime, timeout=settings.shutdown_timeout_seconds)
 
     app.on_shutdown.append(drain)
     api.install(app)

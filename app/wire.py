@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from storage.models import AuthorKind, ChatMessage
 
@@ -66,6 +66,14 @@ class MessageOut(BaseModel):
 class MessagePage(BaseModel):
     items: list[MessageOut]
     has_more: bool
+
+
+_DATETIME = TypeAdapter(datetime)
+
+
+def iso(moment: datetime) -> str:
+    """A timestamp as REST and model payloads write it (ISO 8601, UTC as Z)."""
+    return str(_DATETIME.dump_python(moment, mode="json"))
 
 
 def dump(model: BaseModel) -> dict[str, Any]:

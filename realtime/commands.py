@@ -19,8 +19,11 @@ from app.errors import AppError, BadRequest, ValidationFailed
 
 log = logging.getLogger(__name__)
 
-# Set by RoomServer for each incoming event (each runs in a task of its own).
-ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar("ack_requested", default=False)
+# Set by RoomServer in the task of each event packet a client sent: whether it
+# asked for an ack. None elsewhere, e.g. for the server's own connect/disconnect.
+ack_requested: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
+    "ack_requested", default=None
+)
 
 Ctx = TypeVar("Ctx")
 Payload = TypeVar("Payload", bound=BaseModel)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -46,11 +47,18 @@ def create_realtime(app: web.Application, settings: Settings) -> tuple[Realtime,
     return rt, SocketBroadcaster(rt)
 
 
-async def shutdown(rt: Realtime) -> None:
-    """Close every client connection (shutdown's first phase); safe to call twice."""
+async def shutdown(rt: Realtime, *, timeout: float) -> None:  # noqa: ASYNC109 (bounds one step)
+    """Close every client connection (shutdown's first phase); safe to call twice.
+
+    A polling client that never polls again would never collect its close packet:
+    the wait for them is bounded by ``timeout``.
+    """
     sio = rt.sio
     if sio.eio.sockets:
         log.info("disconnecting %d socket clients", len(sio.eio.sockets))
-        await sio.eio.disconnect()
+        try:
+            await asyncio.wait_for(sio.eio.disconnect(), timeout)
+        except TimeoutError:
+            log.warning("some socket clients did not take their close packet in %.1fs", timeout)
     await sio.shutdown()
     await rt.close()

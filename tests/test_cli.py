@@ -190,3 +190,32 @@ async def test_development_secret_is_generated_once_and_kept(
         assert await asyncio.wait_for(process.wait(), timeout=20) == 0
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
     assert secret_file.read_text() != TEST_JWT_SECRET
+
+
+async def test_sigterm_does_not_wait_forever_for_a_silent_polling_client(
+    app_env: dict[str, str], start_server: Callable[..., object]
+) -> None:
+    """A long-polling client that never polls again cannot hold shutdown hostage."""
+    assert run_app(app_env, "migrate").returncode == 0
+    process = await start_server(SHUTDOWN_TIMEOUT_SECONDS="1")  # type: ignore[misc]
+    assert isinstance(process, asyncio.subprocess.Process)
+    base = f"http://127.0.0.1:{app_env['PORT']}"
+    await wait_until_up(base)
+    async with aiohttp.ClientSession() as http:
+        credentials = {"username": "pat", "password": PASSWORD}
+        async with http.post(f"{base}/api/v1/auth/register", json=credentials) as response:
+            assert response.status == 201
+        async with http.post(f"{base}/api/v1/auth/login", json=credentials) as response:
+            token = (await response.json())["access_token"]
+        # Engine.IO handshake over polling, then the Socket.IO CONNECT packet...
+        async with http.get(f"{base}/socket.io/?EIO=4&transport=polling") as response:
+            handshake = json.loads((await response.text())[1:])
+        session = f"{base}/socket.io/?EIO=4&transport=polling&sid={handshake['sid']}"
+        connect_packet = "40" + json.dumps({"token": token})
+        async with http.post(session, data=connect_packet) as response:
+            assert response.status == 200
+        async with http.get(session) as response:  # the CONNECT ack
+            assert (await response.text()).startswith("40")
+        # ...and then silence: no more polls.
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=20) == 0

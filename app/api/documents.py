@@ -163,6 +163,7 @@ async def list_members(request: web.Request, principal: Principal) -> MemberList
     response=MemberOut,
     errors=(401, 403, 404, 409, 422),
     tag="members",
+    also=(201,),
 )
 async def put_member(request: web.Request, principal: Principal, body: MemberPut) -> web.Response:
     """Add a member or change their role (owner only); `owner` hands the document over."""

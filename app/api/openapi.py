@@ -88,7 +88,11 @@ def _operation(
     else:
         responses[str(endpoint.status)] = {"description": "No content"}
     error_ref = refs[(ErrorBody, "serialization")]
+    for status in endpoint.also:
+        responses[str(status)] = responses[str(endpoint.status)]
     statuses = set(endpoint.errors) | ({400, 413, 415, 422} if endpoint.body else set())
+    if endpoint.auth:
+        statuses |= {401, 403}  # missing or bad credentials; a disabled user
     for status in sorted(statuses):
         responses[str(status)] = {
             "description": ERROR_TEXT.get(status, "Error"),

@@ -51,6 +51,7 @@ class Endpoint:
     auth: bool
     errors: tuple[int, ...]
     tag: str
+    also: tuple[int, ...]  # other success statuses with the same body
 
     @property
     def path_params(self) -> list[str]:
@@ -74,12 +75,24 @@ class Api:
         auth: bool = True,
         errors: tuple[int, ...] = (),
         tag: str = "",
+        also: tuple[int, ...] = (),
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             summary = (handler.__doc__ or handler.__name__).strip().splitlines()[0]
             self.endpoints.append(
                 Endpoint(
-                    method, path, handler, summary, body, query, response, status, auth, errors, tag
+                    method,
+                    path,
+                    handler,
+                    summary,
+                    body,
+                    query,
+                    response,
+                    status,
+                    auth,
+                    errors,
+                    tag,
+                    also,
                 )
             )
             return handler

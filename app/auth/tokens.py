@@ -157,7 +157,9 @@ class TokenCodec:
         if typ != token_type and not (
             typ is None and token_type == "access" and not self.keys.can_issue
         ):
-            raise InvalidToken(f"expected an {token_type} token")
+            raise InvalidToken(
+                f"expected {'an access' if token_type == 'access' else 'a refresh'} token"
+            )
         return claims
 
 

@@ -13,7 +13,7 @@ from app.auth.principal import Principal
 from app.errors import AppError, Forbidden, Unauthorized
 from app.keys import METRICS
 from app.logs import correlation_id
-from app.wire import ServerEvent
+from app.wire import ServerEvent, iso
 from realtime.commands import ack_requested
 from realtime.connections import Connection
 from realtime.namespaces.rooms import commands, leave_room
@@ -43,7 +43,7 @@ async def auth_refresh(call: Call, payload: AuthRefresh) -> dict[str, Any]:
     call.connection.principal = principal
     schedule_renewal(call.rt, call.connection)
     assert principal.expires_at is not None
-    return {"expires_at": principal.expires_at.isoformat()}
+    return {"expires_at": iso(principal.expires_at)}
 
 
 def schedule_renewal(rt: Realtime, connection: Connection) -> None:
@@ -59,7 +59,7 @@ def schedule_renewal(rt: Realtime, connection: Connection) -> None:
 
     def ask() -> None:
         data = {
-            "expires_at": expires_at.isoformat(),
+            "expires_at": iso(expires_at),
             "disconnect_in": round(max(expires_at.timestamp() - time.time(), 0) + grace, 3),
         }
         rt.spawn(rt.emit(ServerEvent.AUTH_EXPIRING, data, to=connection.sid))
@@ -120,8 +120,10 @@ class MainNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             correlation_id.reset(token)
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
-        if event in LIFECYCLE_EVENTS:
+        if event in LIFECYCLE_EVENTS and ack_requested.get() is None:
             return await super().trigger_event(event, *args)
+        # Everything else came in a client's event packet, a "disconnect" too:
+        # it is a command like any other (and an unknown one).
         sid = args[0]
         connection = self.rt.connections.get(sid)
         if connection is None:  # a command racing its connection's end
@@ -129,7 +131,7 @@ class MainNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         token = correlation_id.set(sid)
         try:
             result = await commands.run(Call(self.rt, connection), event, args[1:])
-            if not result["ok"] and not ack_requested.get():
+            if not result["ok"] and ack_requested.get() is False:
                 # Nobody waits for an ack: say it with an event instead.
                 await self.rt.emit(ServerEvent.ERROR, {**result["error"], "event": event}, to=sid)
             return result

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from app.errors import Forbidden, PayloadTooLarge, ValidationFailed
-from app.wire import ServerEvent, dump
+from app.wire import ServerEvent, dump, iso
 from realtime.commands import Commands
 from realtime.connections import Connection
 from realtime.protocol import (
@@ -125,7 +125,7 @@ async def chat_send(call: Call, payload: ChatSend) -> dict[str, Any]:
     return {
         "id": str(message.id),
         "seq": message.seq,
-        "created_at": message.created_at.isoformat(),
+        "created_at": iso(message.created_at),
     }
 
 

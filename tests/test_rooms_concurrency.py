@@ -1,0 +1,147 @@
+"""Many clients sending at once into one room: seqs stay gapless, every message is
+stored once, and everybody hears the room in the same (seq) order."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+from typing import Any
+
+from roomclient import RoomClient
+from tests.conftest import ClientFactory
+from tests.helpers import Api, User, eventually
+
+USERS = 5
+TABS = 4  # connections per user: 20 clients in the room
+SENDS = 50  # per client: 1,000 messages in all
+TOTAL = USERS * TABS * SENDS
+SEND_TIMEOUT = 60.0  # per attempt; RoomClient.send retries with the same client_msg_id
+WAIT = 40.0
+
+
+def chat_seqs(client: RoomClient) -> list[int]:
+    """Seqs of the ``chat:message`` events ``client`` received, in arrival order."""
+    return [data["message"]["seq"] for event, data in client.events if event == "chat:message"]
+
+
+async def all_messages(api: Api, user: User, document_id: str) -> list[dict[str, Any]]:
+    """The whole history over REST, paging forwards with ``after`` and ``limit=100``."""
+    messages: list[dict[str, Any]] = []
+    after = 0
+    for _ in range(TOTAL // 100 + 2):  # bounded: one page more than needed
+        page = await api.call(
+            "GET", f"/api/v1/documents/{document_id}/messages?after={after}&limit=100", user=user
+        )
+        messages += page["items"]
+        if not page["has_more"]:
+            return messages
+        after = page["items"][-1]["seq"]
+    raise AssertionError(f"still has_more after {len(messages)} messages")
+
+
+async def room_of(
+    api: Api, connect: ClientFactory, users: int, tabs: int
+) -> tuple[list[User], str, list[tuple[User, RoomClient]]]:
+    """``users`` editors of one document, each with ``tabs`` joined connections."""
+    people = [await api.user(f"user{i}") for i in range(users)]
+    document_id: str = (await api.document(people[0], "Busy room"))["id"]
+    for member in people[1:]:
+        await api.share(people[0], document_id, member, "editor")
+    clients = [(user, await connect(user)) for user in people for _ in range(tabs)]
+    await asyncio.gather(*(client.join(document_id) for _, client in clients))
+    return people, document_id, clients
+
+
+async def test_a_thousand_concurrent_sends_are_stored_once_in_one_order(
+    api: Api, connect: ClientFactory
+) -> None:
+    people, doc, clients = await room_of(api, connect, USERS, TABS)
+
+    async def send(index: int, client: RoomClient, n: int) -> tuple[str, dict[str, Any]]:
+        msg_id = f"c{index:02d}-m{n:02d}"
+        ack = await client.send(
+            doc, f"text of {msg_id}", client_msg_id=msg_id, timeout=SEND_TIMEOUT
+        )
+        return msg_id, ack
+
+    results = await asyncio.gather(
+        *(send(i, client, n) for i, (_, client) in enumerate(clients) for n in range(SENDS))
+    )
+
+    # Every ack is a distinct seq; together they are exactly 1..TOTAL.
+    acks = dict(results)
+    assert len(acks) == TOTAL
+    assert sorted(ack["seq"] for ack in acks.values()) == list(range(1, TOTAL + 1))
+
+    # Stored: exactly TOTAL rows, seqs gapless and increasing, each client_msg_id once.
+    stored = await all_messages(api, people[0], doc)
+    assert len(stored) == TOTAL
+    assert [m["seq"] for m in stored] == list(range(1, TOTAL + 1))
+    counts = Counter(m["client_msg_id"] for m in stored)
+    assert set(counts) == set(acks) and set(counts.values()) == {1}
+    author_of = {f"c{i:02d}": user.username for i, (user, _) in enumerate(clients)}
+    for message in stored:
+        msg_id = message["client_msg_id"]
+        assert message["text"] == f"text of {msg_id}", message
+        assert message["author"]["username"] == author_of[msg_id[:3]], message
+        assert (message["id"], message["seq"]) == (acks[msg_id]["id"], acks[msg_id]["seq"])
+
+    # Every client ends up with the whole room, in seq order.
+    everything = list(range(1, TOTAL + 1))
+
+    def all_caught_up() -> None:
+        for index, (_, client) in enumerate(clients):
+            seqs = [m["seq"] for m in client.room(doc).messages]
+            assert seqs == everything, (index, len(seqs))
+
+    await eventually(all_caught_up, timeout=WAIT, interval=0.1)
+
+    # The broadcasts each client heard came in strictly increasing seq order, no
+    # duplicates, and are exactly what the others sent (its own sends came as acks).
+    for index, (_, client) in enumerate(clients):
+        heard = chat_seqs(client)
+        assert all(a < b for a, b in itertools.pairwise(heard)), index
+        own = {acks[f"c{index:02d}-m{n:02d}"]["seq"] for n in range(SENDS)}
+        assert len(heard) == TOTAL - SENDS, (index, len(heard))
+        assert set(heard) == set(everything) - own, index
+        texts = {m["seq"]: m["text"] for m in client.room(doc).messages}
+        assert texts == {m["seq"]: m["text"] for m in stored}, index
+
+
+async def test_a_retry_storm_with_one_client_msg_id_stores_one_message(
+    api: Api, connect: ClientFactory
+) -> None:
+    people, doc, clients = await room_of(api, connect, 2, 2)
+    ann_tabs = [client for user, client in clients if user is people[0]]
+    listener = clients[-1][1]  # a tab of the other user
+    first = await ann_tabs[0].send(doc, "before the storm")
+
+    acks = await asyncio.gather(
+        *(
+            ann_tabs[n % 2].send(doc, f"attempt {n}", client_msg_id="storm-1", timeout=SEND_TIMEOUT)
+            for n in range(10)
+        )
+    )
+    assert all(ack == acks[0] for ack in acks), acks
+    assert acks[0]["seq"] == first["seq"] + 1
+
+    after = await ann_tabs[1].send(doc, "after the storm")
+    assert after["seq"] == first["seq"] + 2  # the refused retries used no seq
+    stored = await all_messages(api, people[1], doc)
+    assert [m["seq"] for m in stored] == [1, 2, 3]
+    assert [m["client_msg_id"] for m in stored].count("storm-1") == 1
+    storm = stored[1]
+    assert storm["id"] == acks[0]["id"] and storm["text"].startswith("attempt ")
+
+    def everyone_has_three() -> None:
+        for _, client in clients:
+            assert [m["seq"] for m in client.room(doc).messages] == [1, 2, 3]
+        assert chat_seqs(listener) == [1, 2, 3]
+
+    await eventually(everyone_has_three, timeout=WAIT)
+    # The winner was broadcast once (to every connection but its sender's); the
+    # answered retries broadcast nothing.
+    heard = [chat_seqs(client) for _, client in clients]
+    assert sum(seqs.count(2) for seqs in heard) == len(clients) - 1, heard
+    assert all(len(seqs) == len(set(seqs)) for seqs in heard), heard
