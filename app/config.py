@@ -58,7 +58,9 @@ class Settings(BaseSettings):
     )
     database_pool_size: int = Field(10, ge=1, description="PostgreSQL pool size per process.")
     redis_url: str | None = Field(
-        None, description="redis://... for several nodes; unset means one process."
+        None,
+        description="redis://...; checked by /ready. Cross-node fan-out and presence "
+        "come with the multi-node work.",
     )
 
     # --- auth ----------------------------------------------------------------------
@@ -109,7 +111,10 @@ class Settings(BaseSettings):
     )
     chat_message_max_chars: int = Field(4000, ge=1, description="Longest chat message.")
     history_page_size: int = Field(
-        100, ge=1, le=1000, description="Messages per join backlog or history page."
+        100,
+        ge=1,
+        le=1000,
+        description="Messages in a join's catch-up page (history pages use their own limit).",
     )
     typing_timeout_seconds: float = Field(
         5, gt=0, description="A typing indicator clears itself after this long."

@@ -134,11 +134,11 @@ class ValidationFailed(AppError):
     default_message = "the request does not match the schema"
 
     @classmethod
-    def of(cls, exc: ValidationError) -> ValidationFailed:
+    def of(cls, exc: ValidationError, *, whole: str = "(body)") -> ValidationFailed:
         """Which field is wrong and why; never the input (it may be a password)."""
         details = [
             {
-                "field": ".".join(str(part) for part in error["loc"]) or "(body)",
+                "field": ".".join(str(part) for part in error["loc"]) or whole,
                 "message": error["msg"],
                 "type": error["type"],
             }

@@ -88,4 +88,4 @@ def parse(model: type[Payload], raw: Any) -> Payload:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise ValidationFailed.of(exc) from exc
+        raise ValidationFailed.of(exc, whole="(payload)") from exc

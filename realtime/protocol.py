@@ -50,7 +50,7 @@ class ChatHistory(RoomCommand):
     """Either the page before ``before_seq`` (the newest page when neither is given),
     or the page after ``after_seq`` (catching up)."""
 
-    before_seq: Seq | None = None
+    before_seq: Annotated[StrictInt, Field(ge=1)] | None = None
     after_seq: Seq | None = None
     limit: Annotated[StrictInt, Field(ge=1, le=100)] = 50
 

@@ -56,7 +56,7 @@ class RoomView:
         seq = message["seq"]
         if seq in self._seqs:
             for i, known in enumerate(self.messages):
-                if known["seq"] == seq:
+                if known["seq"] == seq and _newer(message, known):
                     self.messages[i] = message  # an edit or deletion replaces it
             return False
         self._seqs.add(seq)
@@ -66,6 +66,16 @@ class RoomView:
             self.messages.append(message)
             self.messages.sort(key=lambda m: m["seq"])
         return True
+
+
+def _newer(candidate: dict[str, Any], known: dict[str, Any]) -> bool:
+    """Whether ``candidate`` is a later version of the same message (a late page
+    must not undo an edit or a deletion that arrived live)."""
+    if known.get("deleted"):
+        return False
+    if candidate.get("deleted"):
+        return True
+    return (candidate.get("edited_at") or "") >= (known.get("edited_at") or "")
 
 
 class RoomClient:
@@ -87,6 +97,7 @@ class RoomClient:
         self.rooms: dict[str, RoomView] = {}
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.ended: dict[str, Any] | None = None
+        self.user: dict[str, Any] = {}  # {"user_id", "username"}, known after a join
         self._refresh_token = refresh_token
         self._listeners: list[Listener] = []
         self._connected = asyncio.Event()
@@ -149,6 +160,7 @@ class RoomClient:
             payload["since_seq"] = room.last_seq
         data = await self.command("join", payload)
         room.title, room.role = data["document"]["title"], data["role"]
+        self.user = data["user"]
         room.presence = {
             user["user_id"]: {
                 "username": user["username"],
@@ -209,7 +221,11 @@ class RoomClient:
                         "text": text,
                         "client_msg_id": client_msg_id,
                         "created_at": ack["created_at"],
-                        "author": {"kind": "user", "id": None, "username": None},
+                        "author": {
+                            "kind": "user",
+                            "id": self.user.get("user_id"),
+                            "username": self.user.get("username"),
+                        },
                         "edited_at": None,
                         "deleted": False,
                         "metadata": {},

@@ -177,12 +177,12 @@ class ChatService:
         async with self._sessions.begin() as session:
             role = (await membership(session, principal, document_id)).role
             message = await messages_repo.get_message(session, document_id, message_id)
-            if message is None:
+            if message is None or message.deleted_at is not None:
                 raise NotFound("no such message")
-            if message.author_id != principal.user_id or role not in CAN_WRITE:
+            if message.author_id != principal.user_id:
                 raise Forbidden("only the author can edit a message")
-            if message.deleted_at is not None:
-                raise NotFound("the message was deleted")
+            if role not in CAN_WRITE:
+                raise Forbidden("viewers cannot edit messages")
             message.text = text
             message.edited_at = datetime.now(UTC)
         out = MessageOut.of(message, principal.username)

@@ -63,6 +63,7 @@ async def join(call: Call, payload: Join) -> dict[str, Any]:
         "document": {"id": str(info.document.id), "title": info.document.title},
         "role": info.role.value,
         "connection_id": call.sid,
+        "user": {"user_id": str(principal.user_id), "username": principal.username},
         "last_seq": info.last_seq,
         "presence": await rt.presence.snapshot(document_id),
         "messages": [dump(message) for message in info.backlog],

@@ -1,0 +1,30 @@
+"""RoomView keeps one copy per seq, in order, and never lets a stale copy win."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from roomclient import RoomView
+
+
+def message(seq: int, text: str, *, edited_at: str | None = None, deleted: bool = False) -> Any:
+    return {"seq": seq, "text": text, "edited_at": edited_at, "deleted": deleted}
+
+
+def test_messages_are_kept_in_seq_order_without_duplicates() -> None:
+    room = RoomView("doc")
+    for seq in (3, 1, 2, 3, 1):
+        room.add(message(seq, f"m{seq}"))
+    assert [m["seq"] for m in room.messages] == [1, 2, 3]
+    assert room.last_seq == 3
+
+
+def test_a_late_page_does_not_undo_an_edit_or_a_deletion() -> None:
+    room = RoomView("doc")
+    room.add(message(1, "typo"))
+    room.add(message(1, "fixed", edited_at="2026-11-22T05:00:00Z"))
+    room.add(message(1, "typo"))  # an older copy, from a catch-up page
+    assert room.messages[0]["text"] == "fixed"
+    room.add(message(1, "", deleted=True))
+    room.add(message(1, "fixed", edited_at="2026-11-22T05:00:00Z"))
+    assert room.messages[0]["deleted"] is True
