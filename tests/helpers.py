@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -123,3 +126,32 @@ async def eventually(
             if time.monotonic() >= deadline:
                 raise
         await asyncio.sleep(interval)
+
+
+# --- tokens as an attacker or another issuer would make them ----------------------------
+
+
+def claims(subject: str, **overrides: Any) -> dict[str, Any]:
+    """The claims app/auth/tokens.py puts in an access token."""
+    now = int(time.time())
+    values: dict[str, Any] = {
+        "sub": subject,
+        "iss": "roomserver",
+        "aud": "roomserver",
+        "iat": now,
+        "exp": now + 600,
+        "jti": str(uuid.uuid4()),
+        "typ": "access",
+    }
+    values.update(overrides)
+    return values
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unsigned_token(payload: dict[str, Any], header: dict[str, Any] | None = None) -> str:
+    """``header.payload.`` (``alg: none`` by default), bypassing PyJWT's safety checks."""
+    header = header or {"alg": "none", "typ": "JWT"}
+    return f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}."

@@ -5,7 +5,6 @@ Also the access-token refusals on REST, RS256 signing and an external identity p
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -24,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from storage.models import GlobalRole
 from tests.conftest import TEST_JWT_SECRET, AppFactory
-from tests.helpers import PASSWORD, Api, User
+from tests.helpers import PASSWORD, Api, User, b64url, claims, unsigned_token
 
 ME = "/api/v1/auth/me"
 REGISTER = "/api/v1/auth/register"
@@ -41,31 +40,6 @@ async def still_serving(api: Api) -> None:
         "POST", REGISTER, json={"username": name, "password": PASSWORD}, expect=201
     )
     assert created["username"] == name
-
-
-def claims(subject: str, **overrides: Any) -> dict[str, Any]:
-    """The claims app/auth/tokens.py puts in an access token."""
-    now = int(time.time())
-    values: dict[str, Any] = {
-        "sub": subject,
-        "iss": "roomserver",
-        "aud": "roomserver",
-        "iat": now,
-        "exp": now + 600,
-        "jti": str(uuid.uuid4()),
-        "typ": "access",
-    }
-    values.update(overrides)
-    return values
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def unsigned_token(payload: dict[str, Any], header: dict[str, Any]) -> str:
-    """``header.payload.`` without going through PyJWT's safety checks."""
-    return f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}."
 
 
 def hs256_with_raw_key(payload: dict[str, Any], key: bytes) -> str:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -18,35 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from storage.models import GlobalRole
 from tests.conftest import TEST_JWT_SECRET
-from tests.helpers import Api, User, eventually
+from tests.helpers import Api, User, claims, eventually, unsigned_token
 
 Client = TestClient[web.Request, web.Application]
 WEBSOCKET = ["websocket"]
-
-
-def claims(subject: str, **overrides: Any) -> dict[str, Any]:
-    """The claims app/auth/tokens.py puts in an access token."""
-    now = int(time.time())
-    values: dict[str, Any] = {
-        "sub": subject,
-        "iss": "roomserver",
-        "aud": "roomserver",
-        "iat": now,
-        "exp": now + 600,
-        "jti": str(uuid.uuid4()),
-        "typ": "access",
-    }
-    values.update(overrides)
-    return values
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def alg_none_token(payload: dict[str, Any]) -> str:
-    header = {"alg": "none", "typ": "JWT"}
-    return f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}."
 
 
 async def metric(client: Client, name: str, **labels: str) -> float | None:
@@ -162,7 +134,7 @@ REFUSALS: list[tuple[str, AuthFor, str]] = [
     ("token-not-a-string", lambda user: {"token": 42}, "unauthorized"),
     ("garbage-token", lambda user: {"token": "garbage"}, "invalid_token"),
     ("expired", expired, "token_expired"),
-    ("alg-none", lambda user: {"token": alg_none_token(claims(user.id))}, "invalid_token"),
+    ("alg-none", lambda user: {"token": unsigned_token(claims(user.id))}, "invalid_token"),
     (
         "forged",
         lambda user: {"token": jwt.encode(claims(user.id), "other-secret-" + "z" * 40)},

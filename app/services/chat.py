@@ -132,12 +132,7 @@ class ChatService:
                 assert found is not None
                 return MessageOut.of(found, principal.username)
             out = MessageOut.of(message, principal.username)
-            await self._broadcaster.to_room(
-                document_id,
-                ServerEvent.CHAT_MESSAGE,
-                {"document_id": str(document_id), "message": dump(out)},
-                skip_connection=connection_id,
-            )
+            await self._announce(ServerEvent.CHAT_MESSAGE, out, connection_id)
             return out
 
     async def history(
@@ -186,12 +181,7 @@ class ChatService:
             message.text = text
             message.edited_at = datetime.now(UTC)
         out = MessageOut.of(message, principal.username)
-        await self._broadcaster.to_room(
-            document_id,
-            ServerEvent.CHAT_EDITED,
-            {"document_id": str(document_id), "message": dump(out)},
-            skip_connection=connection_id,
-        )
+        await self._announce(ServerEvent.CHAT_EDITED, out, connection_id)
         return out
 
     async def delete(
@@ -219,10 +209,15 @@ class ChatService:
                 user = await users_repo.get_user(session, message.author_id)
                 author = user.username if user is not None else None
         out = MessageOut.of(message, author)
+        await self._announce(ServerEvent.CHAT_DELETED, out, connection_id)
+        return out
+
+    async def _announce(
+        self, event: ServerEvent, message: MessageOut, connection_id: str | None
+    ) -> None:
         await self._broadcaster.to_room(
-            document_id,
-            ServerEvent.CHAT_DELETED,
-            {"document_id": str(document_id), "message": dump(out)},
+            message.document_id,
+            event,
+            {"document_id": str(message.document_id), "message": dump(message)},
             skip_connection=connection_id,
         )
-        return out
