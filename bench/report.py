@@ -1,0 +1,204 @@
+"""Render results as docs/benchmarks.md with PNG plots beside it."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from bench.harness import NODE_DIR
+from bench.scenarios.chat import ChatResult
+from bench.scenarios.fanout import FanoutResult
+
+BASELINES = ("plain python-socketio", "Node socket.io 4")
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    socket_io = _npm_version("socket.io")
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB; Linux {platform.release()}; "
+        f"Python {platform.python_version()}, python-socketio {version('python-socketio')}, "
+        f"python-engineio {version('python-engineio')}, aiohttp {version('aiohttp')}; "
+        f"Node {node}, socket.io {socket_io}"
+    )
+
+
+def _npm_version(package: str) -> str:
+    manifest = NODE_DIR / "node_modules" / package / "package.json"
+    import json
+
+    return str(json.loads(manifest.read_text())["version"]) if manifest.exists() else "?"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def _ratio(ours: float, theirs: float | None) -> str:
+    return f"{ours / theirs:.2f}x" if theirs else "n/a"
+
+
+def fanout_section(results: list[FanoutResult], rates: tuple[int, ...], plots: Path) -> str:
+    by_key = {(r.server, r.size): r for r in results}
+    sizes = sorted({r.size for r in results})
+    servers = list(dict.fromkeys(r.server for r in results))
+    lines = [
+        "## Room fan-out",
+        "",
+        "One sender, N receivers in one room, ~100-byte messages. *Delivered/s*: the sender "
+        "sends as fast as it can and every receiver counts (median of the repeats, from the "
+        "first send to the last receipt). *p50/p99*: end-to-end latency over every delivery "
+        "at a fixed send rate. *Memory*: growth of the server's RSS per connection. "
+        "*CPU*: share of one core during the bursts (server on core 0, load on core 1).",
+        "",
+    ]
+    for size in sizes:
+        lines += [
+            f"### N = {size:,}",
+            "",
+            "| server | delivered/s | vs python-socketio | vs Node | "
+            + " | ".join(f"p50 / p99 at {rate}/s (ms)" for rate in rates)
+            + " | connect+join all (s) | join p50 / p99 (ms) | memory/conn (KiB) "
+            "| server CPU | load CPU |",
+            "| --- " * (9 + len(rates)) + "|",
+        ]
+        python_base = by_key.get((BASELINES[0], size))
+        node_base = by_key.get((BASELINES[1], size))
+        for server in servers:
+            r = by_key.get((server, size))
+            if r is None:
+                continue
+            latency = " | ".join(
+                f"{_ms(r.latency[rate].percentile(0.5))} / {_ms(r.latency[rate].percentile(0.99))}"
+                for rate in rates
+            )
+            flag = "" if r.complete else " (incomplete)"
+            vs_python = _ratio(
+                r.delivered_per_s, python_base.delivered_per_s if python_base else None
+            )
+            vs_node = _ratio(r.delivered_per_s, node_base.delivered_per_s if node_base else None)
+            lines.append(
+                f"| {server} | {r.delivered_per_s:,.0f}{flag} | {vs_python} | {vs_node} "
+                f"| {latency} | {r.connect_s:.2f} | {_ms(r.join_p50_ms)} / {_ms(r.join_p99_ms)} "
+                f"| {r.memory_per_connection / 1024:.1f} | {r.server_cpu:.0%} | {r.load_cpu:.0%} |"
+            )
+        lines.append("")
+    lines += _fanout_plots(results, servers, sizes, rates, plots)
+    return "\n".join(lines)
+
+
+def _fanout_plots(
+    results: list[FanoutResult],
+    servers: list[str],
+    sizes: list[int],
+    rates: tuple[int, ...],
+    plots: Path,
+) -> list[str]:
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for server in servers:
+        points = [(r.size, r.delivered_per_s) for r in results if r.server == server]
+        axis.plot(*zip(*points, strict=True), marker="o", label=server)
+    axis.set_xscale("log")
+    axis.set_xlabel("receivers in the room")
+    axis.set_ylabel("delivered messages / s")
+    axis.set_title("Fan-out throughput vs room size")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(plots / "fanout-throughput.png", dpi=110)
+    plt.close(figure)
+
+    size, rate = (1000 if 1000 in sizes else sizes[-1]), rates[-1]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for r in results:
+        if r.size != size:
+            continue
+        values, counts = r.latency[rate].series()
+        total, running, cdf = sum(counts), 0, []
+        for count in counts:
+            running += count
+            cdf.append(running / total)
+        axis.plot(values, cdf, label=r.server)
+    axis.set_xscale("log")
+    axis.set_xlabel("end-to-end latency (ms)")
+    axis.set_ylabel("share of deliveries")
+    axis.set_title(f"Latency distribution, N = {size:,}, {rate} msg/s")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(plots / "fanout-latency.png", dpi=110)
+    plt.close(figure)
+    return [
+        f"![throughput vs room size]({plots.name}/fanout-throughput.png)",
+        "",
+        f"![latency distribution]({plots.name}/fanout-latency.png)",
+        "",
+    ]
+
+
+def chat_section(results: list[ChatResult]) -> str:
+    lines = [
+        "## Chat with persistence",
+        "",
+        "roomserver only (the baselines store nothing). Each sender sends, waits for the ack "
+        "(the message is committed with its `seq`), and sends again. All senders share one "
+        "room, the hot-room case: a document's sends are ordered by design, so one room's "
+        "rate is the rate of one ordered stream of commits, each also fanned out to the "
+        "other senders.",
+        "",
+        "| database | senders | acked sends/s | ack p50 (ms) | ack p99 (ms) | failed "
+        "| server CPU |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.backend} | {r.senders} | {r.acked_per_s:,.0f} "
+            f"| {_ms(r.latency.percentile(0.5))} | {_ms(r.latency.percentile(0.99))} "
+            f"| {r.failed} | {sorted(r.server_cpu)[len(r.server_cpu) // 2]:.0%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write(
+    path: Path,
+    *,
+    command: str,
+    elapsed_s: float,
+    repeats: int,
+    sections: list[str],
+) -> None:
+    header = [
+        "# Benchmarks",
+        "",
+        f"Written by `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in "
+        f"{elapsed_s / 60:.1f} minutes. Every number comes from this one run; the machine "
+        "is shared and noisy, so compare ratios within the run rather than across runs. "
+        f"Throughput figures are medians of {repeats} repeats.",
+        "",
+        f"Machine: {machine()}.",
+        "",
+        "Servers ran pinned to core 0 and the load generators (Node `socket.io-client`, "
+        "bench/node/loadgen.mjs) to core 1; the *load CPU* column shows the generators "
+        "were not the limit when it stays well under 100%. Every server runs with its "
+        "library defaults; roomserver relays with `presence:update` → `presence:state` "
+        "(validated, per-connection state kept), the baselines with a bare `broadcast`.",
+        "",
+    ]
+    path.write_text("\n".join(header) + "\n".join(sections))

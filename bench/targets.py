@@ -1,0 +1,150 @@
+"""The servers a scenario can run against, and how a client talks to each."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.harness import NODE_DIR, ServerProcess, free_port, python
+
+BENCH_JWT_SECRET = "bench-secret-" + "x" * 40
+BENCH_PASSWORD = "bench password 1"
+
+
+@dataclass
+class Target:
+    """A running server and the event shapes a load worker needs for it."""
+
+    name: str
+    server: ServerProcess
+    join: dict[str, Any]
+    send_event: str
+    template: dict[str, Any]
+    path: list[str]
+    listen: str
+    extract: list[str]
+    tokens: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@asynccontextmanager
+async def node_baseline() -> AsyncIterator[Target]:
+    port = free_port()
+    server = await ServerProcess.start(
+        "node socket.io", ["node", str(NODE_DIR / "server.mjs"), str(port)], port
+    )
+    try:
+        yield _relay_target("Node socket.io 4", server)
+    finally:
+        await server.stop()
+
+
+@asynccontextmanager
+async def python_baseline() -> AsyncIterator[Target]:
+    port = free_port()
+    server = await ServerProcess.start(
+        "python-socketio", [python(), "-m", "bench.servers.plain_socketio", str(port)], port
+    )
+    try:
+        yield _relay_target("plain python-socketio", server)
+    finally:
+        await server.stop()
+
+
+def _relay_target(name: str, server: ServerProcess) -> Target:
+    return Target(
+        name=name,
+        server=server,
+        join={"event": "join", "payload": {"room": "bench"}},
+        send_event="broadcast",
+        template={},
+        path=[],
+        listen="broadcast",
+        extract=[],
+    )
+
+
+@asynccontextmanager
+async def ours(*, database_url: str | None = None, users: int = 10) -> AsyncIterator[Target]:
+    """roomserver on its embedded defaults (or ``database_url``), with a shared room."""
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-roomserver-"))
+    port = free_port()
+    env = {
+        "DATA_DIR": str(data_dir),
+        "PORT": str(port),
+        "JWT_SECRET": BENCH_JWT_SECRET,
+        "LOG_LEVEL": "WARNING",
+        "ACCESS_TOKEN_TTL_SECONDS": "86400",
+    }
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    migrate = await asyncio.create_subprocess_exec(
+        python(),
+        "-m",
+        "app",
+        "migrate",
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    if await migrate.wait() != 0:
+        raise RuntimeError("python -m app migrate failed")
+    server = await ServerProcess.start(
+        "roomserver", [python(), "-m", "app"], port, env=env, ready_path="/health"
+    )
+    try:
+        tokens, document_id = await asyncio.to_thread(_room_with_members, server.url, users)
+        yield Target(
+            name="roomserver",
+            server=server,
+            join={"event": "join", "payload": {"document_id": document_id}},
+            # presence:update is our plain relay: validated, then sent to the room.
+            send_event="presence:update",
+            template={"document_id": document_id, "state": {}},
+            path=["state"],
+            listen="presence:state",
+            extract=["state"],
+            tokens=tokens,
+            extra={"document_id": document_id},
+        )
+    finally:
+        await server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _room_with_members(base: str, users: int) -> tuple[list[str], str]:
+    """Register ``users`` accounts, one document owned by the first, shared as editor."""
+
+    def call(method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+        request = urllib.request.Request(base + path, method=method)
+        request.add_header("Content-Type", "application/json")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        data = json.dumps(body).encode() if body is not None else None
+        with urllib.request.urlopen(request, data, timeout=30) as response:
+            raw = response.read()
+            return json.loads(raw) if raw else None
+
+    tokens, ids = [], []
+    for index in range(users):
+        credentials = {"username": f"bench{index}", "password": BENCH_PASSWORD}
+        ids.append(call("POST", "/api/v1/auth/register", credentials)["id"])
+        tokens.append(call("POST", "/api/v1/auth/login", credentials)["access_token"])
+    document = call("POST", "/api/v1/documents", {"title": "bench"}, tokens[0])
+    for user_id in ids[1:]:
+        call(
+            "PUT",
+            f"/api/v1/documents/{document['id']}/members/{user_id}",
+            {"role": "editor"},
+            tokens[0],
+        )
+    return tokens, document["id"]
