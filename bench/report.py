@@ -55,6 +55,13 @@ def _ratio(ours: float, theirs: float | None) -> str:
     return f"{ours / theirs:.2f}x" if theirs else "n/a"
 
 
+def _latency_cell(result: FanoutResult, rate: int) -> str:
+    histogram = result.latency[rate]
+    if histogram is None:
+        return f"over capacity (needs {rate * result.size:,}/s)"
+    return f"{_ms(histogram.percentile(0.5))} / {_ms(histogram.percentile(0.99))}"
+
+
 def fanout_section(results: list[FanoutResult], rates: tuple[int, ...], plots: Path) -> str:
     by_key = {(r.server, r.size): r for r in results}
     sizes = sorted({r.size for r in results})
@@ -65,7 +72,9 @@ def fanout_section(results: list[FanoutResult], rates: tuple[int, ...], plots: P
         "One sender, N receivers in one room, ~100-byte messages. *Delivered/s*: the sender "
         "sends as fast as it can and every receiver counts (median of the repeats, from the "
         "first send to the last receipt). *p50/p99*: end-to-end latency over every delivery "
-        "at a fixed send rate. *Memory*: growth of the server's RSS per connection. "
+        "at a fixed send rate; *over capacity* when that rate times N exceeds the server's "
+        "measured maximum, where latency is only the length of a growing queue. "
+        "*Memory*: growth of the server's RSS per connection. "
         "*CPU*: share of one core during the bursts (server on core 0, load on core 1).",
         "",
     ]
@@ -85,10 +94,7 @@ def fanout_section(results: list[FanoutResult], rates: tuple[int, ...], plots: P
             r = by_key.get((server, size))
             if r is None:
                 continue
-            latency = " | ".join(
-                f"{_ms(r.latency[rate].percentile(0.5))} / {_ms(r.latency[rate].percentile(0.99))}"
-                for rate in rates
-            )
+            latency = " | ".join(_latency_cell(r, rate) for rate in rates)
             flag = "" if r.complete else " (incomplete)"
             vs_python = _ratio(
                 r.delivered_per_s, python_base.delivered_per_s if python_base else None
@@ -125,12 +131,14 @@ def _fanout_plots(
     figure.savefig(plots / "fanout-throughput.png", dpi=110)
     plt.close(figure)
 
-    size, rate = (1000 if 1000 in sizes else sizes[-1]), rates[-1]
+    # The smallest room at the highest rate: every server is within capacity there.
+    size, rate = sizes[0], rates[-1]
     figure, axis = plt.subplots(figsize=(7, 4))
     for r in results:
-        if r.size != size:
+        histogram = r.latency[rate]
+        if r.size != size or histogram is None:
             continue
-        values, counts = r.latency[rate].series()
+        values, counts = histogram.series()
         total, running, cdf = sum(counts), 0, []
         for count in counts:
             running += count

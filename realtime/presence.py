@@ -59,13 +59,20 @@ class Presence:
         return True
 
     async def snapshot(self, document_id: uuid.UUID) -> list[dict[str, Any]]:
+        """Who is here, for a join ack: one entry per user, with the states set.
+
+        Connections without a state are only counted: listing every connection in
+        every join made N joins cost O(N^2) (measured: 122 s for 5,000 joins).
+        """
         return [
             {
                 "user_id": str(user_id),
                 "username": user.username,
+                "connection_count": len(user.connections),
                 "connections": [
                     {"connection_id": sid, "state": state}
                     for sid, state in user.connections.items()
+                    if state
                 ],
             }
             for user_id, user in self._rooms.get(document_id, {}).items()

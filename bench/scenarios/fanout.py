@@ -40,7 +40,9 @@ class FanoutResult:
     join_p99_ms: float
     memory_per_connection: float
     bursts: list[Throughput] = field(default_factory=list)
-    latency: dict[int, Histogram] = field(default_factory=dict)
+    # None: the rate needs more deliveries per second than the server's maximum;
+    # its "latency" would only be the length of a growing queue.
+    latency: dict[int, Histogram | None] = field(default_factory=dict)
 
     @property
     def delivered_per_s(self) -> float:
@@ -90,6 +92,9 @@ async def run_size(
         for _ in range(repeats):
             result.bursts.append(await burst_once(target, workers, sender, burst, size, meter_pids))
         for rate in rates:
+            if rate * size > result.delivered_per_s:
+                result.latency[rate] = None
+                continue
             result.latency[rate] = await at_rate(target, workers, sender, rate, size)
         return result
     finally:
