@@ -20,10 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.auth.principal import Principal
 from app.errors import Forbidden, NotFound
 from app.events import Broadcaster
-from app.services.documents import membership
+from app.services.documents import DocumentView, membership
 from app.wire import MessageOut, ServerEvent, dump
 from storage.errors import AlreadyExists
-from storage.models import AuthorKind, Document, DocumentRole
+from storage.models import AuthorKind, DocumentRole
 from storage.repositories import messages as messages_repo
 from storage.repositories import users as users_repo
 
@@ -52,12 +52,10 @@ class KeyedLocks:
 
 
 @dataclass(frozen=True, slots=True)
-class JoinInfo:
-    document: Document
-    role: DocumentRole
-    last_seq: int
-    backlog: list[MessageOut]
+class Backlog:
+    messages: list[MessageOut]
     has_more: bool  # more than one page was missed: page on with `chat:history`
+    last_seq: int
 
 
 class ChatService:
@@ -77,25 +75,24 @@ class ChatService:
         """Held by sends and joins of one document (see the module docstring)."""
         return self._locks.hold(document_id)
 
-    async def join_info(
-        self, principal: Principal, document_id: uuid.UUID, since_seq: int | None
-    ) -> JoinInfo:
-        """The caller's role and, with ``since_seq``, the first page they missed.
+    async def member(self, principal: Principal, document_id: uuid.UUID) -> DocumentView:
+        """The document and the caller's role (``NotFound`` for non-members)."""
+        async with self._sessions() as session:
+            return await membership(session, principal, document_id)
 
-        Call it while holding ``room_lock(document_id)``.
+    async def missed(self, document_id: uuid.UUID, since_seq: int) -> Backlog:
+        """The first page of messages after ``since_seq``, for a join that catches up.
+
+        Call it while holding ``room_lock(document_id)``: then every later message
+        is still to be broadcast, and the joiner, already in the room, receives it.
         """
         async with self._sessions() as session:
-            view = await membership(session, principal, document_id)
-            document, role = view.document, view.role
-            backlog: list[MessageOut] = []
-            has_more = False
-            if since_seq is not None:
-                rows = await messages_repo.messages_after(
-                    session, document_id, since_seq, limit=self.page_size + 1
-                )
-                has_more = len(rows) > self.page_size
-                backlog = [MessageOut.of(m, name) for m, name in rows[: self.page_size]]
-            return JoinInfo(document, role, document.last_message_seq, backlog, has_more)
+            rows = await messages_repo.messages_after(
+                session, document_id, since_seq, limit=self.page_size + 1
+            )
+            last_seq = await messages_repo.last_seq(session, document_id)
+        page = [MessageOut.of(m, name) for m, name in rows[: self.page_size]]
+        return Backlog(page, has_more=len(rows) > self.page_size, last_seq=last_seq)
 
     async def send(
         self,

@@ -42,12 +42,16 @@ def joined(call: Call, document_id: uuid.UUID) -> None:
 async def join(call: Call, payload: Join) -> dict[str, Any]:
     rt, connection, document_id = call.rt, call.connection, payload.document_id
     principal = connection.principal
+    view = await rt.chat.member(principal, document_id)
+    backlog = None
     # Under the room lock no message can be stored between the backlog read and
-    # entering the room: each one is in the backlog or arrives live.
+    # entering the room: each one is in the backlog or arrives live. A fresh join
+    # holds the lock for no I/O at all, so joins into a big room do not queue.
     async with rt.chat.room_lock(document_id):
-        info = await rt.chat.join_info(principal, document_id, payload.since_seq)
+        if payload.since_seq is not None:
+            backlog = await rt.chat.missed(document_id, payload.since_seq)
         await rt.sio.enter_room(call.sid, room_name(document_id))
-        connection.rooms[document_id] = info.role
+        connection.rooms[document_id] = view.role
     first = await rt.presence.join(document_id, principal.user_id, principal.username, call.sid)
     if first:
         await rt.emit(
@@ -60,14 +64,14 @@ async def join(call: Call, payload: Join) -> dict[str, Any]:
             skip_sid=call.sid,
         )
     return {
-        "document": {"id": str(info.document.id), "title": info.document.title},
-        "role": info.role.value,
+        "document": {"id": str(view.document.id), "title": view.document.title},
+        "role": view.role.value,
         "connection_id": call.sid,
         "user": {"user_id": str(principal.user_id), "username": principal.username},
-        "last_seq": info.last_seq,
+        "last_seq": backlog.last_seq if backlog else view.document.last_message_seq,
         "presence": await rt.presence.snapshot(document_id),
-        "messages": [dump(message) for message in info.backlog],
-        "has_more": info.has_more,
+        "messages": [dump(message) for message in backlog.messages] if backlog else [],
+        "has_more": backlog.has_more if backlog else False,
     }
 
 

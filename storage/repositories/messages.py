@@ -67,6 +67,12 @@ async def append_message(
     return message
 
 
+async def last_seq(session: AsyncSession, document_id: uuid.UUID) -> int:
+    """The newest ``seq`` handed out in the document (0 before the first message)."""
+    seq = await session.scalar(select(Document.last_message_seq).where(Document.id == document_id))
+    return int(seq or 0)
+
+
 # A message with its author's username (None for the assistant or a deleted user).
 MessageRow = tuple[ChatMessage, str | None]
 
