@@ -74,7 +74,8 @@ def fanout_section(results: list[FanoutResult], rates: tuple[int, ...], plots: P
         "first send to the last receipt). *p50/p99*: end-to-end latency over every delivery "
         "at a fixed send rate; *over capacity* when that rate times N exceeds the server's "
         "measured maximum, where latency is only the length of a growing queue. "
-        "*Memory*: growth of the server's RSS per connection. "
+        "*Memory*: growth of the server's RSS per connection (a negative value: the "
+        "runtime's heap shrank while connecting, i.e. the cost is below the noise). "
         "*CPU*: share of one core during the bursts (server on core 0, load on core 1).",
         "",
     ]
