@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -242,7 +241,3 @@ class ServerProcess:
 
     async def stop(self) -> None:
         await _end(self.process)
-
-
-def python() -> str:
-    return sys.executable

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shutil
+import sys
 import tempfile
 import urllib.request
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.harness import NODE_DIR, ServerProcess, free_port, python
+from bench.harness import NODE_DIR, ServerProcess, free_port
 
 BENCH_JWT_SECRET = "bench-secret-" + "x" * 40
 BENCH_PASSWORD = "bench password 1"
@@ -52,7 +53,7 @@ async def node_baseline() -> AsyncIterator[Target]:
 async def python_baseline() -> AsyncIterator[Target]:
     port = free_port()
     server = await ServerProcess.start(
-        "python-socketio", [python(), "-m", "bench.servers.plain_socketio", str(port)], port
+        "python-socketio", [sys.executable, "-m", "bench.servers.plain_socketio", str(port)], port
     )
     try:
         yield _relay_target("plain python-socketio", server)
@@ -88,7 +89,7 @@ async def ours(*, database_url: str | None = None, users: int = 10) -> AsyncIter
     if database_url:
         env["DATABASE_URL"] = database_url
     migrate = await asyncio.create_subprocess_exec(
-        python(),
+        sys.executable,
         "-m",
         "app",
         "migrate",
@@ -99,7 +100,7 @@ async def ours(*, database_url: str | None = None, users: int = 10) -> AsyncIter
     if await migrate.wait() != 0:
         raise RuntimeError("python -m app migrate failed")
     server = await ServerProcess.start(
-        "roomserver", [python(), "-m", "app"], port, env=env, ready_path="/health"
+        "roomserver", [sys.executable, "-m", "app"], port, env=env, ready_path="/health"
     )
     try:
         tokens, document_id = await asyncio.to_thread(_room_with_members, server.url, users)

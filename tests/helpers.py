@@ -98,6 +98,13 @@ class Api:
         )
         return body
 
+    async def room(self, member_role: str = "editor") -> tuple[User, User, dict[str, Any]]:
+        """ann owns a document shared with ben as ``member_role``: (ann, ben, document)."""
+        ann, ben = await self.user("ann"), await self.user("ben")
+        doc = await self.document(ann, "Launch plan")
+        await self.share(ann, doc["id"], ben, member_role)
+        return ann, ben, doc
+
     async def share(self, owner: User, document_id: str, member: User, role: str) -> None:
         await self.call(
             "PUT",

@@ -16,9 +16,7 @@ def chat_events(client: RoomClient) -> list[dict[str, object]]:
 async def test_two_users_see_each_other_arrive_and_chat_both_ways(
     api: Api, connect: ClientFactory
 ) -> None:
-    ann, ben = await api.user("ann"), await api.user("ben")
-    doc = await api.document(ann, "Launch plan")
-    await api.share(ann, doc["id"], ben, "editor")
+    ann, ben, doc = await api.room("editor")
 
     a = await connect(ann)
     room = await a.join(doc["id"])
@@ -68,9 +66,7 @@ async def test_sender_other_tabs_receive_the_message(api: Api, connect: ClientFa
 async def test_retried_send_returns_the_original_ack_and_stores_once(
     api: Api, connect: ClientFactory
 ) -> None:
-    ann, ben = await api.user("ann"), await api.user("ben")
-    doc = await api.document(ann)
-    await api.share(ann, doc["id"], ben, "viewer")
+    ann, ben, doc = await api.room("viewer")
     a, b = await connect(ann), await connect(ben)
     await a.join(doc["id"])
     await b.join(doc["id"])
@@ -122,9 +118,7 @@ async def test_reconnect_with_since_seq_misses_nothing(
     """More than a page missed: the ack says has_more and the client pages on."""
     client = await start_app(history_page_size=4)
     api = Api(client)
-    ann, ben = await api.user("ann"), await api.user("ben")
-    doc = await api.document(ann)
-    await api.share(ann, doc["id"], ben, "editor")
+    ann, ben, doc = await api.room("editor")
     url = str(client.make_url("/")).rstrip("/")
     a = RoomClient(url, ann.access_token)
     b = RoomClient(url, ben.access_token)
@@ -178,9 +172,7 @@ async def test_join_ack_reports_has_more_for_a_long_absence(
 async def test_authors_edit_and_delete_and_the_room_sees_it(
     api: Api, connect: ClientFactory
 ) -> None:
-    ann, ben = await api.user("ann"), await api.user("ben")
-    doc = await api.document(ann)
-    await api.share(ann, doc["id"], ben, "editor")
+    ann, ben, doc = await api.room("editor")
     a, b = await connect(ann), await connect(ben)
     await a.join(doc["id"])
     await b.join(doc["id"])

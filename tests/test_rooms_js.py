@@ -55,9 +55,7 @@ async def js(
 
 async def room_with(api: Api, member_role: str = "editor") -> tuple[User, User, str]:
     """ann owns a document shared with ben; (ann, ben, document id)."""
-    ann, ben = await api.user("ann"), await api.user("ben")
-    doc = await api.document(ann, "Launch plan")
-    await api.share(ann, doc["id"], ben, member_role)
+    ann, ben, doc = await api.room(member_role)
     return ann, ben, str(doc["id"])
 
 

@@ -25,9 +25,7 @@ def events(client: RoomClient, name: str) -> list[dict[str, object]]:
 
 async def test_presence_is_per_user_across_tabs(api: Api, connect: ClientFactory) -> None:
     """A second tab is not an arrival; the last tab closing is the departure."""
-    ann, ben = await api.user("ann"), await api.user("ben")
-    doc = await api.document(ann)
-    await api.share(ann, doc["id"], ben, "editor")
+    ann, ben, doc = await api.room("editor")
     observer = await connect(ann)
     await observer.join(doc["id"])
 
@@ -60,9 +58,7 @@ def assert_count(client: RoomClient, name: str, count: int) -> None:
 async def test_connection_state_is_latest_wins_and_cleared_on_disconnect(
     api: Api, connect: ClientFactory
 ) -> None:
-    ann, ben = await api.user("ann"), await api.user("ben")
-    doc = await api.document(ann)
-    await api.share(ann, doc["id"], ben, "editor")
+    ann, ben, doc = await api.room("editor")
     a, b = await connect(ann), await connect(ben)
     await a.join(doc["id"])
     await b.join(doc["id"])
@@ -90,9 +86,7 @@ def assert_cursor(user: dict[str, object], cursor: dict[str, int]) -> None:
 async def test_typing_is_throttled_and_expires(start_app: AppFactory) -> None:
     client = await start_app(typing_timeout_seconds=0.5, typing_throttle_seconds=30)
     api = Api(client)
-    ann, ben = await api.user("ann"), await api.user("ben")
-    doc = await api.document(ann)
-    await api.share(ann, doc["id"], ben, "editor")
+    ann, ben, doc = await api.room("editor")
     url = str(client.make_url("/")).rstrip("/")
     async with RoomClient(url, ann.access_token) as a, RoomClient(url, ben.access_token) as b:
         await a.join(doc["id"])
@@ -115,9 +109,7 @@ async def test_typing_is_throttled_and_expires(start_app: AppFactory) -> None:
 
 
 async def test_removed_member_is_taken_out_at_once(api: Api, connect: ClientFactory) -> None:
-    ann, ben = await api.user("ann"), await api.user("ben")
-    doc = await api.document(ann)
-    await api.share(ann, doc["id"], ben, "editor")
+    ann, ben, doc = await api.room("editor")
     a, b = await connect(ann), await connect(ben)
     await a.join(doc["id"])
     await b.join(doc["id"])
@@ -141,9 +133,7 @@ async def test_removed_member_is_taken_out_at_once(api: Api, connect: ClientFact
 async def test_role_change_is_pushed_and_applies_to_the_next_command(
     api: Api, connect: ClientFactory
 ) -> None:
-    ann, ben = await api.user("ann"), await api.user("ben")
-    doc = await api.document(ann)
-    await api.share(ann, doc["id"], ben, "editor")
+    ann, ben, doc = await api.room("editor")
     b = await connect(ben)
     await b.join(doc["id"])
     await b.send(doc["id"], "as editor")
@@ -161,9 +151,7 @@ async def test_role_change_is_pushed_and_applies_to_the_next_command(
 
 
 async def test_deleting_the_document_empties_its_room(api: Api, connect: ClientFactory) -> None:
-    ann, ben = await api.user("ann"), await api.user("ben")
-    doc = await api.document(ann)
-    await api.share(ann, doc["id"], ben, "viewer")
+    ann, ben, doc = await api.room("viewer")
     a, b = await connect(ann), await connect(ben)
     await a.join(doc["id"])
     await b.join(doc["id"])
@@ -234,7 +222,7 @@ async def main():
     await client.connect()
     await client.join(document_id)
     print("joined", flush=True)
-    await asyncio.sleep(60)
+    await asyncio.sleep(60)  # stays connected until the test freezes and kills it
 
 asyncio.run(main())
 """
@@ -247,9 +235,7 @@ async def test_a_frozen_connection_leaves_presence_after_the_ping_timeout(
     """A client that stops answering (SIGSTOP: no FIN, no goodbye) is dropped."""
     client = await start_app(socket_ping_interval_seconds=1, socket_ping_timeout_seconds=1)
     api = Api(client)
-    ann, ben = await api.user("ann"), await api.user("ben")
-    doc = await api.document(ann)
-    await api.share(ann, doc["id"], ben, "editor")
+    ann, ben, doc = await api.room("editor")
     url = str(client.make_url("/")).rstrip("/")
     async with RoomClient(url, ann.access_token) as observer:
         await observer.join(doc["id"])
