@@ -135,6 +135,49 @@ class Settings(BaseSettings):
         30, ge=0, description="A connection whose token expired is disconnected after this."
     )
 
+    # --- collaborative documents (Yjs) -------------------------------------------------
+    yjs_max_update_bytes: int = Field(
+        512 * 1024,
+        ge=1024,
+        description="Largest Yjs update a client or a REST edit may send; larger ones are "
+        "refused with update_too_large.",
+    )
+    yjs_max_document_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Largest encoded document; updates that would grow it further are "
+        "refused with document_too_large.",
+    )
+    yjs_max_awareness_bytes: int = Field(
+        16 * 1024, ge=64, description="Largest awareness update (cursors, user names)."
+    )
+    yjs_messages_per_second: float = Field(
+        50,
+        gt=0,
+        description="Sustained sync-update + awareness-update messages per connection; "
+        "beyond it messages are refused (rate_limited) and the client is re-synced later.",
+    )
+    yjs_message_burst: int = Field(
+        200, ge=1, description="Messages a connection may send at once before the rate applies."
+    )
+    yjs_snapshot_debounce_seconds: float = Field(
+        2,
+        ge=0,
+        description="Compact a document's update log into a snapshot once it has been "
+        "quiet this long (like Hocuspocus' debounce).",
+    )
+    yjs_snapshot_max_delay_seconds: float = Field(
+        10,
+        ge=0,
+        description="...but no later than this after the first update not in a snapshot "
+        "(like Hocuspocus' maxDebounce).",
+    )
+    yjs_unload_after_seconds: float = Field(
+        30,
+        ge=0,
+        description="A document nobody has open is saved and dropped from memory after this.",
+    )
+
     # --- logging -------------------------------------------------------------------
     log_level: str = Field("INFO", description="Python logging level name.")
     log_format: Literal["json", "text"] | None = Field(

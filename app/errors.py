@@ -6,18 +6,22 @@ Anything else that escapes reaches the client as ``internal`` with no detail.
 
     AppError (500 internal)
      ├── BadRequest (400 bad_request)
-     │    └── MalformedJSON (400 malformed_json)
+     │    ├── MalformedJSON (400 malformed_json)
+     │    └── InvalidUpdate (400 invalid_update)
      ├── Unauthorized (401 unauthorized)
      │    ├── InvalidToken (401 invalid_token)
      │    ├── TokenExpired (401 token_expired)
      │    ├── TokenReused (401 token_reused)
      │    └── InvalidCredentials (401 invalid_credentials)
      ├── Forbidden (403 forbidden)
-     │    └── UserDisabled (403 user_disabled)
+     │    ├── UserDisabled (403 user_disabled)
+     │    └── ReadOnly (403 read_only)
      ├── NotFound (404 not_found)
      ├── Conflict (409 conflict)
      │    └── UsernameTaken (409 username_taken)
      ├── PayloadTooLarge (413 payload_too_large)
+     │    ├── UpdateTooLarge (413 update_too_large)
+     │    └── DocumentTooLarge (413 document_too_large)
      ├── UnsupportedMediaType (415 unsupported_media_type)
      ├── ValidationFailed (422 validation_failed)
      ├── RateLimited (429 rate_limited)
@@ -62,6 +66,11 @@ class MalformedJSON(BadRequest):
     default_message = "the body is not valid JSON"
 
 
+class InvalidUpdate(BadRequest):
+    code = "invalid_update"
+    default_message = "not a Yjs update (v1 encoding)"
+
+
 class Unauthorized(AppError):
     status = 401
     code = "unauthorized"
@@ -99,6 +108,11 @@ class UserDisabled(Forbidden):
     default_message = "this account is disabled"
 
 
+class ReadOnly(Forbidden):
+    code = "read_only"
+    default_message = "viewers cannot edit this document"
+
+
 class NotFound(AppError):
     status = 404
     code = "not_found"
@@ -120,6 +134,16 @@ class PayloadTooLarge(AppError):
     status = 413
     code = "payload_too_large"
     default_message = "the request body is too large"
+
+
+class UpdateTooLarge(PayloadTooLarge):
+    code = "update_too_large"
+    default_message = "the update is larger than the server accepts"
+
+
+class DocumentTooLarge(PayloadTooLarge):
+    code = "document_too_large"
+    default_message = "the document would grow past its size limit"
 
 
 class UnsupportedMediaType(AppError):

@@ -24,6 +24,11 @@ class Broadcaster(Protocol):
     ) -> None:
         """Deliver ``event`` to every connection that joined the document's room."""
 
+    async def document_updated(
+        self, document_id: uuid.UUID, update: bytes, *, skip_connection: str | None = None
+    ) -> None:
+        """Deliver a stored Yjs update to every open copy of the document."""
+
     async def membership_changed(
         self, document_id: uuid.UUID, user_id: uuid.UUID, role: DocumentRole | None
     ) -> None:
@@ -44,6 +49,11 @@ class NullBroadcaster:
         data: dict[str, Any],
         *,
         skip_connection: str | None = None,
+    ) -> None:
+        return None
+
+    async def document_updated(
+        self, document_id: uuid.UUID, update: bytes, *, skip_connection: str | None = None
     ) -> None:
         return None
 

@@ -13,6 +13,7 @@ from app.metrics import Metrics
 from app.services.auth import AuthService
 from app.services.chat import ChatService
 from app.services.documents import DocumentService
+from app.services.live_documents import LiveDocuments
 from app.services.users import UserService
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -24,5 +25,6 @@ AUTH_SERVICE = web.AppKey("auth_service", AuthService)
 USER_SERVICE = web.AppKey("user_service", UserService)
 DOCUMENT_SERVICE = web.AppKey("document_service", DocumentService)
 CHAT_SERVICE = web.AppKey("chat_service", ChatService)
+LIVE_DOCUMENTS = web.AppKey("live_documents", LiveDocuments)
 # Set when shutdown begins: /ready answers 503 from then on.
 DRAINING = web.AppKey("draining", asyncio.Event)

@@ -25,6 +25,7 @@ from app.keys import (
     DOCUMENT_SERVICE,
     DRAINING,
     ENGINE,
+    LIVE_DOCUMENTS,
     METRICS,
     REDIS,
     SESSIONS,
@@ -35,6 +36,7 @@ from app.metrics import Metrics
 from app.services.auth import AuthService
 from app.services.chat import ChatService
 from app.services.documents import DocumentService
+from app.services.live_documents import Limits, LiveDocuments
 from app.services.users import UserService
 from realtime.server import create_realtime, shutdown
 from storage.db import create_engine, create_sessionmaker
@@ -75,11 +77,25 @@ def create_app(settings: Settings) -> web.Application:
                 sessions, codec, Passwords(), allow_registration=settings.allow_registration
             )
             app[USER_SERVICE] = UserService(sessions, broadcaster)
-            app[DOCUMENT_SERVICE] = DocumentService(sessions, broadcaster)
+            live_documents = LiveDocuments(
+                sessions,
+                broadcaster,
+                Limits(
+                    max_update_bytes=settings.yjs_max_update_bytes,
+                    max_document_bytes=settings.yjs_max_document_bytes,
+                    snapshot_debounce=settings.yjs_snapshot_debounce_seconds,
+                    snapshot_max_delay=settings.yjs_snapshot_max_delay_seconds,
+                    unload_after=settings.yjs_unload_after_seconds,
+                ),
+            )
+            app[LIVE_DOCUMENTS] = live_documents
+            app[DOCUMENT_SERVICE] = DocumentService(sessions, broadcaster, live_documents)
             app[CHAT_SERVICE] = ChatService(
                 sessions, broadcaster, page_size=settings.history_page_size
             )
             yield
+            # After the connections ended (on_shutdown): what is unsaved is saved.
+            await live_documents.close_all()
         finally:
             await engine.dispose()
 

@@ -36,6 +36,12 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
+        self.yjs_updates = Counter(
+            "yjs_updates_total",
+            "Yjs updates received from clients: applied, unchanged, or the refusal's code.",
+            ["outcome"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

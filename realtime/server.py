@@ -13,6 +13,7 @@ from app.config import Settings
 from realtime.broadcaster import SocketBroadcaster
 from realtime.commands import ack_requested
 from realtime.namespaces.main import MainNamespace
+from realtime.namespaces.yjs import YjsNamespace
 from realtime.state import Realtime
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,18 @@ def create_realtime(app: web.Application, settings: Settings) -> tuple[Realtime,
         cors_allowed_origins="*" if "*" in origins else (origins or None),
         ping_interval=settings.socket_ping_interval_seconds,
         ping_timeout=settings.socket_ping_timeout_seconds,
+        # Any namespace may be asked for: documents live at /yjs|<id> (YjsNamespace
+        # refuses every other name).
+        namespaces="*",
+        # Room for the largest Yjs update plus its framing; beyond this Engine.IO
+        # drops the connection instead of our refusing the update.
+        max_http_buffer_size=max(1_000_000, settings.yjs_max_update_bytes + 64 * 1024),
         logger=False,
         engineio_logger=False,
     )
     rt = Realtime(sio=sio, app=app, settings=settings)
     sio.register_namespace(MainNamespace(rt))
+    sio.register_namespace(YjsNamespace(rt))
     sio.attach(app, socketio_path="socket.io")
     return rt, SocketBroadcaster(rt)
 

@@ -20,6 +20,7 @@ from app.wire import ServerEvent
 from realtime.connections import Connection, Connections
 from realtime.presence import Presence
 from realtime.typing_indicators import TypingIndicators
+from realtime.yjs_connections import YjsConnections
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class Realtime:
     settings: Settings
     connections: Connections = field(default_factory=Connections)
     presence: Presence = field(default_factory=Presence)
+    yjs: YjsConnections = field(default_factory=YjsConnections)
     typing: TypingIndicators = field(init=False)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 

@@ -6,8 +6,11 @@ Built on python-socketio's ``AsyncClient``::
         room = await client.join(document_id)
         await client.send(document_id, "hello")
         print([m["text"] for m in client.room(document_id).messages])
+
+``DocumentClient`` keeps a Yjs document (pycrdt) in sync over the y-socket.io protocol.
 """
 
 from roomclient.client import CommandError, RoomClient, RoomView
+from roomclient.yjs import DocumentClient
 
-__all__ = ["CommandError", "RoomClient", "RoomView"]
+__all__ = ["CommandError", "DocumentClient", "RoomClient", "RoomView"]

@@ -25,7 +25,7 @@ from sqlalchemy import text
 
 from app.config import Settings
 from app.main import create_app
-from roomclient import RoomClient
+from roomclient import DocumentClient, RoomClient
 from storage.db import create_engine
 from storage.migrate import upgrade
 from storage.models import Base
@@ -249,3 +249,27 @@ async def connect(
     yield open_client
     for room_client in opened:
         await room_client.close()
+
+
+DocumentFactory = Callable[..., Awaitable[DocumentClient]]
+
+
+@pytest.fixture
+async def open_document(
+    client: TestClient[web.Request, web.Application],
+) -> AsyncIterator[DocumentFactory]:
+    """Open real y-socket.io connections (the project's DocumentClient) to the test app."""
+    opened: list[DocumentClient] = []
+    url = str(client.make_url("/")).rstrip("/")
+
+    async def open_client(user: User, document_id: str, *, synced: bool = True) -> DocumentClient:
+        document = DocumentClient(url, user.access_token, document_id)
+        opened.append(document)
+        await document.connect()
+        if synced:
+            await asyncio.wait_for(document.synced.wait(), 10)
+        return document
+
+    yield open_client
+    for document in opened:
+        await document.close()

@@ -11,6 +11,9 @@ from aiohttp import web
 
 from app.api.routing import path_uuid
 from app.api.schemas import (
+    ContentEdit,
+    ContentOut,
+    ContentQuery,
     DocumentCreate,
     DocumentListQuery,
     DocumentOut,
@@ -20,6 +23,7 @@ from app.api.schemas import (
     MemberOut,
     MemberPut,
     MessageListQuery,
+    StorageOut,
 )
 from app.api.v1 import api
 from app.auth.principal import Principal
@@ -139,6 +143,66 @@ async def rename_document(
 async def delete_document(request: web.Request, principal: Principal) -> None:
     """Delete a document with its chat and history (owner only)."""
     await request.app[DOCUMENT_SERVICE].delete(principal, path_uuid(request, "document_id"))
+
+
+@api.route(
+    "GET",
+    "/documents/{document_id}/content",
+    query=ContentQuery,
+    response=ContentOut,
+    errors=(401, 404, 422),
+    tag="content",
+)
+async def get_content(
+    request: web.Request, principal: Principal, query: ContentQuery
+) -> web.StreamResponse | ContentOut:
+    """The document's text as `{text}` (default) or `text/plain`, or the whole Yjs
+    document as one binary update (`format=yjs`)."""
+    text, update = await request.app[DOCUMENT_SERVICE].content(
+        principal, path_uuid(request, "document_id")
+    )
+    if query.format == "text":
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+    if query.format == "yjs":
+        return web.Response(body=update, content_type="application/octet-stream")
+    return web.Response(
+        body=ContentOut(text=text).model_dump_json(), content_type="application/json"
+    )
+
+
+@api.route(
+    "POST",
+    "/documents/{document_id}/content",
+    body=ContentEdit,
+    response=ContentOut,
+    errors=(401, 403, 404, 413, 422),
+    tag="content",
+)
+async def edit_content(request: web.Request, principal: Principal, body: ContentEdit) -> ContentOut:
+    """Append to or replace the text (editors and owners); open clients see it live."""
+    text = await request.app[DOCUMENT_SERVICE].edit_content(
+        principal, path_uuid(request, "document_id"), body.text, replace=body.mode == "replace"
+    )
+    return ContentOut(text=text)
+
+
+@api.route(
+    "GET",
+    "/documents/{document_id}/storage",
+    response=StorageOut,
+    errors=(401, 404),
+    tag="content",
+)
+async def get_storage(request: web.Request, principal: Principal) -> StorageOut:
+    """How the Yjs document is stored: updates since the snapshot and sizes."""
+    view = await request.app[DOCUMENT_SERVICE].storage(principal, path_uuid(request, "document_id"))
+    info = view.info
+    return StorageOut(
+        update_count=info.update_count,
+        update_bytes=info.update_bytes,
+        snapshot_bytes=info.snapshot_bytes,
+        loaded=view.loaded,
+    )
 
 
 @api.route(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -172,6 +172,35 @@ class MessageListQuery(Query):
         None
     )
     limit: Limit = 50
+
+
+# --- document content (Yjs) ------------------------------------------------------------
+
+
+class ContentQuery(Query):
+    format: Literal["json", "text", "yjs"] = Field(
+        "json",
+        description="json: {text}; text: text/plain; yjs: the whole document as one "
+        "binary Yjs v1 update (application/octet-stream)",
+    )
+
+
+class ContentOut(Output):
+    text: str = Field(description="the document's text (its Y.Text named 'content')")
+
+
+class ContentEdit(Input):
+    text: str = Field(description="the text to add, or the document's new text")
+    mode: Literal["append", "replace"] = Field(
+        description="append: add at the end; replace: the document's text becomes `text`"
+    )
+
+
+class StorageOut(Output):
+    update_count: int = Field(description="updates stored after the snapshot")
+    update_bytes: int = Field(description="their total size")
+    snapshot_bytes: int = Field(description="size of the snapshot (0: none yet)")
+    loaded: bool = Field(description="whether the document is in this process's memory")
 
 
 # --- operations -------------------------------------------------------------------------

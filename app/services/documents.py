@@ -10,19 +10,29 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.principal import Principal
-from app.errors import Conflict, Forbidden, NotFound
+from app.errors import Conflict, Forbidden, NotFound, ReadOnly
 from app.events import Broadcaster
+from app.services.live_documents import LiveDocuments
+from app.services.text_edits import TextEdit
 from storage.models import Document, DocumentRole, GlobalRole, User
 from storage.repositories import documents as documents_repo
 from storage.repositories import users as users_repo
+from storage.repositories.crdt import StorageInfo
 
 CAN_RENAME = frozenset({DocumentRole.OWNER, DocumentRole.EDITOR})
+CAN_EDIT = CAN_RENAME
 
 
 @dataclass(frozen=True, slots=True)
 class DocumentView:
     document: Document
     role: DocumentRole
+
+
+@dataclass(frozen=True, slots=True)
+class StorageView:
+    info: StorageInfo
+    loaded: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +45,14 @@ class MemberView:
 
 class DocumentService:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], broadcaster: Broadcaster
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        broadcaster: Broadcaster,
+        live_documents: LiveDocuments,
     ) -> None:
         self._sessions = sessions
         self._broadcaster = broadcaster
+        self._live_documents = live_documents
 
     async def create(self, principal: Principal, title: str) -> DocumentView:
         if principal.role is GlobalRole.GUEST:
@@ -83,7 +97,33 @@ class DocumentService:
             if view.role is not DocumentRole.OWNER:
                 raise Forbidden("only the owner can delete a document")
             await documents_repo.delete_document(session, view.document)
+        self._live_documents.forget(document_id)
         await self._broadcaster.document_deleted(document_id)
+
+    # --- content (the Yjs document) ----------------------------------------------------
+
+    async def content(self, principal: Principal, document_id: uuid.UUID) -> tuple[str, bytes]:
+        """The document's text and the whole document as one Yjs update."""
+        await self.get(principal, document_id)
+        async with self._live_documents.opened(document_id) as live:
+            return str(live.text), live.doc.get_update()
+
+    async def edit_content(
+        self, principal: Principal, document_id: uuid.UUID, text: str, *, replace: bool
+    ) -> str:
+        """Append ``text`` or replace the text with it; returns the text after."""
+        view = await self.get(principal, document_id)
+        if view.role not in CAN_EDIT:
+            raise ReadOnly()
+        make = TextEdit.replace_all if replace else TextEdit.append
+        return await self._live_documents.edit_text(
+            document_id, lambda current: make(current, text)
+        )
+
+    async def storage(self, principal: Principal, document_id: uuid.UUID) -> StorageView:
+        await self.get(principal, document_id)
+        info = await self._live_documents.storage_info(document_id)
+        return StorageView(info, self._live_documents.loaded(document_id) is not None)
 
     async def members(self, principal: Principal, document_id: uuid.UUID) -> list[MemberView]:
         async with self._sessions() as session:

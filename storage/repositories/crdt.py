@@ -41,7 +41,7 @@ async def load(session: AsyncSession, document_id: uuid.UUID) -> StoredDocument:
     snapshot = await session.scalar(
         select(DocumentSnapshot)
         .where(DocumentSnapshot.document_id == document_id)
-        .order_by(DocumentSnapshot.id.desc())
+        .order_by(DocumentSnapshot.last_update_id.desc())
         .limit(1)
     )
     after = snapshot.last_update_id if snapshot is not None else 0
@@ -58,24 +58,33 @@ async def load(session: AsyncSession, document_id: uuid.UUID) -> StoredDocument:
 
 async def save_snapshot(
     session: AsyncSession, document_id: uuid.UUID, data: bytes, last_update_id: int
-) -> None:
-    """Store ``data`` as covering every update up to ``last_update_id`` and drop those."""
+) -> bool:
+    """Store ``data`` as covering every update up to ``last_update_id`` and drop those.
+
+    A snapshot never replaces one that covers more (a late writer with an older
+    copy would otherwise drop updates it never saw); returns whether it was stored.
+    """
+    newer = await session.scalar(
+        select(func.count()).where(
+            DocumentSnapshot.document_id == document_id,
+            DocumentSnapshot.last_update_id >= last_update_id,
+        )
+    )
+    if newer:
+        return False
     session.add(DocumentSnapshot(document_id=document_id, data=data, last_update_id=last_update_id))
-    await session.flush()
     await session.execute(
         delete(DocumentUpdate).where(
             DocumentUpdate.document_id == document_id, DocumentUpdate.id <= last_update_id
         )
     )
-    newest = select(func.max(DocumentSnapshot.id)).where(
-        DocumentSnapshot.document_id == document_id
-    )
     await session.execute(
         delete(DocumentSnapshot).where(
             DocumentSnapshot.document_id == document_id,
-            DocumentSnapshot.id < newest.scalar_subquery(),
+            DocumentSnapshot.last_update_id < last_update_id,
         )
     )
+    return True
 
 
 async def storage_info(session: AsyncSession, document_id: uuid.UUID) -> StorageInfo:
@@ -90,7 +99,7 @@ async def storage_info(session: AsyncSession, document_id: uuid.UUID) -> Storage
         await session.execute(
             select(func.length(DocumentSnapshot.data), DocumentSnapshot.last_update_id)
             .where(DocumentSnapshot.document_id == document_id)
-            .order_by(DocumentSnapshot.id.desc())
+            .order_by(DocumentSnapshot.last_update_id.desc())
             .limit(1)
         )
     ).first()

@@ -1,0 +1,404 @@
+"""Yjs documents held in memory while someone has them open, backed by the update log.
+
+The invariant: the in-memory document is exactly what the database holds. An update
+is checked, appended to the log, and only then applied and broadcast; a client that
+joins at any moment is sent nothing the database could lose. Updates that arrive
+while a write is in flight are committed together in the next one (group commit),
+so a busy document costs one transaction per round trip, not one per keystroke.
+
+Snapshots compact the log: written when the document has been quiet for
+``snapshot_debounce`` seconds, and no later than ``snapshot_max_delay`` after the
+first update they cover. Loading is the latest snapshot plus the updates after it,
+done once however many clients open the document together. A document nobody has
+open is saved and dropped after ``unload_after`` seconds.
+
+One process owns a document's memory copy: several nodes editing the same document
+need the cluster work (updates relayed between nodes) that is not built yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from pycrdt import Doc, Text, TransactionEvent, merge_updates
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.errors import DocumentTooLarge, InvalidUpdate, UpdateTooLarge
+from app.events import Broadcaster
+from app.services.text_edits import TextEdit, apply_edit
+from storage.repositories import crdt as crdt_repo
+from storage.repositories.crdt import StorageInfo
+
+log = logging.getLogger(__name__)
+
+# The shared type that holds a document's plain text (REST, the assistant).
+# Editors bind to it with ``ydoc.getText("content")``.
+TEXT_NAME = "content"
+# A Yjs v1 update with no structs and an empty delete set.
+EMPTY_UPDATE = b"\x00\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_update_bytes: int
+    max_document_bytes: int
+    snapshot_debounce: float
+    snapshot_max_delay: float
+    unload_after: float
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    update: bytes
+    origin: str | None
+    done: asyncio.Future[bool]
+
+
+@dataclass(eq=False)
+class LiveDocument:
+    """One document in memory. Read it freely; change it only through ``LiveDocuments``."""
+
+    id: uuid.UUID
+    doc: Doc[Any] = field(default_factory=Doc)
+    # Connections and requests that have it open.
+    users: int = 0
+    # An upper bound of the encoded size: exact after loading and after each
+    # snapshot, plus the size of every update since.
+    size: int = 0
+    # The newest log row applied here, and whether it is newer than the snapshot.
+    last_update_id: int | None = None
+    unsaved_since: float | None = None
+    _loaded: asyncio.Future[None] = field(init=False)
+    _pending: list[_Pending] = field(default_factory=list)
+    _writer: asyncio.Task[None] | None = None
+    _snapshot_timer: asyncio.TimerHandle | None = None
+    _unload_timer: asyncio.TimerHandle | None = None
+    _snapshotting: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        self._loaded = asyncio.get_running_loop().create_future()
+
+    @property
+    def text(self) -> Text:
+        text: Text = self.doc.get(TEXT_NAME, type=Text)
+        return text
+
+    def state_vector(self) -> bytes:
+        return self.doc.get_state()
+
+    def missing_for(self, state_vector: bytes) -> bytes:
+        """The update a peer with ``state_vector`` lacks (Yjs ``encodeStateAsUpdate``)."""
+        try:
+            return self.doc.get_update(state_vector)
+        except ValueError as exc:
+            raise InvalidUpdate("not a Yjs state vector") from exc
+
+    def would_change(self, update: bytes) -> bool:
+        """Whether applying ``update`` would change the document (tried on a copy).
+
+        A client always answers a sync request with its whole delete set, so even a
+        viewer's answer is rarely empty; only what it adds is an edit.
+        """
+        if update == EMPTY_UPDATE:
+            return False
+        copy: Doc[Any] = Doc()
+        copy.apply_update(self.doc.get_update())
+        changes: list[bytes] = []
+        subscription = copy.observe(lambda event: changes.append(event.update))
+        try:
+            copy.apply_update(update)
+        except ValueError as exc:
+            raise InvalidUpdate() from exc
+        finally:
+            copy.unobserve(subscription)
+        return bool(changes)
+
+    def cancel_timers(self) -> None:
+        for timer in (self._snapshot_timer, self._unload_timer):
+            if timer is not None:
+                timer.cancel()
+        self._snapshot_timer = self._unload_timer = None
+
+    def _apply(self, update: bytes) -> bool:
+        changed = False
+
+        def seen(event: TransactionEvent) -> None:
+            nonlocal changed
+            changed = True
+
+        subscription = self.doc.observe(seen)
+        try:
+            self.doc.apply_update(update)
+        finally:
+            self.doc.unobserve(subscription)
+        return changed
+
+
+def check_update(update: bytes, limits: Limits) -> None:
+    """Refuse what is not a well-formed Yjs v1 update within the size limit."""
+    if len(update) > limits.max_update_bytes:
+        raise UpdateTooLarge(
+            f"the update has {len(update)} bytes; the limit is {limits.max_update_bytes}"
+        )
+    try:
+        # Decoding happens entirely before integration: a scratch document is
+        # enough to tell a well-formed update (its dependencies may be missing).
+        Doc().apply_update(update)
+    except ValueError as exc:
+        raise InvalidUpdate() from exc
+
+
+class LiveDocuments:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        broadcaster: Broadcaster,
+        limits: Limits,
+    ) -> None:
+        self._sessions = sessions
+        self._broadcaster = broadcaster
+        self.limits = limits
+        self._documents: dict[uuid.UUID, LiveDocument] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._documents)
+
+    def loaded(self, document_id: uuid.UUID) -> LiveDocument | None:
+        return self._documents.get(document_id)
+
+    # --- open and close ---------------------------------------------------------------
+
+    async def open(self, document_id: uuid.UUID) -> LiveDocument:
+        """The document, loaded once however many callers ask at the same moment.
+
+        Every ``open`` needs one ``close``.
+        """
+        live = self._documents.get(document_id)
+        if live is None:
+            live = LiveDocument(document_id)
+            self._documents[document_id] = live
+            self._spawn(self._load(live))
+        live.users += 1
+        if live._unload_timer is not None:
+            live._unload_timer.cancel()
+            live._unload_timer = None
+        try:
+            await asyncio.shield(live._loaded)
+        except BaseException:
+            self.close(live)
+            raise
+        return live
+
+    def close(self, live: LiveDocument) -> None:
+        live.users -= 1
+        if live.users == 0 and self._documents.get(live.id) is live:
+            if not live._loaded.done() or live._loaded.exception() is not None:
+                return
+            loop = asyncio.get_running_loop()
+            live._unload_timer = loop.call_later(
+                self.limits.unload_after, lambda: self._spawn(self._unload(live))
+            )
+
+    @contextlib.asynccontextmanager
+    async def opened(self, document_id: uuid.UUID) -> AsyncIterator[LiveDocument]:
+        live = await self.open(document_id)
+        try:
+            yield live
+        finally:
+            self.close(live)
+
+    async def _load(self, live: LiveDocument) -> None:
+        try:
+            async with self._sessions() as session:
+                stored = await crdt_repo.load(session, live.id)
+            with live.doc.transaction():
+                if stored.snapshot is not None:
+                    live.doc.apply_update(stored.snapshot)
+                for _, update in stored.updates:
+                    live.doc.apply_update(update)
+            live.last_update_id = stored.last_update_id
+            live.size = len(live.doc.get_update())
+            if stored.updates:
+                # Compact what an earlier process left behind.
+                live.unsaved_since = time.monotonic()
+                self._schedule_snapshot(live)
+        except Exception as exc:
+            # The callers waiting now all see the error; the next open tries again.
+            log.exception("could not load document %s", live.id)
+            self._documents.pop(live.id, None)
+            live._loaded.set_exception(exc)
+            live._loaded.exception()  # retrieved: no "never retrieved" warning
+            return
+        live._loaded.set_result(None)
+
+    async def _unload(self, live: LiveDocument) -> None:
+        live._unload_timer = None
+        if live.users > 0:
+            return
+        await self._settle(live)
+        # Saving is compaction only (the log holds every update): a failed
+        # snapshot does not keep the document in memory.
+        await self._snapshot(live)
+        if live.users == 0 and live._writer is None and self._documents.get(live.id) is live:
+            self.forget(live.id)
+            log.debug("unloaded document %s", live.id)
+
+    def forget(self, document_id: uuid.UUID) -> None:
+        """Drop a document from memory (a deleted one: without saving it)."""
+        live = self._documents.pop(document_id, None)
+        if live is not None:
+            live.cancel_timers()
+
+    async def close_all(self) -> None:
+        """Shutdown: finish the writes in flight and snapshot what is unsaved."""
+        for live in list(self._documents.values()):
+            if not live._loaded.done():
+                continue
+            live.cancel_timers()
+            await self._settle(live)
+            await self._snapshot(live)
+        for task in list(self._tasks):
+            task.cancel()
+        self._documents.clear()
+
+    # --- updates ----------------------------------------------------------------------
+
+    async def submit(self, live: LiveDocument, update: bytes, *, origin: str | None) -> bool:
+        """Store ``update``, then apply it and broadcast it to everyone but ``origin``.
+
+        Returns whether it changed the document. Refuses (``AppError``) what is
+        malformed or over a limit; a refused update touches nothing.
+        """
+        check_update(update, self.limits)
+        if update == EMPTY_UPDATE:
+            return False
+        if live.size + len(update) > self.limits.max_document_bytes:
+            raise DocumentTooLarge(
+                f"the document would exceed {self.limits.max_document_bytes} bytes"
+            )
+        pending = _Pending(update, origin, asyncio.get_running_loop().create_future())
+        live._pending.append(pending)
+        live.size += len(update)
+        if live._writer is None:
+            live._writer = asyncio.get_running_loop().create_task(self._write(live))
+        return await asyncio.shield(pending.done)
+
+    async def edit_text(self, document_id: uuid.UUID, make_edit: Callable[[str], TextEdit]) -> str:
+        """A server-side edit of the document's text; connected clients see it live.
+
+        ``make_edit`` receives the current text. The edit is made on a copy, as by
+        any other client: the live document changes only once the update is stored.
+        Returns the text after the edit.
+        """
+        async with self.opened(document_id) as live:
+            copy: Doc[Any] = Doc()
+            copy.apply_update(live.doc.get_update())
+            before = copy.get_state()
+            text = copy.get(TEXT_NAME, type=Text)
+            apply_edit(text, make_edit(str(text)))
+            await self.submit(live, copy.get_update(before), origin=None)
+            return str(live.text)
+
+    async def _write(self, live: LiveDocument) -> None:
+        """Commit pending updates in batches; apply and broadcast each batch after."""
+        try:
+            while live._pending:
+                batch, live._pending = live._pending, []
+                data = (
+                    batch[0].update
+                    if len(batch) == 1
+                    else merge_updates(*(p.update for p in batch))
+                )
+                try:
+                    async with self._sessions.begin() as session:
+                        update_id = await crdt_repo.append_update(session, live.id, data)
+                except Exception as exc:
+                    log.exception("could not store %d update(s) of %s", len(batch), live.id)
+                    live.size -= sum(len(p.update) for p in batch)
+                    for pending in batch:
+                        pending.done.set_exception(exc)
+                        pending.done.exception()
+                    continue
+                live.last_update_id = update_id
+                if live.unsaved_since is None:
+                    live.unsaved_since = time.monotonic()
+                changed = [p for p in batch if live._apply(p.update)]
+                for pending in batch:
+                    pending.done.set_result(pending in changed)
+                for pending in changed:
+                    await self._broadcaster.document_updated(
+                        live.id, pending.update, skip_connection=pending.origin
+                    )
+                self._schedule_snapshot(live)
+        finally:
+            live._writer = None
+
+    async def _settle(self, live: LiveDocument) -> None:
+        """Wait until no write is in flight."""
+        while live._writer is not None:
+            await asyncio.shield(live._writer)
+
+    # --- snapshots --------------------------------------------------------------------
+
+    def _schedule_snapshot(self, live: LiveDocument) -> None:
+        if live.unsaved_since is None:
+            return
+        if live._snapshot_timer is not None:
+            live._snapshot_timer.cancel()
+        limits = self.limits
+        deadline = live.unsaved_since + limits.snapshot_max_delay
+        delay = max(0.0, min(limits.snapshot_debounce, deadline - time.monotonic()))
+        live._snapshot_timer = asyncio.get_running_loop().call_later(
+            delay, lambda: self._spawn(self._snapshot(live))
+        )
+
+    async def _snapshot(self, live: LiveDocument) -> None:
+        async with live._snapshotting:
+            if live._snapshot_timer is not None:
+                live._snapshot_timer.cancel()
+                live._snapshot_timer = None
+            if live.unsaved_since is None or live.last_update_id is None:
+                return
+            # Nothing is awaited between reading the state and its last update id:
+            # the snapshot covers exactly the log rows up to that id.
+            data = live.doc.get_update()
+            covered = live.last_update_id
+            try:
+                async with self._sessions.begin() as session:
+                    await crdt_repo.save_snapshot(session, live.id, data, covered)
+            except Exception:
+                log.exception("could not snapshot document %s; will retry", live.id)
+                if self._documents.get(live.id) is live:
+                    self._schedule_snapshot(live)
+                return
+            if live.last_update_id == covered:
+                live.unsaved_since = None
+                if live._writer is None:
+                    live.size = len(data)
+            elif self._documents.get(live.id) is live:
+                # Updates landed while it was written: the next snapshot takes them.
+                self._schedule_snapshot(live)
+
+    # --- reading ----------------------------------------------------------------------
+
+    async def storage_info(self, document_id: uuid.UUID) -> StorageInfo:
+        async with self._sessions() as session:
+            return await crdt_repo.storage_info(session, document_id)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("document task failed", exc_info=task.exception())

@@ -1,0 +1,336 @@
+"""Namespaces ``/yjs|<document id>``: the wire protocol of the ``y-socket.io`` provider.
+
+What the provider (y-socket.io 1.1.3, ``src/client/provider.ts``) does, and the
+server's side of it:
+
+- it connects to ``/yjs|<room>`` with ``auth``: the access token, checked here with
+  the caller's membership (non-members are refused, ``not_found``);
+- on connect the server emits ``sync-step-1`` with its state vector and an ack: the
+  provider answers with the update the server lacks (edits made offline);
+- the provider emits ``sync-step-1`` with its state vector and an ack: the server
+  answers with the update the provider lacks;
+- ``sync-update`` both ways: the provider sends each local change; the server sends
+  every stored update to every other connection of the document;
+- ``awareness-update`` both ways, relayed; on connect the server sends every known
+  state, and when a connection ends its states are removed for everyone at once.
+
+Payloads are binary Yjs v1 encodings. Refusals (viewers' edits, malformed or
+oversized updates, floods) are reported with the ``error`` event; a refused update
+touches neither the document nor the other clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import Any
+
+import socketio
+from pycrdt import Awareness, Decoder
+
+from app.errors import (
+    AppError,
+    BadRequest,
+    InvalidUpdate,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ReadOnly,
+)
+from app.keys import DOCUMENT_SERVICE, LIVE_DOCUMENTS, METRICS
+from app.logs import correlation_id
+from app.services.live_documents import EMPTY_UPDATE, LiveDocuments
+from app.wire import ServerEvent
+from realtime.commands import ack_requested
+from realtime.namespaces.main import authenticate
+from realtime.ratelimit import TokenBucket
+from realtime.state import Realtime
+from realtime.yjs_connections import YjsConnection, YjsConnections, YjsRoom
+from storage.models import DocumentRole
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/yjs|"
+METRICS_NAMESPACE = "/yjs"
+
+
+class YjsEvent:
+    SYNC_STEP_1 = "sync-step-1"
+    SYNC_UPDATE = "sync-update"
+    AWARENESS_UPDATE = "awareness-update"
+
+
+def namespace_of(document_id: uuid.UUID) -> str:
+    return f"{PREFIX}{document_id}"
+
+
+def document_of(namespace: str) -> uuid.UUID | None:
+    if not namespace.startswith(PREFIX):
+        return None
+    try:
+        return uuid.UUID(namespace.removeprefix(PREFIX))
+    except ValueError:
+        return None
+
+
+def parse_awareness(update: bytes) -> list[tuple[int, int, Any]]:
+    """(client id, clock, state or None) for each entry; ``InvalidUpdate`` otherwise."""
+    try:
+        decoder = Decoder(update)
+        entries = []
+        for _ in range(decoder.read_var_uint()):
+            client_id = decoder.read_var_uint()
+            clock = decoder.read_var_uint()
+            raw = decoder.read_var_string()
+            entries.append((client_id, clock, json.loads(raw) if raw else None))
+        return entries
+    except (IndexError, RuntimeError, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidUpdate("not a Yjs awareness update") from exc
+
+
+class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
+    """Every ``/yjs|...`` namespace (registered as python-socketio's catch-all ``*``)."""
+
+    def __init__(self, rt: Realtime) -> None:
+        super().__init__("*")
+        self.rt = rt
+
+    @property
+    def documents(self) -> LiveDocuments:
+        return self.rt.app[LIVE_DOCUMENTS]
+
+    @property
+    def connections(self) -> YjsConnections:
+        return self.rt.yjs
+
+    async def trigger_event(self, event: str, namespace: str, *args: Any) -> Any:
+        sid = args[0]
+        token = correlation_id.set(sid)
+        try:
+            if event == "connect" and ack_requested.get() is None:
+                return await self.connect(namespace, sid, args[2] if len(args) > 2 else None)
+            if event == "disconnect" and ack_requested.get() is None:
+                return await self.disconnect(sid)
+            connection = self.connections.by_sid.get(sid)
+            if connection is None or connection.live is None:
+                return None
+            return await self.receive(connection, event, args[1:])
+        finally:
+            correlation_id.reset(token)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def connect(self, namespace: str, sid: str, auth: Any) -> None:
+        metrics = self.rt.app[METRICS]
+        try:
+            document_id = document_of(namespace)
+            if document_id is None:
+                raise NotFound(f"no namespace {namespace!r}; documents are at /yjs|<id>")
+            principal = await authenticate(self.rt, auth)
+            view = await self.rt.app[DOCUMENT_SERVICE].get(principal, document_id)
+        except AppError as exc:
+            metrics.socket_refused.labels(exc.code).inc()
+            log.info("yjs connection refused: %s", exc.code)
+            raise socketio.exceptions.ConnectionRefusedError(
+                exc.message, {"code": exc.code}
+            ) from exc
+        settings = self.rt.settings
+        connection = YjsConnection(
+            sid,
+            namespace,
+            principal,
+            view.role,
+            TokenBucket(settings.yjs_messages_per_second, settings.yjs_message_burst),
+        )
+        self.connections.by_sid[sid] = connection
+        live = await self.documents.open(document_id)
+        if self.connections.by_sid.get(sid) is not connection:  # gone while it loaded
+            self.documents.close(live)
+            raise socketio.exceptions.ConnectionRefusedError("the connection ended")
+        connection.live = live
+        room = self.connections.rooms.get(document_id)
+        if room is None:
+            awareness = Awareness(live.doc)
+            awareness.set_local_state(None)  # the server itself is nobody
+            room = self.connections.rooms[document_id] = YjsRoom(awareness)
+        room.sids.add(sid)
+        metrics.socket_connections.labels(METRICS_NAMESPACE).inc()
+        log.info(
+            "yjs connected",
+            extra={"user_id": str(principal.user_id), "document_id": str(document_id)},
+        )
+        # After this handler returns, python-socketio sends the CONNECT packet; the
+        # first sync runs after it.
+        self.rt.spawn(self.start_sync(connection, with_awareness=True))
+
+    async def start_sync(self, connection: YjsConnection, *, with_awareness: bool) -> None:
+        live = connection.live
+        assert live is not None
+
+        async def answered(*args: Any) -> None:
+            if self.connections.by_sid.get(connection.sid) is connection and args:
+                await self.receive_update(connection, args[0], solicited=True)
+
+        await self.rt.sio.emit(
+            YjsEvent.SYNC_STEP_1,
+            live.state_vector(),
+            to=connection.sid,
+            namespace=connection.namespace,
+            callback=answered,
+        )
+        if with_awareness:
+            awareness = self.connections.rooms[live.id].awareness
+            await self.rt.sio.emit(
+                YjsEvent.AWARENESS_UPDATE,
+                awareness.encode_awareness_update(list(awareness.states)),
+                to=connection.sid,
+                namespace=connection.namespace,
+            )
+
+    async def disconnect(self, sid: str) -> None:
+        connection = self.connections.by_sid.pop(sid, None)
+        if connection is None or connection.live is None:
+            return
+        if connection.resync is not None:
+            connection.resync.cancel()
+        self.rt.app[METRICS].socket_connections.labels(METRICS_NAMESPACE).dec()
+        live = connection.live
+        room = self.connections.rooms.get(live.id)
+        if room is not None:
+            room.sids.discard(sid)
+            gone = [i for i in connection.client_ids if i in room.awareness.states]
+            if gone:
+                room.awareness.remove_awareness_states(gone, sid)
+                await self.rt.sio.emit(
+                    YjsEvent.AWARENESS_UPDATE,
+                    room.awareness.encode_awareness_update(gone),
+                    namespace=connection.namespace,
+                )
+            if not room.sids:
+                del self.connections.rooms[live.id]
+        self.documents.close(live)
+        log.info("yjs disconnected", extra={"document_id": str(live.id)})
+
+    # --- events -----------------------------------------------------------------------
+
+    async def receive(self, connection: YjsConnection, event: str, args: tuple[Any, ...]) -> Any:
+        data = args[0] if args else None
+        if event == YjsEvent.SYNC_STEP_1:
+            return await self.sync_step_1(connection, data)
+        if event == YjsEvent.SYNC_UPDATE:
+            await self.receive_update(connection, data, solicited=False)
+        elif event == YjsEvent.AWARENESS_UPDATE:
+            await self.receive_awareness(connection, data)
+        else:
+            await self.tell(connection, event, BadRequest(f"unknown event {event!r}"))
+        return None
+
+    async def sync_step_1(self, connection: YjsConnection, state_vector: Any) -> bytes:
+        assert connection.live is not None
+        try:
+            if not isinstance(state_vector, bytes):
+                raise InvalidUpdate("send the state vector as binary")
+            return connection.live.missing_for(state_vector)
+        except AppError as exc:
+            await self.tell(connection, YjsEvent.SYNC_STEP_1, exc)
+            # The provider applies whatever the ack carries: give it a valid no-op.
+            return EMPTY_UPDATE
+
+    async def receive_update(
+        self, connection: YjsConnection, update: Any, *, solicited: bool
+    ) -> None:
+        """Store and relay one update; ``solicited``: the answer to our ``sync-step-1``."""
+        live = connection.live
+        assert live is not None
+        metrics = self.rt.app[METRICS]
+        try:
+            if not isinstance(update, bytes):
+                raise InvalidUpdate("send the update as binary")
+            if not solicited and not connection.bucket.take():
+                # Nothing is lost: a re-sync asks for everything the server lacks.
+                self.resync_later(connection)
+                raise RateLimited(
+                    "too many updates; a re-sync picks them up shortly",
+                    retry_after=round(connection.bucket.wait(), 3),
+                )
+            if connection.role is DocumentRole.VIEWER:
+                if not live.would_change(update):
+                    return  # a viewer's sync answer that carries nothing new
+                raise ReadOnly()
+            changed = await self.documents.submit(live, update, origin=connection.sid)
+        except AppError as exc:
+            metrics.yjs_updates.labels(exc.code).inc()
+            # Each kind of refusal is told once, until an update is accepted again.
+            if exc.code not in connection.told:
+                connection.told.add(exc.code)
+                await self.tell(connection, YjsEvent.SYNC_UPDATE, exc)
+            return
+        connection.told.clear()
+        metrics.yjs_updates.labels("applied" if changed else "unchanged").inc()
+
+    def resync_later(self, connection: YjsConnection) -> None:
+        """Ask the client again for what the server lacks once it may send again."""
+        if connection.resync is not None:
+            return
+
+        def resync() -> None:
+            connection.resync = None
+            if self.connections.by_sid.get(connection.sid) is connection:
+                self.rt.spawn(self.start_sync(connection, with_awareness=False))
+
+        loop = asyncio.get_running_loop()
+        connection.resync = loop.call_later(connection.bucket.wait() + 0.05, resync)
+
+    async def receive_awareness(self, connection: YjsConnection, update: Any) -> None:
+        live = connection.live
+        assert live is not None
+        try:
+            if not isinstance(update, bytes):
+                raise InvalidUpdate("send the awareness update as binary")
+            limit = self.rt.settings.yjs_max_awareness_bytes
+            if len(update) > limit:
+                raise PayloadTooLarge(f"awareness updates are limited to {limit} bytes")
+            if not connection.bucket.take():
+                # Latest wins: the next one supersedes it; no need to re-sync.
+                raise RateLimited(retry_after=round(connection.bucket.wait(), 3))
+            entries = parse_awareness(update)
+        except AppError as exc:
+            await self.tell(connection, YjsEvent.AWARENESS_UPDATE, exc)
+            return
+        for client_id, _, state in entries:
+            if state is None:
+                connection.client_ids.discard(client_id)
+            else:
+                connection.client_ids.add(client_id)
+        room = self.connections.rooms[live.id]
+        room.awareness.apply_awareness_update(update, connection.sid)
+        await self.rt.sio.emit(
+            YjsEvent.AWARENESS_UPDATE,
+            update,
+            namespace=connection.namespace,
+            skip_sid=connection.sid,
+        )
+
+    async def tell(self, connection: YjsConnection, event: str, exc: AppError) -> None:
+        log.info("yjs %s refused: %s", event, exc.code)
+        await self.rt.sio.emit(
+            ServerEvent.ERROR,
+            {**exc.to_body(), "event": event},
+            to=connection.sid,
+            namespace=connection.namespace,
+        )
+
+
+async def end_yjs_connection(
+    rt: Realtime, connection: YjsConnection, code: str, message: str
+) -> None:
+    """Tell a document connection why, then close it (the provider will not retry)."""
+    await rt.sio.emit(
+        ServerEvent.SESSION_ENDED,
+        {"code": code, "message": message},
+        to=connection.sid,
+        namespace=connection.namespace,
+    )
+    await rt.sio.disconnect(connection.sid, namespace=connection.namespace)

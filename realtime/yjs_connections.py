@@ -1,0 +1,59 @@
+"""The document connections (``/yjs|<id>`` namespaces) of this process."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+
+from pycrdt import Awareness
+
+from app.auth.principal import Principal
+from app.services.live_documents import LiveDocument
+from realtime.ratelimit import TokenBucket
+from storage.models import DocumentRole
+
+
+@dataclass(eq=False)
+class YjsConnection:
+    sid: str
+    namespace: str
+    principal: Principal
+    role: DocumentRole
+    bucket: TokenBucket
+    live: LiveDocument | None = None
+    # Awareness client ids this connection has announced (removed when it ends).
+    client_ids: set[int] = field(default_factory=set)
+    # Error codes already reported since the last accepted update.
+    told: set[str] = field(default_factory=set)
+    resync: asyncio.TimerHandle | None = None
+
+    @property
+    def user_id(self) -> uuid.UUID:
+        return self.principal.user_id
+
+    @property
+    def document_id(self) -> uuid.UUID:
+        assert self.live is not None
+        return self.live.id
+
+
+@dataclass(eq=False)
+class YjsRoom:
+    """The connections of one document in this process and their awareness."""
+
+    awareness: Awareness
+    sids: set[str] = field(default_factory=set)
+
+
+class YjsConnections:
+    def __init__(self) -> None:
+        self.by_sid: dict[str, YjsConnection] = {}
+        self.rooms: dict[uuid.UUID, YjsRoom] = {}
+
+    def of_user(self, user_id: uuid.UUID) -> list[YjsConnection]:
+        return [c for c in self.by_sid.values() if c.user_id == user_id]
+
+    def of_document(self, document_id: uuid.UUID) -> list[YjsConnection]:
+        room = self.rooms.get(document_id)
+        return [self.by_sid[sid] for sid in room.sids] if room else []
