@@ -51,6 +51,7 @@ class DocumentClient:
         self.synced = asyncio.Event()
         self.errors: list[dict[str, Any]] = []
         self.ended: dict[str, Any] | None = None
+        self.refused: dict[str, Any] | None = None  # connect_error data: {message, code}
         self.sio = socketio.AsyncClient(reconnection=reconnection)
         self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
@@ -64,6 +65,7 @@ class DocumentClient:
         on("awareness-update", self._on_awareness_update, namespace=self.namespace)
         on("error", self._on_error, namespace=self.namespace)
         on("session:ended", self._on_ended, namespace=self.namespace)
+        on("connect_error", self._on_connect_error, namespace=self.namespace)
 
     @property
     def text(self) -> str:
@@ -133,6 +135,17 @@ class DocumentClient:
 
     def _on_ended(self, data: dict[str, Any]) -> None:
         self.ended = data
+
+    def _on_connect_error(self, data: Any = None) -> None:
+        # The server sends {message, data: {code}}: flattened to {message, code}.
+        if isinstance(data, dict):
+            extra = data.get("data")
+            self.refused = {
+                "message": data.get("message"),
+                **(extra if isinstance(extra, dict) else {}),
+            }
+        else:
+            self.refused = {"message": str(data)}
 
     def _on_disconnect(self, reason: str | None = None) -> None:
         self.synced.clear()

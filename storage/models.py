@@ -193,7 +193,12 @@ class DocumentUpdate(Base):
     """One accepted Yjs update (v1 encoding), in arrival order."""
 
     __tablename__ = "document_updates"
-    __table_args__ = (Index("ix_document_updates_document_id_id", "document_id", "id"),)
+    __table_args__ = (
+        Index("ix_document_updates_document_id_id", "document_id", "id"),
+        # Ids only grow, even on SQLite after the newest rows were compacted away:
+        # a snapshot covers "every update up to id N".
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     document_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))

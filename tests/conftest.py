@@ -252,24 +252,38 @@ async def connect(
 
 
 DocumentFactory = Callable[..., Awaitable[DocumentClient]]
+OpenDocumentOn = Callable[..., Awaitable[DocumentClient]]
 
 
 @pytest.fixture
-async def open_document(
-    client: TestClient[web.Request, web.Application],
-) -> AsyncIterator[DocumentFactory]:
-    """Open real y-socket.io connections (the project's DocumentClient) to the test app."""
+async def open_document_on() -> AsyncIterator[OpenDocumentOn]:
+    """``await open_document_on(app_client, user, document_id)``: a real y-socket.io
+    connection (the project's DocumentClient), synced; all closed when the test ends."""
     opened: list[DocumentClient] = []
-    url = str(client.make_url("/")).rstrip("/")
 
-    async def open_client(user: User, document_id: str, *, synced: bool = True) -> DocumentClient:
+    async def open_client(
+        client: TestClient[web.Request, web.Application], user: User, document_id: str
+    ) -> DocumentClient:
+        url = str(client.make_url("/")).rstrip("/")
         document = DocumentClient(url, user.access_token, document_id)
         opened.append(document)
         await document.connect()
-        if synced:
-            await asyncio.wait_for(document.synced.wait(), 10)
+        await asyncio.wait_for(document.synced.wait(), 10)
         return document
 
     yield open_client
     for document in opened:
         await document.close()
+
+
+@pytest.fixture
+def open_document(
+    client: TestClient[web.Request, web.Application],
+    open_document_on: OpenDocumentOn,
+) -> DocumentFactory:
+    """``await open_document(user, document_id)`` on the default test app."""
+
+    async def open_client(user: User, document_id: str) -> DocumentClient:
+        return await open_document_on(client, user, document_id)
+
+    return open_client

@@ -180,3 +180,36 @@ async def test_usage_totals(sessions: Sessions) -> None:
     assert (totals.user_id, totals.replies, totals.input_tokens) == (author, 2, 350)
     assert totals.cache_read_input_tokens == 10
     assert totals.cost_usd == Decimal("0.003")
+
+
+async def test_update_ids_keep_growing_after_compaction(sessions: Sessions) -> None:
+    """A snapshot covers "every update up to id N": a later update must never get an
+    id <= N, even after compaction deleted every row (SQLite reused them before 0002)."""
+    _, document = await make_document(sessions)
+    source = pycrdt.Doc()
+    async with sessions.begin() as session:
+        first = await crdt.append_update(session, document, yjs_update(source, "a"))
+        await crdt.save_snapshot(session, document, source.get_update(), first)
+    async with sessions.begin() as session:
+        later = await crdt.append_update(session, document, yjs_update(source, "b"))
+    assert later > first
+    async with sessions() as session:
+        stored = await crdt.load(session, document)
+    assert [update_id for update_id, _ in stored.updates] == [later]
+
+
+async def test_an_older_snapshot_never_replaces_a_newer_one(sessions: Sessions) -> None:
+    _, document = await make_document(sessions)
+    source = pycrdt.Doc()
+    async with sessions.begin() as session:
+        first = await crdt.append_update(session, document, yjs_update(source, "a"))
+        old_copy = source.get_update()
+        second = await crdt.append_update(session, document, yjs_update(source, "b"))
+        assert await crdt.save_snapshot(session, document, source.get_update(), second)
+        assert not await crdt.save_snapshot(session, document, old_copy, first)
+    async with sessions() as session:
+        stored = await crdt.load(session, document)
+    rebuilt = pycrdt.Doc()
+    assert stored.snapshot is not None
+    rebuilt.apply_update(stored.snapshot)
+    assert str(rebuilt.get("body", type=pycrdt.Text)) == "ab"

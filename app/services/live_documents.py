@@ -373,7 +373,9 @@ class LiveDocuments:
             covered = live.last_update_id
             try:
                 async with self._sessions.begin() as session:
-                    await crdt_repo.save_snapshot(session, live.id, data, covered)
+                    stored = await crdt_repo.save_snapshot(session, live.id, data, covered)
+                if not stored:
+                    log.warning("document %s has a newer snapshot than this copy", live.id)
             except Exception:
                 log.exception("could not snapshot document %s; will retry", live.id)
                 if self._documents.get(live.id) is live:

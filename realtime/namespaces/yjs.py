@@ -262,12 +262,13 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             changed = await self.documents.submit(live, update, origin=connection.sid)
         except AppError as exc:
             metrics.yjs_updates.labels(exc.code).inc()
-            # Each kind of refusal is told once, until an update is accepted again.
+            # Each kind of refusal is told once, not once per update.
             if exc.code not in connection.told:
                 connection.told.add(exc.code)
                 await self.tell(connection, YjsEvent.SYNC_UPDATE, exc)
             return
-        connection.told.clear()
+        # A flood is told once until its re-sync has run, other refusals until now.
+        connection.told &= {RateLimited.code} if connection.resync is not None else set()
         metrics.yjs_updates.labels("applied" if changed else "unchanged").inc()
 
     def resync_later(self, connection: YjsConnection) -> None:
