@@ -11,6 +11,7 @@ from app.config import Settings
 from app.main import create_app  # noqa: F401  (registers every route module)
 from app.wire import ServerEvent
 from realtime.namespaces.main import commands
+from realtime.namespaces.yjs import YjsEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -27,6 +28,11 @@ def test_every_rest_route_is_in_the_protocol(route: str) -> None:
     assert route in PROTOCOL
 
 
-@pytest.mark.parametrize("event", [*commands.names, *(event.value for event in ServerEvent)])
+YJS_EVENTS = [YjsEvent.SYNC_STEP_1, YjsEvent.SYNC_UPDATE, YjsEvent.AWARENESS_UPDATE]
+
+
+@pytest.mark.parametrize(
+    "event", [*commands.names, *(event.value for event in ServerEvent), *YJS_EVENTS]
+)
 def test_every_socket_event_is_in_the_protocol(event: str) -> None:
     assert f"`{event}`" in PROTOCOL
