@@ -465,3 +465,27 @@ async def _equal_async(actual: Any, expected: object) -> None:
 async def _at_least(actual: Any, expected: float) -> None:
     value = await actual
     assert value >= expected, (value, expected)
+
+
+async def test_a_failed_write_is_asked_for_again_and_not_lost(
+    api: Api, open_document: DocumentFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ann, ben, doc = await api.room("editor")
+    a = await open_document(ann, doc["id"])
+    b = await open_document(ben, doc["id"])
+    real_append = crdt_repo.append_update
+    failures = 1
+
+    async def flaky_append(*args: Any) -> int:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise OSError("the database went away")
+        return await real_append(*args)
+
+    monkeypatch.setattr(crdt_repo, "append_update", flaky_append)
+    append(a, "survives")
+    await eventually(lambda: _equal(codes(a), ["unavailable"]))
+    # The server re-syncs with the client: the change arrives after all.
+    await eventually(lambda: _equal(b.text, "survives"))
+    assert await stored_text(api, ann, doc) == "survives"

@@ -38,6 +38,7 @@ from app.errors import (
     PayloadTooLarge,
     RateLimited,
     ReadOnly,
+    ServiceUnavailable,
 )
 from app.keys import DOCUMENT_SERVICE, LIVE_DOCUMENTS, METRICS
 from app.logs import correlation_id
@@ -145,7 +146,14 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             TokenBucket(settings.yjs_messages_per_second, settings.yjs_message_burst),
         )
         self.connections.by_sid[sid] = connection
-        live = await self.documents.open(document_id)
+        try:
+            live = await self.documents.open(document_id)
+        except Exception as exc:
+            self.connections.by_sid.pop(sid, None)
+            metrics.socket_refused.labels(ServiceUnavailable.code).inc()
+            raise socketio.exceptions.ConnectionRefusedError(
+                "the document could not be loaded; try again", {"code": ServiceUnavailable.code}
+            ) from exc
         if self.connections.by_sid.get(sid) is not connection:  # gone while it loaded
             self.documents.close(live)
             raise socketio.exceptions.ConnectionRefusedError("the connection ended")
@@ -261,15 +269,21 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 raise ReadOnly()
             changed = await self.documents.submit(live, update, origin=connection.sid)
         except AppError as exc:
-            metrics.yjs_updates.labels(exc.code).inc()
-            # Each kind of refusal is told once, not once per update.
-            if exc.code not in connection.told:
-                connection.told.add(exc.code)
-                await self.tell(connection, YjsEvent.SYNC_UPDATE, exc)
+            refusal = exc
+        except Exception:  # the database failed: the client is asked for it again later
+            log.exception("could not store an update of %s", live.id)
+            self.resync_later(connection)
+            refusal = ServiceUnavailable("the update could not be stored; it is asked for again")
+        else:
+            # A flood is told once until its re-sync has run, other refusals until now.
+            connection.told &= {RateLimited.code} if connection.resync is not None else set()
+            metrics.yjs_updates.labels("applied" if changed else "unchanged").inc()
             return
-        # A flood is told once until its re-sync has run, other refusals until now.
-        connection.told &= {RateLimited.code} if connection.resync is not None else set()
-        metrics.yjs_updates.labels("applied" if changed else "unchanged").inc()
+        metrics.yjs_updates.labels(refusal.code).inc()
+        # Each kind of refusal is told once, not once per update.
+        if refusal.code not in connection.told:
+            connection.told.add(refusal.code)
+            await self.tell(connection, YjsEvent.SYNC_UPDATE, refusal)
 
     def resync_later(self, connection: YjsConnection) -> None:
         """Ask the client again for what the server lacks once it may send again."""
