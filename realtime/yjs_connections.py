@@ -22,8 +22,6 @@ class YjsConnection:
     role: DocumentRole
     bucket: TokenBucket
     live: LiveDocument | None = None
-    # Awareness client ids this connection has announced (removed when it ends).
-    client_ids: set[int] = field(default_factory=set)
     # Error codes already reported since the last accepted update.
     told: set[str] = field(default_factory=set)
     resync: asyncio.TimerHandle | None = None
@@ -44,6 +42,12 @@ class YjsRoom:
 
     awareness: Awareness
     sids: set[str] = field(default_factory=set)
+    # Awareness client id -> the connection that announced it first. Providers
+    # re-send every state they receive, so "sent it" does not mean "owns it".
+    owners: dict[int, str] = field(default_factory=dict)
+
+    def owned_by(self, sid: str) -> list[int]:
+        return [client_id for client_id, owner in self.owners.items() if owner == sid]
 
 
 class YjsConnections:

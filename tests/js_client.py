@@ -2,7 +2,8 @@
 
 Each ``JsClient`` is one Node process holding one Socket.IO connection. The test
 sends it one JSON command per line and reads one JSON reply per line; see the
-header of ``room_client.mjs`` for the commands.
+header of ``room_client.mjs`` for the commands. ``NodeProgram`` is that driving,
+shared with ``tests/yjs_js.py`` (the y-socket.io provider).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Self
 
 import pytest
 
@@ -27,6 +28,7 @@ INSTALL_TIMEOUT = 300.0
 REPLY_GRACE = 5.0  # seconds a reply may take beyond the command's own timeout
 EXIT_TIMEOUT = 5.0
 LIFETIME_MS = 120_000  # the Node process ends itself after this, whatever happens
+REQUIRED_PACKAGES = ("socket.io-client", "y-socket.io", "yjs")
 WEBSOCKET = ["websocket"]
 POLLING_THEN_UPGRADE = ["polling", "websocket"]  # the client's default
 
@@ -46,13 +48,16 @@ def node_with_modules() -> str:
     executable = shutil.which("node")
     if executable is None:
         _missing("node is not on PATH (the JavaScript client tests need Node 18+)")
-    if not (JS_DIR / "node_modules" / "socket.io-client").is_dir():
+    modules = JS_DIR / "node_modules"
+    if not all((modules / package).is_dir() for package in REQUIRED_PACKAGES):
         npm = shutil.which("npm")
         if npm is None:
             _missing("npm is not on PATH (needed once, for npm ci in tests/js)")
         try:
             done = subprocess.run(
-                [npm, "ci", "--prefix", str(JS_DIR), "--no-audit", "--no-fund"],
+                # --ignore-scripts: y-socket.io depends on leveldown (its server's
+                # storage), whose native build the client does not need.
+                [npm, "ci", "--prefix", str(JS_DIR), "--no-audit", "--no-fund", "--ignore-scripts"],
                 capture_output=True,
                 text=True,
                 timeout=INSTALL_TIMEOUT,
@@ -65,7 +70,11 @@ def node_with_modules() -> str:
     return executable
 
 
-class JsClient:
+class NodeProgram:
+    """One Node process running ``script``, driven by JSON lines."""
+
+    script: Path
+
     def __init__(
         self, process: asyncio.subprocess.Process, name: str, url: str, stderr: Path
     ) -> None:
@@ -76,12 +85,12 @@ class JsClient:
         self._ids = itertools.count(1)
 
     @classmethod
-    async def start(cls, node: str, name: str, url: str, stderr: Path) -> JsClient:
+    async def start(cls, node: str, name: str, url: str, stderr: Path) -> Self:
         """Start the Node program (not connected yet); ``stderr`` is where its log goes."""
         with stderr.open("wb") as err:
             process = await asyncio.create_subprocess_exec(
                 node,
-                str(SCRIPT),
+                str(cls.script),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=err,
@@ -115,6 +124,37 @@ class JsClient:
         del reply["id"]
         return reply
 
+    async def wait_event(self, event: str, count: int = 1, *, within: float = 5.0) -> list[Any]:
+        """Every payload of ``event`` received so far, once there are ``count``."""
+        reply = await self.call("wait_event", event=event, count=count, timeout_ms=within * 1000)
+        events: list[Any] = reply["events"]
+        return events
+
+    async def events(self, name: str | None = None) -> list[Any]:
+        """All received ``[event, payload]`` pairs in order, or the payloads of ``name``."""
+        pairs: list[list[Any]] = (await self.call("events"))["events"]
+        if name is None:
+            return pairs
+        return [payload for event, payload in pairs if event == name]
+
+    async def close(self) -> None:
+        """Ask the process to exit; end it by its PID if it does not."""
+        process = self.process
+        if process.returncode is None and process.stdin is not None:
+            with contextlib.suppress(ConnectionError):
+                process.stdin.write(b'{"id": 0, "op": "exit"}\n')
+                await process.stdin.drain()
+            process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), EXIT_TIMEOUT)
+        except TimeoutError:
+            process.kill()  # this process only, by its PID
+            await process.wait()
+
+
+class JsClient(NodeProgram):
+    script = SCRIPT
+
     async def connect(
         self, token: str | None, transports: list[str] | None = None
     ) -> dict[str, Any]:
@@ -140,19 +180,6 @@ class JsClient:
         assert isinstance(ack, dict) and ack.get("ok") is True, (event, ack)
         return ack["data"]
 
-    async def wait_event(self, event: str, count: int = 1, *, within: float = 5.0) -> list[Any]:
-        """Every payload of ``event`` received so far, once there are ``count``."""
-        reply = await self.call("wait_event", event=event, count=count, timeout_ms=within * 1000)
-        events: list[Any] = reply["events"]
-        return events
-
-    async def events(self, name: str | None = None) -> list[Any]:
-        """All received ``[event, payload]`` pairs in order, or the payloads of ``name``."""
-        pairs: list[list[Any]] = (await self.call("events"))["events"]
-        if name is None:
-            return pairs
-        return [payload for event, payload in pairs if event == name]
-
     async def wait_connect(self, *, within: float = 10.0) -> dict[str, Any]:
         return await self.call("wait_connect", timeout_ms=within * 1000)
 
@@ -165,17 +192,3 @@ class JsClient:
 
     async def close_transport(self) -> None:
         await self.call("close_transport")
-
-    async def close(self) -> None:
-        """Ask the process to exit; end it by its PID if it does not."""
-        process = self.process
-        if process.returncode is None and process.stdin is not None:
-            with contextlib.suppress(ConnectionError):
-                process.stdin.write(b'{"id": 0, "op": "exit"}\n')
-                await process.stdin.drain()
-            process.stdin.close()
-        try:
-            await asyncio.wait_for(process.wait(), EXIT_TIMEOUT)
-        except TimeoutError:
-            process.kill()  # this process only, by its PID
-            await process.wait()

@@ -91,6 +91,13 @@ def parse_awareness(update: bytes) -> list[tuple[int, int, Any]]:
         raise InvalidUpdate("not a Yjs awareness update") from exc
 
 
+def newer(awareness: Awareness, client_id: int, clock: int, state: Any) -> bool:
+    """Whether an entry changes ``awareness`` (the rule of y-protocols' applyAwarenessUpdate)."""
+    meta = awareness.meta.get(client_id)
+    current = meta["clock"] if meta is not None else 0
+    return current < clock or (current == clock and state is None and client_id in awareness.states)
+
+
 class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     """Every ``/yjs|...`` namespace (registered as python-socketio's catch-all ``*``)."""
 
@@ -208,7 +215,10 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         room = self.connections.rooms.get(live.id)
         if room is not None:
             room.sids.discard(sid)
-            gone = [i for i in connection.client_ids if i in room.awareness.states]
+            owned = room.owned_by(sid)
+            for client_id in owned:
+                del room.owners[client_id]
+            gone = [i for i in owned if i in room.awareness.states]
             if gone:
                 room.awareness.remove_awareness_states(gone, sid)
                 await self.rt.sio.emit(
@@ -299,31 +309,41 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         connection.resync = loop.call_later(connection.bucket.wait() + 0.05, resync)
 
     async def receive_awareness(self, connection: YjsConnection, update: Any) -> None:
+        """Apply what is new to the room's awareness and relay only that.
+
+        The y-socket.io provider re-sends every awareness change it applies, its
+        peers' included: relaying those echoes would multiply every cursor move by
+        the number of connections, so stale entries are dropped (and not charged).
+        """
         live = connection.live
         assert live is not None
+        room = self.connections.rooms[live.id]
         try:
             if not isinstance(update, bytes):
                 raise InvalidUpdate("send the awareness update as binary")
             limit = self.rt.settings.yjs_max_awareness_bytes
             if len(update) > limit:
                 raise PayloadTooLarge(f"awareness updates are limited to {limit} bytes")
+            fresh = [entry for entry in parse_awareness(update) if newer(room.awareness, *entry)]
+            if not fresh:
+                return
             if not connection.bucket.take():
                 # Latest wins: the next one supersedes it; no need to re-sync.
                 raise RateLimited(retry_after=round(connection.bucket.wait(), 3))
-            entries = parse_awareness(update)
         except AppError as exc:
             await self.tell(connection, YjsEvent.AWARENESS_UPDATE, exc)
             return
-        for client_id, _, state in entries:
-            if state is None:
-                connection.client_ids.discard(client_id)
-            else:
-                connection.client_ids.add(client_id)
-        room = self.connections.rooms[live.id]
         room.awareness.apply_awareness_update(update, connection.sid)
+        for client_id, _, state in fresh:
+            if state is None:
+                if room.owners.get(client_id) == connection.sid:
+                    del room.owners[client_id]
+            else:
+                room.owners.setdefault(client_id, connection.sid)
+        changed = [client_id for client_id, _, _ in fresh]
         await self.rt.sio.emit(
             YjsEvent.AWARENESS_UPDATE,
-            update,
+            room.awareness.encode_awareness_update(changed),
             namespace=connection.namespace,
             skip_sid=connection.sid,
         )
