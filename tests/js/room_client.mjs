@@ -2,58 +2,32 @@
 //
 // Each stdin line is a command {"id": n, "op": "...", ...}; each gets exactly one
 // stdout line {"id": n, "ok": true, ...} or {"id": n, "ok": false, "error": "..."}.
-// Commands run one at a time, in order. Everything the socket receives is recorded
-// in order (server events by name; lifecycle as "$connect", "$disconnect",
-// "$connect_error", "$open", "$upgrade"), so the test can wait for it and read it back.
+// Commands run one at a time, in order (driver.mjs serves them). Everything the
+// socket receives is recorded in order (server events by name; lifecycle as
+// "$connect", "$disconnect", "$connect_error", "$open", "$upgrade"), so the test
+// can wait for it and read it back.
 //
 // Ops: connect {url, token?, transports?} · emit {event, payload, ack?, timeout_ms?}
 // · wait_event {event, count?, timeout_ms?} · events · wait_connect {timeout_ms?}
 // · wait_upgrade {timeout_ms?} · disconnect · close_transport · exit.
-// The process exits when stdin closes, on "exit", or after LIFETIME_MS (status 3).
-import { createInterface } from "node:readline";
+// Every op but connect and exit needs a connect first. The process exits when stdin
+// closes, on "exit", or after JS_CLIENT_LIFETIME_MS (status 3).
 import { io } from "socket.io-client";
-
-const LIFETIME_MS = Number(process.env.JS_CLIENT_LIFETIME_MS || 120000);
-const DEFAULT_TIMEOUT_MS = 5000;
+import { ms, serve, waiters } from "./driver.mjs";
 
 const received = []; // [{event, args}] in arrival order
-const waiters = new Set(); // re-checked after every recorded event
+// Waits are re-checked after every recorded event.
+const { notify, until } = waiters(() => `received ${JSON.stringify(received.map((r) => r.event))}`);
 let socket = null;
 
 function record(event, args) {
   received.push({ event, args });
-  for (const check of [...waiters]) check();
+  notify();
 }
 
 function payloads(event) {
   return received.filter((r) => r.event === event).map((r) => r.args[0] ?? null);
 }
-
-// Resolve with check()'s first non-undefined result; reject after timeoutMs.
-function until(check, timeoutMs, what) {
-  return new Promise((resolve, reject) => {
-    const attempt = () => {
-      const result = check();
-      if (result !== undefined) {
-        done();
-        resolve(result);
-      }
-    };
-    const timer = setTimeout(() => {
-      done();
-      const seen = JSON.stringify(received.map((r) => r.event));
-      reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; received ${seen}`));
-    }, timeoutMs);
-    const done = () => {
-      clearTimeout(timer);
-      waiters.delete(attempt);
-    };
-    waiters.add(attempt);
-    attempt();
-  });
-}
-
-const ms = (cmd) => cmd.timeout_ms ?? DEFAULT_TIMEOUT_MS;
 
 function open(cmd) {
   const options = {
@@ -137,28 +111,9 @@ const ops = {
   },
 };
 
-function reply(message) {
-  process.stdout.write(JSON.stringify(message) + "\n");
-}
-
-let queue = Promise.resolve();
-const lines = createInterface({ input: process.stdin });
-lines.on("line", (line) => {
-  queue = queue.then(async () => {
-    let cmd = {};
-    try {
-      cmd = JSON.parse(line);
-      if (!(cmd.op in ops)) throw new Error(`unknown op ${JSON.stringify(cmd.op)}`);
-      if (cmd.op !== "connect" && cmd.op !== "exit" && !socket) throw new Error("connect first");
-      reply({ id: cmd.id, ok: true, ...(await ops[cmd.op](cmd)) });
-    } catch (err) {
-      reply({ id: cmd.id ?? null, ok: false, error: String(err?.message ?? err) });
-    }
-    if (cmd.op === "exit") process.exit(0);
-  });
+serve(ops, {
+  name: "room_client",
+  guard(cmd) {
+    if (cmd.op !== "connect" && cmd.op !== "exit" && !socket) throw new Error("connect first");
+  },
 });
-lines.on("close", () => queue.then(() => process.exit(0)));
-setTimeout(() => {
-  process.stderr.write(`room_client: lifetime of ${LIFETIME_MS} ms is over\n`);
-  process.exit(3);
-}, LIFETIME_MS).unref();

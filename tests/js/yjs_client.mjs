@@ -1,6 +1,7 @@
 // One y-socket.io SocketIOProvider (unmodified) with its Y.Doc, driven by
 // tests/yjs_js.py over stdin/stdout, one JSON command per line and one JSON reply
-// per line ({"id", "ok": true, ...} or {"id", "ok": false, "error"}), in order.
+// per line ({"id", "ok": true, ...} or {"id", "ok": false, "error"}), in order
+// (driver.mjs serves them).
 //
 // The document's text is ydoc.getText("content"). What the provider's socket
 // receives besides the Yjs payloads is recorded in order ("error", "session:ended",
@@ -13,25 +14,24 @@
 // · reconnect {timeout_ms?} (provider.connect(), waits for "synced")
 // · wait_synced {timeout_ms?} · set_awareness {state} · awareness · events
 // · wait_event {event, count?, timeout_ms?} · state (Y.encodeStateAsUpdate, base64)
-// · exit. The process exits when stdin closes, on "exit", or after LIFETIME_MS
+// · exit. Every op but connect, exit, text and state needs a connect first. The
+// process exits when stdin closes, on "exit", or after JS_CLIENT_LIFETIME_MS
 // (status 3).
-import { createInterface } from "node:readline";
 import { SocketIOProvider } from "y-socket.io";
 import * as Y from "yjs";
+import { ms, serve, waiters } from "./driver.mjs";
 
-const LIFETIME_MS = Number(process.env.JS_CLIENT_LIFETIME_MS || 120000);
-const DEFAULT_TIMEOUT_MS = 5000;
 const YJS_EVENTS = new Set(["sync-step-1", "sync-update", "awareness-update"]);
 
 const doc = new Y.Doc();
 const text = doc.getText("content");
 const received = []; // {event, payload} in arrival order, Yjs payloads left out
-const waiters = new Set(); // re-checked after every recorded event and doc change
+// Waits are re-checked after every recorded event and doc change.
+const { notify, until } = waiters(
+  () => `text ${JSON.stringify(text.toString())}; ` +
+    `received ${JSON.stringify(received.map((r) => r.event))}`,
+);
 let provider = null;
-
-function notify() {
-  for (const check of [...waiters]) check();
-}
 
 function record(event, payload = null) {
   received.push({ event, payload });
@@ -39,33 +39,6 @@ function record(event, payload = null) {
 }
 
 const named = (event) => received.filter((r) => r.event === event).map((r) => r.payload);
-
-// Resolve with check()'s first non-undefined result; reject after timeoutMs.
-function until(check, timeoutMs, what) {
-  return new Promise((resolve, reject) => {
-    const done = () => {
-      clearTimeout(timer);
-      waiters.delete(attempt);
-    };
-    const attempt = () => {
-      const result = check();
-      if (result !== undefined) {
-        done();
-        resolve(result);
-      }
-    };
-    const timer = setTimeout(() => {
-      done();
-      const seen = JSON.stringify(received.map((r) => r.event));
-      reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; ` +
-        `text ${JSON.stringify(text.toString())}; received ${seen}`));
-    }, timeoutMs);
-    waiters.add(attempt);
-    attempt();
-  });
-}
-
-const ms = (cmd) => cmd.timeout_ms ?? DEFAULT_TIMEOUT_MS;
 
 // The provider sets synced when the server's sync-step-1 arrives after a connect.
 async function synced(cmd, since) {
@@ -165,28 +138,11 @@ const ops = {
 
 doc.on("update", notify);
 
-const lines = createInterface({ input: process.stdin });
-let queue = Promise.resolve();
-lines.on("line", (line) => {
-  queue = queue.then(async () => {
-    let cmd = {};
-    try {
-      cmd = JSON.parse(line);
-      if (!(cmd.op in ops)) throw new Error(`unknown op ${JSON.stringify(cmd.op)}`);
-      if (!provider && !["connect", "exit", "text", "state"].includes(cmd.op)) {
-        throw new Error("connect first");
-      }
-      const result = await ops[cmd.op](cmd);
-      process.stdout.write(JSON.stringify({ id: cmd.id, ok: true, ...result }) + "\n");
-    } catch (err) {
-      const error = String(err?.message ?? err);
-      process.stdout.write(JSON.stringify({ id: cmd.id ?? null, ok: false, error }) + "\n");
+serve(ops, {
+  name: "yjs_client",
+  guard(cmd) {
+    if (!provider && !["connect", "exit", "text", "state"].includes(cmd.op)) {
+      throw new Error("connect first");
     }
-    if (cmd.op === "exit") process.exit(0);
-  });
+  },
 });
-lines.on("close", () => queue.then(() => process.exit(0)));
-setTimeout(() => {
-  process.stderr.write(`yjs_client: lifetime of ${LIFETIME_MS} ms is over\n`);
-  process.exit(3);
-}, LIFETIME_MS).unref();
