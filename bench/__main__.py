@@ -1,4 +1,9 @@
-"""``python -m bench``: run every scenario against roomserver and the baselines."""
+"""``python -m bench``: run every scenario against roomserver and the baselines.
+
+``--only documents`` (or ``fanout``, ``chat``, comma-separated) runs some of them and
+keeps the other sections of the existing report, each credited to the run that
+measured it.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,17 @@ from pathlib import Path
 
 from bench import report
 from bench.harness import ROOT, ensure_node_modules
-from bench.scenarios import chat, fanout
-from bench.targets import node_baseline, ours, python_baseline
+from bench.scenarios import chat, documents, fanout
+from bench.targets import (
+    node_baseline,
+    ours,
+    python_baseline,
+    yjs_node_baseline,
+    yjs_ours,
+    yjs_python_baseline,
+)
+
+SCENARIOS = ("fanout", "chat", "documents")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,8 +35,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default="10,100", help="fixed send rates (msg/s)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chat-seconds", type=float, default=3.0)
+    parser.add_argument(
+        "--yjs-rates", default="20,40", help="keystrokes/s in all, among 10 typists of 100"
+    )
+    parser.add_argument("--yjs-seconds", type=float, default=3.0, help="length of a typing run")
+    parser.add_argument("--join-bytes", type=int, default=1_000_000, help="document to join")
+    parser.add_argument("--joins", type=int, default=7, help="fresh clients joining it")
+    parser.add_argument(
+        "--only",
+        default=",".join(SCENARIOS),
+        help="scenarios to run (comma-separated); the report keeps the others' sections",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
+    only = tuple(name.strip() for name in args.only.split(",") if name.strip())
+    unknown = set(only) - set(SCENARIOS)
+    if unknown or not only:
+        parser.error(f"--only takes some of {', '.join(SCENARIOS)}")
 
     # 5,000 connections need as many descriptors in the server and the generators.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -36,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
             rates=tuple(int(rate) for rate in args.rates.split(",")),
             repeats=args.repeats,
             chat_seconds=args.chat_seconds,
+            yjs_rates=tuple(int(rate) for rate in args.yjs_rates.split(",")),
+            yjs_seconds=args.yjs_seconds,
+            join_bytes=args.join_bytes,
+            joins=args.joins,
+            only=only,
             plots=args.output.parent / "bench",
         )
     )
@@ -46,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         elapsed_s=time.monotonic() - started,
         repeats=args.repeats,
         sections=sections,
+        keep_others=set(only) != set(SCENARIOS),
     )
     print(f"wrote {args.output}")
     return 0
@@ -57,30 +92,65 @@ async def run(
     rates: tuple[int, ...],
     repeats: int,
     chat_seconds: float,
+    yjs_rates: tuple[int, ...],
+    yjs_seconds: float,
+    join_bytes: int,
+    joins: int,
+    only: tuple[str, ...],
     plots: Path,
 ) -> list[str]:
-    fanout_results = []
-    async for result in fanout.run(
-        [ours, python_baseline, node_baseline], sizes, repeats=repeats, rates=rates
-    ):
-        print(
-            f"fan-out {result.server} N={result.size}: {result.delivered_per_s:,.0f}/s",
-            flush=True,
-        )
-        fanout_results.append(result)
-    chat_results = []
-    async for chat_result in chat.run(
-        ("SQLite", "PostgreSQL"), (1, 10, 100), repeats=repeats, seconds=chat_seconds
-    ):
-        print(
-            f"chat {chat_result.backend} x{chat_result.senders}: {chat_result.acked_per_s:,.0f}/s",
-            flush=True,
-        )
-        chat_results.append(chat_result)
-    return [
-        report.fanout_section(fanout_results, rates, plots),
-        report.chat_section(chat_results),
-    ]
+    sections = []
+    if "fanout" in only:
+        fanout_results = []
+        async for result in fanout.run(
+            [ours, python_baseline, node_baseline], sizes, repeats=repeats, rates=rates
+        ):
+            print(
+                f"fan-out {result.server} N={result.size}: {result.delivered_per_s:,.0f}/s",
+                flush=True,
+            )
+            fanout_results.append(result)
+        sections.append(report.fanout_section(fanout_results, rates, plots))
+    if "chat" in only:
+        chat_results = []
+        async for chat_result in chat.run(
+            ("SQLite", "PostgreSQL"), (1, 10, 100), repeats=repeats, seconds=chat_seconds
+        ):
+            print(
+                f"chat {chat_result.backend} x{chat_result.senders}: "
+                f"{chat_result.acked_per_s:,.0f}/s",
+                flush=True,
+            )
+            chat_results.append(chat_result)
+        sections.append(report.chat_section(chat_results))
+    if "documents" in only:
+        document_results = []
+        async for document_result in documents.run(
+            [yjs_ours, yjs_python_baseline, yjs_node_baseline],
+            rates=yjs_rates,
+            repeats=repeats,
+            seconds=yjs_seconds,
+            join_bytes=join_bytes,
+            joins=joins,
+        ):
+            typing = ", ".join(
+                f"{rate}/s p50 {_ms(rr.p50_ms)} ms" for rate, rr in document_result.rates.items()
+            )
+            plain = document_result.uncompressed
+            if plain is not None:
+                typing += f", {plain.rate}/s without deflate p50 {_ms(plain.p50_ms)} ms"
+            join = document_result.join
+            joined = f"; join {_ms(join.median('synced_ms'))} ms" if join else ""
+            if join and join.cold_runs:
+                joined += f", from disk {_ms(join.median('synced_ms', cold=True))} ms"
+            print(f"yjs {document_result.server}: {typing}{joined}", flush=True)
+            document_results.append(document_result)
+        sections.append(report.documents_section(document_results, yjs_rates, plots))
+    return sections
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
 
 
 if __name__ == "__main__":

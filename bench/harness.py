@@ -39,12 +39,22 @@ def pinned(command: Sequence[str], cpu: str) -> list[str]:
 
 
 def ensure_node_modules() -> None:
-    if not (NODE_DIR / "node_modules").exists():
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+    """``npm ci`` in bench/node unless every dependency is installed at its pinned version."""
+    wanted: dict[str, str] = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
+    if all(
+        installed_npm_version(name) == pinned_version for name, pinned_version in wanted.items()
+    ):
+        return
+    subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def installed_npm_version(package: str) -> str | None:
+    manifest = NODE_DIR / "node_modules" / package / "package.json"
+    return str(json.loads(manifest.read_text())["version"]) if manifest.exists() else None
 
 
 # --- resource use of a process, from /proc --------------------------------------------
@@ -85,7 +95,33 @@ class CpuMeter:
         return self.cpu / self.elapsed if self.elapsed else 0.0
 
 
-# --- latency histograms (the encoding bench/node/loadgen.mjs uses) --------------------
+def machine_busy_seconds() -> float:
+    """CPU time used on every core so far, by anyone (steal included: it was not ours)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+@dataclass
+class OthersMeter:
+    """CPU that everything but ``pids`` and this process used over an interval, as a share
+    of one core: the noise of a shared machine, which the benchmark cannot stop."""
+
+    pids: list[int]
+    share: float = 0.0
+
+    def __enter__(self) -> OthersMeter:
+        self.ours = CpuMeter([*self.pids, os.getpid()]).__enter__()
+        self.busy_at_start = machine_busy_seconds()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.ours.__exit__()
+        others = machine_busy_seconds() - self.busy_at_start - self.ours.cpu
+        self.share = max(0.0, others / self.ours.elapsed) if self.ours.elapsed else 0.0
+
+
+# --- latency histograms (the encoding of bench/node/histogram.mjs) -------------------
 
 
 @dataclass
@@ -132,15 +168,16 @@ class Histogram:
 
 
 class LoadWorker:
-    """One ``bench/node/loadgen.mjs`` process, driven by JSON lines."""
+    """One Node load generator process (``bench/node/*.mjs``), driven by JSON lines."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
 
     @classmethod
-    async def start(cls) -> LoadWorker:
+    async def start(cls, script: str = "loadgen.mjs") -> LoadWorker:
+        """A worker running ``bench/node/<script>`` (loadgen.mjs or yjsgen.mjs)."""
         process = await asyncio.create_subprocess_exec(
-            *pinned(["node", str(NODE_DIR / "loadgen.mjs")], LOAD_CPU),
+            *pinned(["node", str(NODE_DIR / script)], LOAD_CPU),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=64 * 1024 * 1024,  # a stats reply carries a histogram

@@ -9,7 +9,8 @@ import shutil
 import sys
 import tempfile
 import urllib.request
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from bench.harness import NODE_DIR, ServerProcess, free_port
 
 BENCH_JWT_SECRET = "bench-secret-" + "x" * 40
 BENCH_PASSWORD = "bench password 1"
+YJS_BASELINES = ("python-socketio + pycrdt", "Node y-socket.io")
 
 
 @dataclass
@@ -75,8 +77,11 @@ def _relay_target(name: str, server: ServerProcess) -> Target:
 
 
 @asynccontextmanager
-async def ours(*, database_url: str | None = None, users: int = 10) -> AsyncIterator[Target]:
-    """roomserver on its embedded defaults (or ``database_url``), with a shared room."""
+async def ours(
+    *, database_url: str | None = None, users: int = 10, settings: dict[str, str] | None = None
+) -> AsyncIterator[Target]:
+    """roomserver on its embedded defaults (or ``database_url``, and any ``settings`` as
+    environment variables), with a shared room."""
     data_dir = Path(tempfile.mkdtemp(prefix="bench-roomserver-"))
     port = free_port()
     env = {
@@ -88,6 +93,7 @@ async def ours(*, database_url: str | None = None, users: int = 10) -> AsyncIter
     }
     if database_url:
         env["DATABASE_URL"] = database_url
+    env.update(settings or {})
     migrate = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -122,18 +128,23 @@ async def ours(*, database_url: str | None = None, users: int = 10) -> AsyncIter
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def api_call(base: str, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+    """One JSON request to roomserver's REST API (blocking: run it in a thread)."""
+    request = urllib.request.Request(base + path, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    data = json.dumps(body).encode() if body is not None else None
+    with urllib.request.urlopen(request, data, timeout=30) as response:
+        raw = response.read()
+        return json.loads(raw) if raw else None
+
+
 def _room_with_members(base: str, users: int) -> tuple[list[str], str]:
     """Register ``users`` accounts, one document owned by the first, shared as editor."""
 
     def call(method: str, path: str, body: Any = None, token: str | None = None) -> Any:
-        request = urllib.request.Request(base + path, method=method)
-        request.add_header("Content-Type", "application/json")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        data = json.dumps(body).encode() if body is not None else None
-        with urllib.request.urlopen(request, data, timeout=30) as response:
-            raw = response.read()
-            return json.loads(raw) if raw else None
+        return api_call(base, method, path, body, token)
 
     tokens, ids = [], []
     for index in range(users):
@@ -149,3 +160,91 @@ def _room_with_members(base: str, users: int) -> tuple[list[str], str]:
             tokens[0],
         )
     return tokens, document["id"]
+
+
+# --- Yjs documents over the y-socket.io protocol ----------------------------------------
+
+
+@dataclass
+class YjsTarget:
+    """A running server that speaks y-socket.io's protocol on ``/yjs|<document id>``."""
+
+    name: str
+    server: ServerProcess
+    # The shared document the editors open (roomserver: all ``tokens`` are members).
+    document_id: str
+    # A new, empty document for the caller (roomserver: owned by ``tokens[0]``).
+    new_document: Callable[[], Awaitable[str]]
+    tokens: list[str] | None = None
+    # How a document is stored (roomserver's GET /documents/{id}/storage); None: not at all.
+    storage: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+
+    @staticmethod
+    def namespace(document_id: str) -> str:
+        return f"/yjs|{document_id}"
+
+
+# A document nobody has open leaves roomserver's memory after this (default 30 s), so
+# that a join can find it on disk only; nothing else differs from the defaults.
+YJS_UNLOAD_AFTER_SECONDS = 1
+
+
+@asynccontextmanager
+async def yjs_ours() -> AsyncIterator[YjsTarget]:
+    """roomserver on its embedded defaults (SQLite), with one document shared by 10 users."""
+    settings = {"YJS_UNLOAD_AFTER_SECONDS": str(YJS_UNLOAD_AFTER_SECONDS)}
+    async with ours(users=10, settings=settings) as relay:
+        assert relay.tokens is not None
+        base, owner = relay.server.url, relay.tokens[0]
+
+        async def new_document() -> str:
+            created = await asyncio.to_thread(
+                api_call, base, "POST", "/api/v1/documents", {"title": "bench"}, owner
+            )
+            return str(created["id"])
+
+        async def storage(document_id: str) -> dict[str, Any]:
+            path = f"/api/v1/documents/{document_id}/storage"
+            info: dict[str, Any] = await asyncio.to_thread(api_call, base, "GET", path, None, owner)
+            return info
+
+        yield YjsTarget(
+            name="roomserver",
+            server=relay.server,
+            document_id=relay.extra["document_id"],
+            new_document=new_document,
+            tokens=relay.tokens,
+            storage=storage,
+        )
+
+
+async def _any_document() -> str:
+    return str(uuid.uuid4())  # the relays make a document on first use
+
+
+@asynccontextmanager
+async def yjs_python_baseline() -> AsyncIterator[YjsTarget]:
+    port = free_port()
+    server = await ServerProcess.start(
+        "python yjs relay", [sys.executable, "-m", "bench.servers.plain_yjs", str(port)], port
+    )
+    try:
+        yield YjsTarget(YJS_BASELINES[0], server, "bench", _any_document)
+    finally:
+        await server.stop()
+
+
+@asynccontextmanager
+async def yjs_node_baseline() -> AsyncIterator[YjsTarget]:
+    """The reference server as the npm package ships it (``y-socket-io`` bin), no persistence."""
+    port = free_port()
+    server = await ServerProcess.start(
+        "y-socket.io",
+        ["node", str(NODE_DIR / "node_modules" / "y-socket.io" / "dist" / "server" / "server.js")],
+        port,
+        env={"HOST": "127.0.0.1", "PORT": str(port)},
+    )
+    try:
+        yield YjsTarget(YJS_BASELINES[1], server, "bench", _any_document)
+    finally:
+        await server.stop()
