@@ -5,6 +5,7 @@ driven in tests/test_yjs_js.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import uuid
 from typing import Any
@@ -489,3 +490,25 @@ async def test_a_failed_write_is_asked_for_again_and_not_lost(
     # The server re-syncs with the client: the change arrives after all.
     await eventually(lambda: _equal(b.text, "survives"))
     assert await stored_text(api, ann, doc) == "survives"
+
+
+async def test_a_document_whose_openers_gave_up_while_it_loaded_is_unloaded(
+    start_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = Api(await start_app(yjs_unload_after_seconds=0.1))
+    _, _, doc = await api.room("editor")
+    real_load = crdt_repo.load
+
+    async def slow_load(*args: Any) -> Any:
+        await asyncio.sleep(0.3)
+        return await real_load(*args)
+
+    monkeypatch.setattr(crdt_repo, "load", slow_load)
+    documents = live_documents(api)
+    opening = asyncio.create_task(documents.open(_uuid(doc)))
+    await asyncio.sleep(0.05)
+    opening.cancel()  # a client that disconnects while the document loads
+    with contextlib.suppress(asyncio.CancelledError):
+        await opening
+    assert documents.loaded(_uuid(doc)) is not None  # the load goes on
+    await eventually(lambda: _equal(documents.loaded(_uuid(doc)), None))

@@ -72,7 +72,8 @@ class LiveDocument:
     # An upper bound of the encoded size: exact after loading and after each
     # snapshot, plus the size of every update since.
     size: int = 0
-    # The newest log row applied here, and whether it is newer than the snapshot.
+    # The newest log row applied here; when the first update that no snapshot
+    # covers yet was applied (None: the snapshot covers everything).
     last_update_id: int | None = None
     unsaved_since: float | None = None
     _loaded: asyncio.Future[None] = field(init=False)
@@ -199,13 +200,16 @@ class LiveDocuments:
 
     def close(self, live: LiveDocument) -> None:
         live.users -= 1
-        if live.users == 0 and self._documents.get(live.id) is live:
-            if not live._loaded.done() or live._loaded.exception() is not None:
-                return
-            loop = asyncio.get_running_loop()
-            live._unload_timer = loop.call_later(
-                self.limits.unload_after, lambda: self._spawn(self._unload(live))
-            )
+        # Still loading: the load schedules the unload if nobody is left then.
+        if live.users == 0 and live._loaded.done():
+            self._unload_later(live)
+
+    def _unload_later(self, live: LiveDocument) -> None:
+        if self._documents.get(live.id) is not live:
+            return  # forgotten, or its load failed
+        live._unload_timer = asyncio.get_running_loop().call_later(
+            self.limits.unload_after, lambda: self._spawn(self._unload(live))
+        )
 
     @contextlib.asynccontextmanager
     async def opened(self, document_id: uuid.UUID) -> AsyncIterator[LiveDocument]:
@@ -238,6 +242,8 @@ class LiveDocuments:
             live._loaded.exception()  # retrieved: no "never retrieved" warning
             return
         live._loaded.set_result(None)
+        if live.users == 0:  # everyone who asked gave up while it loaded
+            self._unload_later(live)
 
     async def _unload(self, live: LiveDocument) -> None:
         live._unload_timer = None
