@@ -88,7 +88,42 @@ class Settings(BaseSettings):
         None, description="Unset: the offline responder answers instead of Claude."
     )
     anthropic_base_url: str | None = Field(None, description="Override the Anthropic API URL.")
-    anthropic_model: str = Field("claude-sonnet-4-5", description="Model for replies.")
+    anthropic_model: str = Field("claude-sonnet-4-6", description="Model for replies.")
+    ai_max_tokens: int = Field(1024, ge=1, description="Most output tokens of one reply.")
+    ai_system_prompt: str = Field(
+        "You are the assistant of a shared document and its chat. Answer the latest "
+        "question from the room concisely; use the document when it helps.",
+        description="The system prompt of every reply.",
+    )
+    ai_context_tokens: int = Field(
+        8000,
+        ge=256,
+        description="Budget (estimated tokens) for the recent chat sent with a question.",
+    )
+    ai_document_chars: int = Field(
+        20000, ge=0, description="At most this much of the document's text goes with a question."
+    )
+    ai_replies_per_room: int = Field(
+        1, ge=1, description="Replies that may stream in one room at the same time."
+    )
+    ai_replies_per_user: int = Field(
+        2, ge=1, description="Replies one user may have streaming at the same time."
+    )
+    ai_daily_tokens_per_user: int = Field(
+        200_000, ge=0, description="Input + output tokens a user may spend per UTC day."
+    )
+    ai_max_retries: int = Field(
+        2, ge=0, description="Retries of a 429/529 answer (the SDK's backoff, capped)."
+    )
+    ai_deadline_seconds: float = Field(
+        120, gt=0, description="A reply that has not finished after this is ended as failed."
+    )
+    ai_chunk_interval_seconds: float = Field(
+        0.05, ge=0, description="Streamed text is sent to the room at most this often..."
+    )
+    ai_chunk_chars: int = Field(
+        400, ge=1, description="...or as soon as this many characters are waiting."
+    )
     qdrant_url: str | None = Field(None, description="Qdrant server; unset: local mode.")
     qdrant_path: Path | None = Field(
         None, description="Folder for Qdrant local mode (default DATA_DIR/qdrant)."

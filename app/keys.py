@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.metrics import Metrics
+from app.services.assistant import Assistant
 from app.services.auth import AuthService
 from app.services.chat import ChatService
 from app.services.documents import DocumentService
@@ -26,5 +27,6 @@ USER_SERVICE = web.AppKey("user_service", UserService)
 DOCUMENT_SERVICE = web.AppKey("document_service", DocumentService)
 CHAT_SERVICE = web.AppKey("chat_service", ChatService)
 LIVE_DOCUMENTS = web.AppKey("live_documents", LiveDocuments)
+ASSISTANT = web.AppKey("assistant", Assistant)
 # Set when shutdown begins: /ready answers 503 from then on.
 DRAINING = web.AppKey("draining", asyncio.Event)

@@ -20,6 +20,7 @@ from app.auth.passwords import Passwords
 from app.auth.tokens import token_codec
 from app.config import Settings
 from app.keys import (
+    ASSISTANT,
     AUTH_SERVICE,
     CHAT_SERVICE,
     DOCUMENT_SERVICE,
@@ -33,10 +34,12 @@ from app.keys import (
     USER_SERVICE,
 )
 from app.metrics import Metrics
+from app.services.assistant import Assistant, AssistantLimits
 from app.services.auth import AuthService
 from app.services.chat import ChatService
 from app.services.documents import DocumentService
 from app.services.live_documents import Limits, LiveDocuments
+from app.services.responders import AnthropicResponder, OfflineResponder, Responder
 from app.services.users import UserService
 from realtime.server import create_realtime, shutdown
 from storage.db import create_engine, create_sessionmaker
@@ -90,11 +93,18 @@ def create_app(settings: Settings) -> web.Application:
             )
             app[LIVE_DOCUMENTS] = live_documents
             app[DOCUMENT_SERVICE] = DocumentService(sessions, broadcaster, live_documents)
-            app[CHAT_SERVICE] = ChatService(
+            app[CHAT_SERVICE] = chat = ChatService(
                 sessions, broadcaster, page_size=settings.history_page_size
             )
+            responder = make_responder(settings)
+            app[ASSISTANT] = assistant = Assistant(
+                sessions, broadcaster, chat, live_documents, responder, assistant_limits(settings)
+            )
             yield
-            # After the connections ended (on_shutdown): what is unsaved is saved.
+            # After the connections ended (on_shutdown): replies streaming are
+            # ended and stored, what is unsaved is saved.
+            await assistant.close()
+            await responder.close()
             await live_documents.close_all()
         finally:
             await engine.dispose()
@@ -124,3 +134,30 @@ def create_app(settings: Settings) -> web.Application:
     api.install(app)
     system.install(app)
     return app
+
+
+def make_responder(settings: Settings) -> Responder:
+    """Claude when a key is configured; otherwise the offline responder."""
+    if settings.anthropic_api_key is None:
+        return OfflineResponder()
+    return AnthropicResponder(
+        api_key=settings.anthropic_api_key.get_secret_value(),
+        base_url=settings.anthropic_base_url,
+        model=settings.anthropic_model,
+        max_retries=settings.ai_max_retries,
+    )
+
+
+def assistant_limits(settings: Settings) -> AssistantLimits:
+    return AssistantLimits(
+        max_tokens=settings.ai_max_tokens,
+        system_prompt=settings.ai_system_prompt,
+        context_tokens=settings.ai_context_tokens,
+        document_chars=settings.ai_document_chars,
+        replies_per_room=settings.ai_replies_per_room,
+        replies_per_user=settings.ai_replies_per_user,
+        daily_tokens_per_user=settings.ai_daily_tokens_per_user,
+        deadline=settings.ai_deadline_seconds,
+        chunk_interval=settings.ai_chunk_interval_seconds,
+        chunk_chars=settings.ai_chunk_chars,
+    )

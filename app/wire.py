@@ -26,6 +26,10 @@ class ServerEvent(enum.StrEnum):
     ROOM_REMOVED = "room:removed"
     AUTH_EXPIRING = "auth:expiring"
     SESSION_ENDED = "session:ended"
+    AI_STARTED = "ai:started"
+    AI_CHUNK = "ai:chunk"
+    AI_DONE = "ai:done"
+    AI_ERROR = "ai:error"
     ERROR = "error"
 
 

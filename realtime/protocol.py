@@ -80,3 +80,11 @@ class Typing(RoomCommand):
 
 class AuthRefresh(Command):
     token: Annotated[StrictStr, Field(min_length=1, max_length=8192)]
+
+
+class AiAsk(RoomCommand):
+    question: Annotated[StrictStr, Field(min_length=1)]
+
+
+class AiCancel(RoomCommand):
+    reply_id: uuid.UUID

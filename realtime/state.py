@@ -13,7 +13,8 @@ import socketio
 from aiohttp import web
 
 from app.config import Settings
-from app.keys import AUTH_SERVICE, CHAT_SERVICE
+from app.keys import ASSISTANT, AUTH_SERVICE, CHAT_SERVICE
+from app.services.assistant import Assistant
 from app.services.auth import AuthService
 from app.services.chat import ChatService
 from app.wire import ServerEvent
@@ -54,6 +55,10 @@ class Realtime:
     @property
     def chat(self) -> ChatService:
         return self.app[CHAT_SERVICE]
+
+    @property
+    def assistant(self) -> Assistant:
+        return self.app[ASSISTANT]
 
     @property
     def auth(self) -> AuthService:

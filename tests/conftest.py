@@ -232,23 +232,38 @@ def api(client: TestClient[web.Request, web.Application]) -> Api:
 ClientFactory = Callable[..., Awaitable[RoomClient]]
 
 
+ConnectOn = Callable[[Api], ClientFactory]
+
+
 @pytest.fixture
-async def connect(
-    client: TestClient[web.Request, web.Application],
-) -> AsyncIterator[ClientFactory]:
-    """Open real Socket.IO connections (the project's RoomClient) to the test app."""
+async def connect_on() -> AsyncIterator[ConnectOn]:
+    """``connect_on(api)(user)``: a real Socket.IO connection (the project's RoomClient)
+    to the app behind ``api``; all closed when the test ends."""
     opened: list[RoomClient] = []
-    url = str(client.make_url("/")).rstrip("/")
 
-    async def open_client(user: User, **options: Any) -> RoomClient:
-        room_client = RoomClient(url, user.access_token, **options)
-        opened.append(room_client)
-        await room_client.connect()
-        return room_client
+    def factory(api: Api) -> ClientFactory:
+        url = str(api.client.make_url("/")).rstrip("/")
 
-    yield open_client
+        async def open_client(user: User, **options: Any) -> RoomClient:
+            room_client = RoomClient(url, user.access_token, **options)
+            opened.append(room_client)
+            await room_client.connect()
+            return room_client
+
+        return open_client
+
+    yield factory
     for room_client in opened:
         await room_client.close()
+
+
+@pytest.fixture
+def connect(
+    client: TestClient[web.Request, web.Application],
+    connect_on: ConnectOn,
+) -> ClientFactory:
+    """Open real Socket.IO connections (the project's RoomClient) to the test app."""
+    return connect_on(Api(client))
 
 
 DocumentFactory = Callable[..., Awaitable[DocumentClient]]

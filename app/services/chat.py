@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -130,6 +131,24 @@ class ChatService:
                 return MessageOut.of(found, principal.username)
             out = MessageOut.of(message, principal.username)
             await self._announce(ServerEvent.CHAT_MESSAGE, out, connection_id)
+            return out
+
+    async def post_assistant(
+        self, document_id: uuid.UUID, text: str, meta: dict[str, Any]
+    ) -> MessageOut:
+        """Store and broadcast an assistant message (in seq order, like any send)."""
+        async with self.room_lock(document_id):
+            async with self._sessions.begin() as session:
+                message = await messages_repo.append_message(
+                    session,
+                    document_id=document_id,
+                    author_kind=AuthorKind.ASSISTANT,
+                    author_id=None,
+                    text=text,
+                    meta=meta,
+                )
+            out = MessageOut.of(message, None)
+            await self._announce(ServerEvent.CHAT_MESSAGE, out, None)
             return out
 
     async def history(

@@ -12,6 +12,8 @@ from app.wire import ServerEvent, dump, iso
 from realtime.commands import Commands
 from realtime.connections import Connection
 from realtime.protocol import (
+    AiAsk,
+    AiCancel,
     ChatDelete,
     ChatEdit,
     ChatHistory,
@@ -52,6 +54,8 @@ async def join(call: Call, payload: Join) -> dict[str, Any]:
             backlog = await rt.chat.missed(document_id, payload.since_seq)
         await rt.sio.enter_room(call.sid, room_name(document_id))
         connection.rooms[document_id] = view.role
+        # Read right after entering: each later chunk is sent to this connection.
+        replies = [reply.so_far() for reply in rt.assistant.active(document_id)]
     first = await rt.presence.join(document_id, principal.user_id, principal.username, call.sid)
     if first:
         await rt.emit(
@@ -72,6 +76,7 @@ async def join(call: Call, payload: Join) -> dict[str, Any]:
         "presence": await rt.presence.snapshot(document_id),
         "messages": [dump(message) for message in backlog.messages] if backlog else [],
         "has_more": backlog.has_more if backlog else False,
+        "replies": replies,
     }
 
 
@@ -132,6 +137,23 @@ async def chat_send(call: Call, payload: ChatSend) -> dict[str, Any]:
         "seq": message.seq,
         "created_at": iso(message.created_at),
     }
+
+
+@commands("ai:ask", AiAsk)
+async def ai_ask(call: Call, payload: AiAsk) -> dict[str, Any]:
+    joined(call, payload.document_id)
+    check_length(call, payload.question)
+    reply = await call.rt.assistant.ask(
+        call.connection.principal, payload.document_id, payload.question
+    )
+    return {"reply_id": str(reply.id)}
+
+
+@commands("ai:cancel", AiCancel)
+async def ai_cancel(call: Call, payload: AiCancel) -> dict[str, Any]:
+    joined(call, payload.document_id)
+    await call.rt.assistant.cancel(call.connection.principal, payload.document_id, payload.reply_id)
+    return {}
 
 
 @commands("chat:history", ChatHistory)

@@ -1,0 +1,312 @@
+"""The room's assistant: a question in, an answer streamed to the whole room, one chat
+message at the end.
+
+A reply runs as a task of its own. Its text is sent to the room in ordered chunks
+(``reply_id``, ``seq``), batched by time and size so that a room of a hundred does
+not get one event per token; the final text is the same either way. It ends with
+one ``ai:done`` (the stored message, usage, stop reason) or one ``ai:error`` (the
+partial text stored and marked failed). A client that joins mid-reply gets the text
+so far with its ``seq`` and then the live chunks after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.auth.principal import Principal
+from app.errors import AppError, Forbidden, NotFound, RateLimited
+from app.events import Broadcaster
+from app.services.chat import CAN_WRITE, ChatService
+from app.services.documents import membership
+from app.services.live_documents import LiveDocuments
+from app.services.responders import (
+    Outcome,
+    Prompt,
+    Responder,
+    UpstreamError,
+    Usage,
+    estimate_tokens,
+)
+from app.wire import MessageOut, ServerEvent, dump
+from storage.models import AuthorKind
+from storage.repositories import messages as messages_repo
+from storage.repositories import usage as usage_repo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantLimits:
+    max_tokens: int
+    system_prompt: str
+    context_tokens: int
+    document_chars: int
+    replies_per_room: int
+    replies_per_user: int
+    daily_tokens_per_user: int
+    deadline: float
+    chunk_interval: float
+    chunk_chars: int
+
+
+class AiBusy(RateLimited):
+    code = "ai_busy"
+    default_message = "the assistant is already answering here"
+
+
+class AiBudgetExceeded(RateLimited):
+    code = "ai_budget_exceeded"
+    default_message = "your daily token budget is spent"
+
+
+class AiUnavailable(AppError):
+    status = 503
+    code = "ai_unavailable"
+    default_message = "the assistant is unavailable"
+
+
+@dataclass(eq=False)
+class Reply:
+    id: uuid.UUID
+    document_id: uuid.UUID
+    asked_by: Principal
+    question: str
+    # What the room has been sent: the text and the seq of its last chunk.
+    text: str = ""
+    seq: int = 0
+    pending: str = ""  # streamed, not yet sent
+    outcome: Outcome = field(default_factory=Outcome)
+    task: asyncio.Task[None] | None = None
+    cancelled_by: uuid.UUID | None = None
+
+    def so_far(self) -> dict[str, Any]:
+        return {"reply_id": str(self.id), "seq": self.seq, "text": self.text}
+
+
+class Assistant:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        broadcaster: Broadcaster,
+        chat: ChatService,
+        documents: LiveDocuments,
+        responder: Responder,
+        limits: AssistantLimits,
+    ) -> None:
+        self._sessions = sessions
+        self._broadcaster = broadcaster
+        self._chat = chat
+        self._documents = documents
+        self.responder = responder
+        self.limits = limits
+        self._replies: dict[uuid.UUID, Reply] = {}
+
+    def active(self, document_id: uuid.UUID) -> list[Reply]:
+        return [r for r in self._replies.values() if r.document_id == document_id]
+
+    # --- asking and cancelling ------------------------------------------------------
+
+    async def ask(self, principal: Principal, document_id: uuid.UUID, question: str) -> Reply:
+        """Start a reply; returns at once (the answer streams to the room)."""
+        async with self._sessions() as session:
+            view = await membership(session, principal, document_id)
+            if view.role not in CAN_WRITE:
+                raise Forbidden("viewers cannot ask the assistant")
+            spent = await usage_repo.tokens_used_since(session, principal.user_id, _start_of_day())
+        limits = self.limits
+        if spent >= limits.daily_tokens_per_user:
+            raise AiBudgetExceeded(
+                f"you used {spent} of your {limits.daily_tokens_per_user} tokens today"
+            )
+        if len(self.active(document_id)) >= limits.replies_per_room:
+            raise AiBusy()
+        mine = Counter(r.asked_by.user_id for r in self._replies.values())
+        if mine[principal.user_id] >= limits.replies_per_user:
+            raise AiBusy("you have as many replies streaming as you may")
+        reply = Reply(uuid.uuid4(), document_id, principal, question)
+        self._replies[reply.id] = reply
+        reply.task = asyncio.get_running_loop().create_task(self._run(reply))
+        return reply
+
+    async def cancel(
+        self, principal: Principal, document_id: uuid.UUID, reply_id: uuid.UUID
+    ) -> None:
+        reply = self._replies.get(reply_id)
+        if reply is None or reply.document_id != document_id:
+            raise NotFound("no such reply streaming in this room")
+        async with self._sessions() as session:
+            view = await membership(session, principal, document_id)
+        if view.role not in CAN_WRITE:
+            raise Forbidden("viewers cannot cancel a reply")
+        if reply.task is not None and reply.cancelled_by is None:
+            reply.cancelled_by = principal.user_id
+            reply.task.cancel()
+
+    async def close(self) -> None:
+        for reply in list(self._replies.values()):
+            if reply.task is not None:
+                reply.task.cancel()
+        tasks = [r.task for r in self._replies.values() if r.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- one reply ------------------------------------------------------------------
+
+    async def _run(self, reply: Reply) -> None:
+        status, error = "completed", None
+        flusher = asyncio.get_running_loop().create_task(self._flush_periodically(reply))
+        try:
+            await self._emit(
+                reply,
+                ServerEvent.AI_STARTED,
+                {
+                    "asked_by": {
+                        "user_id": str(reply.asked_by.user_id),
+                        "username": reply.asked_by.username,
+                    },
+                    "question": reply.question,
+                },
+            )
+            prompt = await self._prompt(reply)
+            # aclosing: a cancel or the deadline closes the upstream stream at once,
+            # not when the generator is collected.
+            stream = contextlib.aclosing(self.responder.stream(prompt, reply.outcome))
+            async with asyncio.timeout(self.limits.deadline), stream as deltas:
+                async for delta in deltas:
+                    reply.pending += delta
+                    if len(reply.pending) >= self.limits.chunk_chars:
+                        await self._flush(reply)
+        except asyncio.CancelledError:
+            status = "cancelled"
+        except TimeoutError:
+            status, error = "failed", AiUnavailable("the reply took too long")
+        except UpstreamError as exc:
+            log.warning("assistant reply %s failed upstream: %s", reply.id, exc)
+            status, error = "failed", AiUnavailable(f"the model's service failed ({exc})")
+        except Exception:
+            log.exception("assistant reply %s failed", reply.id)
+            status, error = "failed", AiUnavailable()
+        finally:
+            flusher.cancel()
+        try:
+            await self._flush(reply)
+            await self._finish(reply, status, error)
+        finally:
+            self._replies.pop(reply.id, None)
+
+    async def _flush_periodically(self, reply: Reply) -> None:
+        while True:
+            await asyncio.sleep(self.limits.chunk_interval)
+            await self._flush(reply)
+
+    async def _flush(self, reply: Reply) -> None:
+        if not reply.pending:
+            return
+        chunk, reply.pending = reply.pending, ""
+        # Text and seq change together with the emit's recipient list: a join sees
+        # this chunk either in the reply's text or live, never neither.
+        reply.text += chunk
+        reply.seq += 1
+        await self._emit(reply, ServerEvent.AI_CHUNK, {"seq": reply.seq, "text": chunk})
+
+    async def _finish(self, reply: Reply, status: str, error: AppError | None) -> None:
+        usage = reply.outcome.usage
+        meta = {
+            "reply_id": str(reply.id),
+            "status": status,
+            "model": self.responder.model,
+            "stop_reason": reply.outcome.stop_reason,
+            "usage": _usage_body(usage),
+            "asked_by": str(reply.asked_by.user_id),
+        }
+        message: MessageOut | None = None
+        if reply.text or status == "completed":
+            message = await self._chat.post_assistant(reply.document_id, reply.text, meta)
+        async with self._sessions.begin() as session:
+            await usage_repo.record_usage(
+                session,
+                user_id=reply.asked_by.user_id,
+                document_id=reply.document_id,
+                reply_id=reply.id,
+                model=self.responder.model,
+                status=status,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_creation_input_tokens=usage.cache_creation_input_tokens,
+                cache_read_input_tokens=usage.cache_read_input_tokens,
+            )
+        body: dict[str, Any] = {
+            "status": status,
+            "message": dump(message) if message is not None else None,
+            "usage": _usage_body(usage),
+            "stop_reason": reply.outcome.stop_reason,
+        }
+        if error is None:
+            await self._emit(reply, ServerEvent.AI_DONE, body)
+        else:
+            await self._emit(reply, ServerEvent.AI_ERROR, {**body, "error": error.to_body()})
+
+    async def _emit(self, reply: Reply, event: ServerEvent, data: dict[str, Any]) -> None:
+        await self._broadcaster.to_room(
+            reply.document_id,
+            event,
+            {"document_id": str(reply.document_id), "reply_id": str(reply.id), **data},
+        )
+
+    # --- context --------------------------------------------------------------------
+
+    async def _prompt(self, reply: Reply) -> Prompt:
+        limits = self.limits
+        async with self._documents.opened(reply.document_id) as live:
+            document = str(live.text)
+        if len(document) > limits.document_chars:
+            cut = limits.document_chars
+            document = document[:cut] + f"\n[... {len(document) - cut} more characters not shown]"
+        async with self._sessions() as session:
+            recent = await messages_repo.messages_before(
+                session, reply.document_id, None, limit=200
+            )
+        lines: list[str] = []
+        budget = limits.context_tokens
+        for message, username in reversed(recent):  # newest first, until the budget is spent
+            if message.deleted_at is not None:
+                continue
+            who = "assistant" if message.author_kind is AuthorKind.ASSISTANT else username
+            line = f"{who}: {message.text}"
+            budget -= estimate_tokens(line)
+            if budget < 0:
+                break
+            lines.append(line)
+        lines.reverse()
+        content = (
+            f"<document>\n{document}\n</document>\n\n"
+            f"<chat>\n" + "\n".join(lines) + "\n</chat>\n\n"
+            f"{reply.asked_by.username} asks the assistant:\n{reply.question}"
+        )
+        return Prompt(
+            system=limits.system_prompt,
+            messages=[{"role": "user", "content": content}],
+            max_tokens=limits.max_tokens,
+        )
+
+
+def _usage_body(usage: Usage) -> dict[str, int]:
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+        "cache_read_input_tokens": usage.cache_read_input_tokens,
+    }
+
+
+def _start_of_day() -> datetime:
+    now = datetime.now(UTC)
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)

@@ -1,0 +1,151 @@
+"""Where the assistant's words come from: Claude through the official SDK, or, when no
+API key is configured, an offline responder that streams a clearly labelled reply
+through the same path (a fresh install works end to end)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import anthropic
+import httpx2
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    system: str
+    # [{"role": "user" | "assistant", "content": str}], alternating, user first and last.
+    messages: list[dict[str, str]]
+    max_tokens: int
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Filled in while a reply streams; complete once the stream ended."""
+
+    usage: Usage = field(default_factory=Usage)
+    stop_reason: str | None = None
+
+
+class UpstreamError(Exception):
+    """The model's service failed: an HTTP error, an ``error`` event, a dropped stream."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Responder(Protocol):
+    model: str
+
+    def stream(self, prompt: Prompt, outcome: Outcome) -> AsyncGenerator[str, None]:
+        """Yield text deltas; fill ``outcome`` as usage and the stop reason arrive.
+
+        Closing the iterator early (a cancel) closes the upstream request at once.
+        """
+        ...
+
+    async def close(self) -> None: ...
+
+
+class AnthropicResponder:
+    def __init__(self, *, api_key: str, base_url: str | None, model: str, max_retries: int) -> None:
+        self.model = model
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=max_retries,
+            timeout=anthropic.Timeout(60.0, connect=10.0),
+        )
+
+    async def stream(self, prompt: Prompt, outcome: Outcome) -> AsyncGenerator[str, None]:
+        try:
+            async with self._client.messages.stream(
+                model=self.model,
+                max_tokens=prompt.max_tokens,
+                system=prompt.system,
+                messages=prompt.messages,  # type: ignore[arg-type]
+            ) as stream:
+                async for event in stream:
+                    if event.type == "message_start":
+                        _take_usage(outcome.usage, event.message.usage)
+                    elif event.type == "text":
+                        yield event.text
+                    elif event.type == "message_delta":
+                        outcome.stop_reason = event.delta.stop_reason
+                        _take_usage(outcome.usage, event.usage)
+        except anthropic.APIStatusError as exc:
+            raise UpstreamError(
+                f"{exc.status_code}: {exc.message}", status=exc.status_code
+            ) from exc
+        except (anthropic.APIError, httpx2.HTTPError) as exc:
+            # Timeouts and dropped connections mid-stream surface as the HTTP
+            # library's errors (httpx2, the SDK's client), not anthropic.APIError.
+            raise UpstreamError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _take_usage(usage: Usage, reported: object) -> None:
+    # message_start carries the input side, message_delta the running totals.
+    for name in (
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+    ):
+        value = getattr(reported, name, None)
+        if value is not None:
+            setattr(usage, name, value)
+
+
+OFFLINE_MODEL = "offline"
+
+
+class OfflineResponder:
+    """No API key: a labelled, canned reply streamed word by word."""
+
+    model = OFFLINE_MODEL
+
+    def __init__(self, *, delay: float = 0.02) -> None:
+        self._delay = delay
+
+    async def stream(self, prompt: Prompt, outcome: Outcome) -> AsyncGenerator[str, None]:
+        question = prompt.messages[-1]["content"].rsplit("\n", 1)[-1].strip()
+        text = (
+            "[offline assistant: no ANTHROPIC_API_KEY is configured, so this reply is "
+            f"generated locally] You asked: “{question[:200]}”. Set ANTHROPIC_API_KEY "
+            "to get answers from Claude."
+        )
+        outcome.usage.input_tokens = estimate_tokens(
+            prompt.system + "".join(m["content"] for m in prompt.messages)
+        )
+        words = text.split(" ")
+        for index, word in enumerate(words):
+            await asyncio.sleep(self._delay)
+            outcome.usage.output_tokens = index + 1
+            yield word if index == 0 else " " + word
+        outcome.stop_reason = "end_turn"
+
+    async def close(self) -> None:
+        return None
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters per token: close enough to budget context by."""
+    return (len(text) + 3) // 4

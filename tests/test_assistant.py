@@ -1,0 +1,204 @@
+"""The assistant, with the real anthropic SDK against a local server that speaks the
+Messages streaming protocol (tests/fake_anthropic.py), and the offline responder."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from roomclient import CommandError, RoomClient
+from tests.conftest import AppFactory, ClientFactory, ConnectOn
+from tests.fake_anthropic import FakeAnthropic, Plan
+from tests.helpers import Api, User, eventually
+
+
+@pytest.fixture
+async def anthropic_server() -> AsyncIterator[tuple[FakeAnthropic, str]]:
+    fake = FakeAnthropic()
+    server = TestServer(fake.app, host="127.0.0.1")
+    await server.start_server()
+    yield fake, str(server.make_url("")).rstrip("/")
+    await server.close()
+
+
+@pytest.fixture
+async def claude(
+    anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory
+) -> tuple[FakeAnthropic, Api]:
+    """The app with Claude configured, pointed at the local stand-in."""
+    fake, url = anthropic_server
+    client = await start_app(anthropic_api_key="test-key", anthropic_base_url=url)
+    return fake, Api(client)
+
+
+def of(client: RoomClient, event: str, reply_id: str | None = None) -> list[dict[str, Any]]:
+    return [
+        data
+        for name, data in client.events
+        if name == event and (reply_id is None or data.get("reply_id") == reply_id)
+    ]
+
+
+def streamed(client: RoomClient, reply_id: str) -> str:
+    chunks = of(client, "ai:chunk", reply_id)
+    assert [c["seq"] for c in chunks] == list(range(1, len(chunks) + 1))
+    return "".join(c["text"] for c in chunks)
+
+
+async def ask(client: RoomClient, document_id: str, question: str) -> str:
+    answer = await client.command("ai:ask", {"document_id": document_id, "question": question})
+    return str(answer["reply_id"])
+
+
+async def room_of_two(
+    api: Api, connect: ClientFactory, *, member_role: str = "editor"
+) -> tuple[User, User, str, RoomClient, RoomClient]:
+    ann, ben, doc = await api.room(member_role)
+    a, b = await connect(ann), await connect(ben)
+    await a.join(doc["id"])
+    await b.join(doc["id"])
+    return ann, ben, doc["id"], a, b
+
+
+async def test_the_whole_room_gets_the_same_stream_and_one_final_message(
+    claude: tuple[FakeAnthropic, Api], connect_on: ConnectOn
+) -> None:
+    fake, api = claude
+    tokens = [f"word{i} " for i in range(60)]
+    fake.plan(Plan(tokens=tokens, delay=0.002, input_tokens=321, cache_read_input_tokens=7))
+    _, ben, doc_id, a, b = await room_of_two(api, connect_on(api))
+    reply_id = await ask(a, doc_id, "What is the plan?")
+
+    await eventually(lambda: _truthy(of(b, "ai:done", reply_id)), timeout=10)
+    await eventually(lambda: _truthy(of(a, "ai:done", reply_id)))
+    for client in (a, b):
+        assert next(name for name, _ in client.events if name.startswith("ai:")) == "ai:started"
+        assert streamed(client, reply_id) == "".join(tokens)
+    assert of(a, "ai:chunk", reply_id) == of(b, "ai:chunk", reply_id)
+    # Coalesced: far fewer events than tokens, the same text.
+    assert len(of(a, "ai:chunk", reply_id)) < len(tokens)
+    [done] = of(b, "ai:done", reply_id)
+    assert done["status"] == "completed" and done["stop_reason"] == "end_turn"
+    assert done["usage"] == {
+        "input_tokens": 321,
+        "output_tokens": 60,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 7,
+    }
+    message = done["message"]
+    assert message["text"] == "".join(tokens) and message["author"]["kind"] == "assistant"
+    assert message["metadata"]["reply_id"] == reply_id
+    history = await api.call("GET", f"/api/v1/documents/{doc_id}/messages", user=ben)
+    assert history["items"][-1]["id"] == message["id"]
+    assert history["items"][-1]["seq"] == message["seq"]
+    # The request carried the system prompt, the question and who asked.
+    body = fake.requests[-1].body
+    assert body["system"] and "What is the plan?" in body["messages"][-1]["content"]
+    headers = fake.requests[-1].headers
+    assert "test-key" in headers.get("x-api-key", "") + headers.get("authorization", "")
+
+
+async def test_without_a_key_the_offline_responder_answers_through_the_same_path(
+    api: Api, connect: ClientFactory
+) -> None:
+    _, _, doc_id, a, b = await room_of_two(api, connect)
+    reply_id = await ask(a, doc_id, "Hello?")
+    await eventually(lambda: _truthy(of(b, "ai:done", reply_id)), timeout=10)
+    [done] = of(b, "ai:done", reply_id)
+    assert done["message"]["text"].startswith("[offline assistant")
+    assert streamed(b, reply_id) == done["message"]["text"]
+    assert done["message"]["metadata"]["model"] == "offline"
+
+
+async def test_cancel_closes_the_upstream_stream_and_keeps_the_partial_text(
+    claude: tuple[FakeAnthropic, Api], connect_on: ConnectOn
+) -> None:
+    fake, api = claude
+    fake.plan(Plan(tokens=["tick "] * 400, delay=0.02))
+    _, _, doc_id, a, b = await room_of_two(api, connect_on(api))
+    reply_id = await ask(a, doc_id, "Count forever")
+    await eventually(lambda: _truthy(len(of(b, "ai:chunk", reply_id)) >= 2))
+    await b.command("ai:cancel", {"document_id": doc_id, "reply_id": reply_id})
+    await eventually(lambda: _truthy(fake.requests[-1].disconnected.is_set()), timeout=2)
+    assert not fake.requests[-1].finished
+    await eventually(lambda: _truthy(of(a, "ai:done", reply_id)))
+    [done] = of(a, "ai:done", reply_id)
+    assert done["status"] == "cancelled"
+    assert done["message"]["metadata"]["status"] == "cancelled"
+    assert done["message"]["text"] == streamed(a, reply_id)
+    assert 0 < len(done["message"]["text"]) < len("tick " * 400)
+
+
+async def test_a_client_joining_mid_reply_gets_the_text_so_far_then_the_tail(
+    claude: tuple[FakeAnthropic, Api], connect_on: ConnectOn
+) -> None:
+    fake, api = claude
+    tokens = [f"t{i} " for i in range(80)]
+    fake.plan(Plan(tokens=tokens, delay=0.01))
+    connect = connect_on(api)
+    _, ben, doc_id, a, _ = await room_of_two(api, connect)
+    reply_id = await ask(a, doc_id, "Stream a while")
+    await eventually(lambda: _truthy(len(of(a, "ai:chunk", reply_id)) >= 3))
+    late = await connect(ben)
+    joined = await late.command("join", {"document_id": doc_id})
+    [so_far] = joined["replies"]
+    assert so_far["reply_id"] == reply_id and so_far["seq"] >= 3
+    await eventually(lambda: _truthy(of(late, "ai:done", reply_id)), timeout=10)
+    tail = [c for c in of(late, "ai:chunk", reply_id)]
+    assert [c["seq"] for c in tail] == list(range(so_far["seq"] + 1, so_far["seq"] + 1 + len(tail)))
+    assert so_far["text"] + "".join(c["text"] for c in tail) == "".join(tokens)
+
+
+async def test_an_error_mid_stream_stores_the_partial_reply_as_failed(
+    claude: tuple[FakeAnthropic, Api], connect_on: ConnectOn
+) -> None:
+    fake, api = claude
+    fake.plan(Plan(tokens=["part ", "of ", "it ", "never"], error_after=3))
+    _, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
+    reply_id = await ask(a, doc_id, "Fail please")
+    await eventually(lambda: _truthy(of(a, "ai:error", reply_id)), timeout=10)
+    [error] = of(a, "ai:error", reply_id)
+    assert error["error"]["code"] == "ai_unavailable" and error["status"] == "failed"
+    assert error["message"]["text"] == "part of it "
+    assert error["message"]["metadata"]["status"] == "failed"
+    assert not of(a, "ai:done", reply_id)
+
+
+async def test_429_is_retried(claude: tuple[FakeAnthropic, Api], connect_on: ConnectOn) -> None:
+    fake, api = claude
+    fake.plan(Plan(status=429, retry_after=0), Plan(status=529, retry_after=0), Plan())
+    _, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
+    reply_id = await ask(a, doc_id, "Retry me")
+    await eventually(lambda: _truthy(of(a, "ai:done", reply_id)), timeout=10)
+    assert len(fake.requests) == 3
+    assert of(a, "ai:done", reply_id)[0]["message"]["text"] == "Hello, room!"
+
+
+async def test_one_reply_per_room_viewers_cannot_ask_and_the_budget_holds(
+    anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory, connect_on: ConnectOn
+) -> None:
+    fake, url = anthropic_server
+    client = await start_app(
+        anthropic_api_key="k", anthropic_base_url=url, ai_daily_tokens_per_user=50
+    )
+    api = Api(client)
+    fake.plan(Plan(tokens=["slow "] * 30, delay=0.02, input_tokens=40))
+    _, _, doc_id, a, viewer = await room_of_two(api, connect_on(api), member_role="viewer")
+    first = await ask(a, doc_id, "one")
+    with pytest.raises(CommandError) as busy:
+        await ask(a, doc_id, "two")
+    assert busy.value.code == "ai_busy"
+    with pytest.raises(CommandError) as forbidden:
+        await ask(viewer, doc_id, "me too")
+    assert forbidden.value.code == "forbidden"
+    await eventually(lambda: _truthy(of(a, "ai:done", first)), timeout=10)
+    with pytest.raises(CommandError) as spent:  # 40 in + 30 out > 50 for today
+        await ask(a, doc_id, "three")
+    assert spent.value.code == "ai_budget_exceeded"
+
+
+def _truthy(value: object) -> None:
+    assert value, value
