@@ -8,6 +8,7 @@ in ``DATA_DIR``, no Redis, Qdrant in a folder, an offline AI responder), so
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -117,6 +118,27 @@ class Settings(BaseSettings):
     )
     ai_deadline_seconds: float = Field(
         120, gt=0, description="A reply that has not finished after this is ended as failed."
+    )
+    ai_breaker_failures: int = Field(
+        5,
+        ge=1,
+        description="After this many failed replies in a row, asking fails fast with "
+        "ai_unavailable...",
+    )
+    ai_breaker_reset_seconds: float = Field(
+        30, gt=0, description="...until this long has passed; then one reply tries again."
+    )
+    ai_price_input_usd_per_mtok: Decimal = Field(
+        Decimal("3"), ge=0, description="Price of a million input tokens, for usage costs."
+    )
+    ai_price_output_usd_per_mtok: Decimal = Field(
+        Decimal("15"), ge=0, description="Price of a million output tokens."
+    )
+    ai_price_cache_write_usd_per_mtok: Decimal = Field(
+        Decimal("3.75"), ge=0, description="Price of a million tokens written to the cache."
+    )
+    ai_price_cache_read_usd_per_mtok: Decimal = Field(
+        Decimal("0.30"), ge=0, description="Price of a million tokens read from the cache."
     )
     ai_chunk_interval_seconds: float = Field(
         0.05, ge=0, description="Streamed text is sent to the room at most this often..."

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from app.api import auth as _auth_routes  # noqa: F401  (routes register on import)
 from app.api import documents as _document_routes  # noqa: F401
 from app.api import system
+from app.api import usage as _usage_routes  # noqa: F401
 from app.api import users as _user_routes  # noqa: F401
 from app.api.middleware import cors, errors, observe
 from app.api.v1 import api
@@ -34,7 +35,7 @@ from app.keys import (
     USER_SERVICE,
 )
 from app.metrics import Metrics
-from app.services.assistant import Assistant, AssistantLimits
+from app.services.assistant import Assistant, AssistantLimits, Prices
 from app.services.auth import AuthService
 from app.services.chat import ChatService
 from app.services.documents import DocumentService
@@ -160,4 +161,12 @@ def assistant_limits(settings: Settings) -> AssistantLimits:
         deadline=settings.ai_deadline_seconds,
         chunk_interval=settings.ai_chunk_interval_seconds,
         chunk_chars=settings.ai_chunk_chars,
+        breaker_failures=settings.ai_breaker_failures,
+        breaker_reset=settings.ai_breaker_reset_seconds,
+        prices=Prices(
+            input=settings.ai_price_input_usd_per_mtok,
+            output=settings.ai_price_output_usd_per_mtok,
+            cache_write=settings.ai_price_cache_write_usd_per_mtok,
+            cache_read=settings.ai_price_cache_read_usd_per_mtok,
+        ),
     )

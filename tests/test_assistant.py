@@ -10,6 +10,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from roomclient import CommandError, RoomClient
+from storage.models import GlobalRole
 from tests.conftest import AppFactory, ClientFactory, ConnectOn
 from tests.fake_anthropic import FakeAnthropic, Plan
 from tests.helpers import Api, User, eventually
@@ -200,5 +201,112 @@ async def test_one_reply_per_room_viewers_cannot_ask_and_the_budget_holds(
     assert spent.value.code == "ai_budget_exceeded"
 
 
+async def ask_while_open(client: RoomClient, document_id: str, question: str) -> str:
+    """Ask; an open circuit's refusal becomes an AssertionError for ``eventually``."""
+    try:
+        return await ask(client, document_id, question)
+    except CommandError as exc:
+        assert exc.code != "ai_unavailable", "the circuit is still open"
+        raise
+
+
 def _truthy(value: object) -> None:
     assert value, value
+
+
+async def test_a_dropped_stream_stores_the_partial_reply_as_failed(
+    claude: tuple[FakeAnthropic, Api], connect_on: ConnectOn
+) -> None:
+    fake, api = claude
+    fake.plan(Plan(tokens=["half ", "way ", "there"], drop_after=2))
+    _, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
+    reply_id = await ask(a, doc_id, "Drop please")
+    await eventually(lambda: _truthy(of(a, "ai:error", reply_id)), timeout=10)
+    [error] = of(a, "ai:error", reply_id)
+    assert error["error"]["code"] == "ai_unavailable"
+    assert error["message"]["text"] == "half way "
+    assert error["message"]["metadata"]["status"] == "failed"
+
+
+async def test_the_deadline_bounds_retries_the_sdk_would_wait_out(
+    anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory, connect_on: ConnectOn
+) -> None:
+    fake, url = anthropic_server
+    client = await start_app(
+        anthropic_api_key="k", anthropic_base_url=url, ai_deadline_seconds=1, ai_max_retries=3
+    )
+    api = Api(client)
+    fake.plan(Plan(status=529, retry_after=30))  # the SDK would sleep 30 s per retry
+    _, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
+    reply_id = await ask(a, doc_id, "Are you there?")
+    await eventually(lambda: _truthy(of(a, "ai:error", reply_id)), timeout=10)
+    [error] = of(a, "ai:error", reply_id)
+    assert error["error"]["code"] == "ai_unavailable" and error["message"] is None
+    assert len(fake.requests) == 1  # still waiting out the first retry-after
+
+
+async def test_the_circuit_breaker_fails_fast_then_recovers_by_itself(
+    anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory, connect_on: ConnectOn
+) -> None:
+    fake, url = anthropic_server
+    client = await start_app(
+        anthropic_api_key="k",
+        anthropic_base_url=url,
+        ai_max_retries=0,
+        ai_breaker_failures=2,
+        ai_breaker_reset_seconds=0.5,
+    )
+    api = Api(client)
+    fake.plan(Plan(status=500))
+    _, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
+    for question in ("one", "two"):
+        reply_id = await ask(a, doc_id, question)
+        await eventually(lambda r=reply_id: _truthy(of(a, "ai:error", r)), timeout=10)
+    with pytest.raises(CommandError) as open_circuit:
+        await ask(a, doc_id, "three")
+    assert open_circuit.value.code == "ai_unavailable"
+    assert len(fake.requests) == 2  # failed fast: the model's service was not asked
+
+    fake.plan(Plan())  # the service is back; after the reset time one reply tries
+    reply_id = await eventually(lambda: ask_while_open(a, doc_id, "four"), timeout=5)
+    await eventually(lambda: _truthy(of(a, "ai:done", reply_id)), timeout=10)
+    closed = await ask(a, doc_id, "five")  # closed again: no waiting
+    await eventually(lambda: _truthy(of(a, "ai:done", closed)), timeout=10)
+
+
+async def test_usage_and_cost_per_user_admins_see_everyone(
+    claude: tuple[FakeAnthropic, Api], connect_on: ConnectOn
+) -> None:
+    fake, api = claude
+    fake.plan(Plan(tokens=["a", "b", "c", "d"], input_tokens=25))
+    ann, ben, doc_id, a, b = await room_of_two(api, connect_on(api))
+    for client in (a, b):
+        reply_id = await ask(client, doc_id, "cost?")
+        await eventually(lambda c=client, r=reply_id: _truthy(of(c, "ai:done", r)), timeout=10)
+    mine = await api.call("GET", "/api/v1/usage", user=ann)
+    assert mine["items"] == [
+        {
+            "user_id": ann.id,
+            "replies": 1,
+            "input_tokens": 25,
+            "output_tokens": 4,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "cost_usd": "0.000135",  # 25 x $3 + 4 x $15 per million
+        }
+    ]
+    await api.error(
+        "GET", f"/api/v1/usage?user_id={ben.id}", user=ann, expect=403, code="forbidden"
+    )
+    root = await api.user("root", GlobalRole.ADMIN)
+    everyone = await api.call("GET", "/api/v1/usage", user=root)
+    assert {item["user_id"] for item in everyone["items"]} == {ann.id, ben.id}
+    later = await api.call("GET", "/api/v1/usage?since=2999-01-01T00:00:00Z", user=root)
+    assert later["items"] == []
+    await api.error(
+        "GET",
+        "/api/v1/usage?since=2026-01-01T00:00:00",
+        user=root,
+        expect=422,
+        code="validation_failed",
+    )

@@ -203,6 +203,31 @@ class StorageOut(Output):
     loaded: bool = Field(description="whether the document is in this process's memory")
 
 
+# --- assistant usage ----------------------------------------------------------------------
+
+
+class UsageQuery(Query):
+    since: datetime | None = Field(
+        None, description="ISO 8601 with a zone; default: the start of today (UTC)"
+    )
+    user_id: uuid.UUID | None = Field(None, description="admins: one user only")
+
+
+class UsageOut(Output):
+    user_id: uuid.UUID | None = Field(description="null: users deleted since")
+    replies: int
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    cost_usd: str = Field(description="US dollars, as a decimal string")
+
+
+class UsageList(Output):
+    since: datetime
+    items: list[UsageOut]
+
+
 # --- operations -------------------------------------------------------------------------
 
 

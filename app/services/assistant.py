@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -29,6 +31,7 @@ from app.services.chat import CAN_WRITE, ChatService
 from app.services.documents import membership
 from app.services.live_documents import LiveDocuments
 from app.services.responders import (
+    OFFLINE_MODEL,
     Outcome,
     Prompt,
     Responder,
@@ -40,6 +43,7 @@ from app.wire import MessageOut, ServerEvent, dump
 from storage.models import AuthorKind
 from storage.repositories import messages as messages_repo
 from storage.repositories import usage as usage_repo
+from storage.repositories.usage import UsageTotals
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,69 @@ class AssistantLimits:
     deadline: float
     chunk_interval: float
     chunk_chars: int
+    breaker_failures: int
+    breaker_reset: float
+    prices: Prices
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """US dollars per million tokens."""
+
+    input: Decimal
+    output: Decimal
+    cache_write: Decimal
+    cache_read: Decimal
+
+    def cost(self, usage: Usage) -> Decimal:
+        total = (
+            usage.input_tokens * self.input
+            + usage.output_tokens * self.output
+            + usage.cache_creation_input_tokens * self.cache_write
+            + usage.cache_read_input_tokens * self.cache_read
+        )
+        return (total / 1_000_000).quantize(Decimal("0.000001"))
+
+
+FREE = Prices(Decimal(0), Decimal(0), Decimal(0), Decimal(0))
+
+
+class CircuitBreaker:
+    """Fail fast after ``failures`` failed replies in a row; after ``reset_after``
+    seconds let one reply through to try again (closed again if it succeeds)."""
+
+    def __init__(self, failures: int, reset_after: float) -> None:
+        self.failures = failures
+        self.reset_after = reset_after
+        self._in_a_row = 0
+        self._opened_at: float | None = None
+        self._trial = False
+
+    def check(self) -> None:
+        """Raise ``AiUnavailable`` while open; admit one trial once it may close."""
+        if self._opened_at is None:
+            return
+        wait = self._opened_at + self.reset_after - time.monotonic()
+        if wait > 0 or self._trial:
+            raise AiUnavailable(
+                f"the assistant's model service is failing; try again in {max(wait, 1):.0f} s",
+            )
+        self._trial = True
+
+    def succeeded(self) -> None:
+        self._in_a_row, self._opened_at, self._trial = 0, None, False
+
+    def failed(self) -> None:
+        self._in_a_row += 1
+        self._trial = False
+        if self._in_a_row >= self.failures:
+            if self._opened_at is None:
+                log.warning("assistant circuit open after %d failures", self._in_a_row)
+            self._opened_at = time.monotonic()
+
+    def released(self) -> None:
+        """A trial that neither succeeded nor failed (cancelled): let another try."""
+        self._trial = False
 
 
 class AiBusy(RateLimited):
@@ -108,7 +175,12 @@ class Assistant:
         self._documents = documents
         self.responder = responder
         self.limits = limits
+        self.breaker = CircuitBreaker(limits.breaker_failures, limits.breaker_reset)
         self._replies: dict[uuid.UUID, Reply] = {}
+
+    @property
+    def prices(self) -> Prices:
+        return FREE if self.responder.model == OFFLINE_MODEL else self.limits.prices
 
     def active(self, document_id: uuid.UUID) -> list[Reply]:
         return [r for r in self._replies.values() if r.document_id == document_id]
@@ -132,6 +204,7 @@ class Assistant:
         mine = Counter(r.asked_by.user_id for r in self._replies.values())
         if mine[principal.user_id] >= limits.replies_per_user:
             raise AiBusy("you have as many replies streaming as you may")
+        self.breaker.check()  # last: it may admit this reply as the one trial
         reply = Reply(uuid.uuid4(), document_id, principal, question)
         self._replies[reply.id] = reply
         reply.task = asyncio.get_running_loop().create_task(self._run(reply))
@@ -157,6 +230,19 @@ class Assistant:
                 reply.task.cancel()
         tasks = [r.task for r in self._replies.values() if r.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def usage(
+        self, principal: Principal, *, since: datetime | None, user_id: uuid.UUID | None
+    ) -> tuple[datetime, list[UsageTotals]]:
+        """Token and cost totals per user since ``since`` (default: today, UTC).
+        Users see their own; admins everyone's (or ``user_id``'s)."""
+        if not principal.is_admin:
+            if user_id not in (None, principal.user_id):
+                raise Forbidden("only admins see other users' usage")
+            user_id = principal.user_id
+        since = since or _start_of_day()
+        async with self._sessions() as session:
+            return since, await usage_repo.totals_by_user(session, since=since, user_id=user_id)
 
     # --- one reply ------------------------------------------------------------------
 
@@ -196,6 +282,12 @@ class Assistant:
             status, error = "failed", AiUnavailable()
         finally:
             flusher.cancel()
+        if status == "completed":
+            self.breaker.succeeded()
+        elif status == "failed":
+            self.breaker.failed()
+        else:
+            self.breaker.released()
         try:
             await self._flush(reply)
             await self._finish(reply, status, error)
@@ -242,6 +334,7 @@ class Assistant:
                 output_tokens=usage.output_tokens,
                 cache_creation_input_tokens=usage.cache_creation_input_tokens,
                 cache_read_input_tokens=usage.cache_read_input_tokens,
+                cost_usd=self.prices.cost(usage),
             )
         body: dict[str, Any] = {
             "status": status,
