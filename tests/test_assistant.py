@@ -310,3 +310,25 @@ async def test_usage_and_cost_per_user_admins_see_everyone(
         expect=422,
         code="validation_failed",
     )
+
+
+async def test_a_reply_streaming_at_shutdown_is_stored(
+    anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory, connect_on: ConnectOn
+) -> None:
+    fake, url = anthropic_server
+    settings = {"anthropic_api_key": "k", "anthropic_base_url": url}
+    client = await start_app(**settings)
+    api = Api(client)
+    fake.plan(Plan(tokens=["on "] * 400, delay=0.02))
+    ann, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
+    reply_id = await ask(a, doc_id, "Keep going")
+    await eventually(lambda: _truthy(of(a, "ai:chunk", reply_id)))
+    await client.close()  # the app shuts down mid-reply
+    assert fake.requests[-1].disconnected.is_set()
+
+    after = Api(await start_app(**settings))  # the same database
+    history = await after.call("GET", f"/api/v1/documents/{doc_id}/messages", user=ann)
+    last = history["items"][-1]
+    assert last["author"]["kind"] == "assistant"
+    assert last["metadata"]["reply_id"] == reply_id
+    assert last["metadata"]["status"] == "cancelled" and last["text"].startswith("on on")
