@@ -332,3 +332,19 @@ async def test_a_reply_streaming_at_shutdown_is_stored(
     assert last["author"]["kind"] == "assistant"
     assert last["metadata"]["reply_id"] == reply_id
     assert last["metadata"]["status"] == "cancelled" and last["text"].startswith("on on")
+
+
+async def test_without_time_batching_every_token_is_a_chunk_and_the_text_is_the_same(
+    anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory, connect_on: ConnectOn
+) -> None:
+    fake, url = anthropic_server
+    api = Api(
+        await start_app(anthropic_api_key="k", anthropic_base_url=url, ai_chunk_interval_seconds=0)
+    )
+    tokens = [f"w{i} " for i in range(30)]
+    fake.plan(Plan(tokens=tokens))
+    _, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
+    reply_id = await ask(a, doc_id, "Token by token")
+    await eventually(lambda: _truthy(of(a, "ai:done", reply_id)), timeout=10)
+    assert [c["text"] for c in of(a, "ai:chunk", reply_id)] == tokens
+    assert of(a, "ai:done", reply_id)[0]["message"]["text"] == "".join(tokens)

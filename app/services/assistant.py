@@ -248,7 +248,12 @@ class Assistant:
 
     async def _run(self, reply: Reply) -> None:
         status, error = "completed", None
-        flusher = asyncio.get_running_loop().create_task(self._flush_periodically(reply))
+        interval, size = self.limits.chunk_interval, self.limits.chunk_chars
+        flusher = (
+            asyncio.get_running_loop().create_task(self._flush_periodically(reply, interval))
+            if interval > 0
+            else None  # no batching by time: every delta is sent as it comes
+        )
         try:
             await self._emit(
                 reply,
@@ -268,7 +273,7 @@ class Assistant:
             async with asyncio.timeout(self.limits.deadline), stream as deltas:
                 async for delta in deltas:
                     reply.pending += delta
-                    if len(reply.pending) >= self.limits.chunk_chars:
+                    if flusher is None or len(reply.pending) >= size:
                         await self._flush(reply)
         except asyncio.CancelledError:
             status = "cancelled"
@@ -281,7 +286,8 @@ class Assistant:
             log.exception("assistant reply %s failed", reply.id)
             status, error = "failed", AiUnavailable()
         finally:
-            flusher.cancel()
+            if flusher is not None:
+                flusher.cancel()
         if status == "completed":
             self.breaker.succeeded()
         elif status == "failed":
@@ -294,9 +300,9 @@ class Assistant:
         finally:
             self._replies.pop(reply.id, None)
 
-    async def _flush_periodically(self, reply: Reply) -> None:
+    async def _flush_periodically(self, reply: Reply, interval: float) -> None:
         while True:
-            await asyncio.sleep(self.limits.chunk_interval)
+            await asyncio.sleep(interval)
             await self._flush(reply)
 
     async def _flush(self, reply: Reply) -> None:
@@ -320,8 +326,27 @@ class Assistant:
             "asked_by": str(reply.asked_by.user_id),
         }
         message: MessageOut | None = None
-        if reply.text or status == "completed":
-            message = await self._chat.post_assistant(reply.document_id, reply.text, meta)
+        try:
+            if reply.text or status == "completed":
+                message = await self._chat.post_assistant(reply.document_id, reply.text, meta)
+            await self._record_usage(reply, status)
+        except Exception:
+            # The room still hears how the reply ended, if not what it said.
+            log.exception("could not store assistant reply %s", reply.id)
+            status, error = "failed", AiUnavailable("the reply could not be stored")
+        body: dict[str, Any] = {
+            "status": status,
+            "message": dump(message) if message is not None else None,
+            "usage": _usage_body(usage),
+            "stop_reason": reply.outcome.stop_reason,
+        }
+        if error is None:
+            await self._emit(reply, ServerEvent.AI_DONE, body)
+        else:
+            await self._emit(reply, ServerEvent.AI_ERROR, {**body, "error": error.to_body()})
+
+    async def _record_usage(self, reply: Reply, status: str) -> None:
+        usage = reply.outcome.usage
         async with self._sessions.begin() as session:
             await usage_repo.record_usage(
                 session,
@@ -336,16 +361,6 @@ class Assistant:
                 cache_read_input_tokens=usage.cache_read_input_tokens,
                 cost_usd=self.prices.cost(usage),
             )
-        body: dict[str, Any] = {
-            "status": status,
-            "message": dump(message) if message is not None else None,
-            "usage": _usage_body(usage),
-            "stop_reason": reply.outcome.stop_reason,
-        }
-        if error is None:
-            await self._emit(reply, ServerEvent.AI_DONE, body)
-        else:
-            await self._emit(reply, ServerEvent.AI_ERROR, {**body, "error": error.to_body()})
 
     async def _emit(self, reply: Reply, event: ServerEvent, data: dict[str, Any]) -> None:
         await self._broadcaster.to_room(
