@@ -10,7 +10,7 @@ Built on python-socketio's ``AsyncClient``::
 ``DocumentClient`` keeps a Yjs document (pycrdt) in sync over the y-socket.io protocol.
 """
 
-from roomclient.client import CommandError, RoomClient, RoomView
+from roomclient.client import CommandError, ReplyView, RoomClient, RoomView
 from roomclient.yjs import DocumentClient
 
-__all__ = ["CommandError", "DocumentClient", "RoomClient", "RoomView"]
+__all__ = ["CommandError", "DocumentClient", "ReplyView", "RoomClient", "RoomView"]

@@ -35,6 +35,38 @@ class CommandError(Exception):
 
 
 @dataclass
+class ReplyView:
+    """An assistant reply as it streams: the text up to ``base_seq`` (from a join)
+    plus the chunks received after it, by ``seq``; complete once ``status`` is set."""
+
+    reply_id: str
+    base_seq: int = 0
+    base_text: str = ""
+    chunks: dict[int, str] = field(default_factory=dict)
+    status: str = "streaming"  # then completed, cancelled or failed
+    message: dict[str, Any] | None = None
+
+    @property
+    def text(self) -> str:
+        if self.message is not None:
+            return str(self.message["text"])
+        parts, seq = [self.base_text], self.base_seq + 1
+        while seq in self.chunks:  # stops at a gap: only what is known in order
+            parts.append(self.chunks[seq])
+            seq += 1
+        return "".join(parts)
+
+    def so_far(self, seq: int, text: str) -> None:
+        if seq > self.base_seq:
+            self.base_seq, self.base_text = seq, text
+            self.chunks = {s: t for s, t in self.chunks.items() if s > seq}
+
+    def chunk(self, seq: int, text: str) -> None:
+        if seq > self.base_seq:
+            self.chunks[seq] = text  # a repeat of a known seq changes nothing
+
+
+@dataclass
 class RoomView:
     """What this client knows of one joined room."""
 
@@ -45,7 +77,12 @@ class RoomView:
     # user_id -> {"username", "connections": {connection_id: state}}
     presence: dict[str, dict[str, Any]] = field(default_factory=dict)
     typing: set[str] = field(default_factory=set)
+    # Assistant replies by reply_id: streaming, or finished (their chat message known).
+    replies: dict[str, ReplyView] = field(default_factory=dict)
     _seqs: set[int] = field(default_factory=set)
+
+    def reply(self, reply_id: str) -> ReplyView:
+        return self.replies.setdefault(reply_id, ReplyView(reply_id))
 
     @property
     def last_seq(self) -> int:
@@ -53,6 +90,11 @@ class RoomView:
 
     def add(self, message: dict[str, Any]) -> bool:
         """Insert in seq order; False for a duplicate (already seen) seq."""
+        reply_id = (message.get("metadata") or {}).get("reply_id")
+        if message["author"]["kind"] == "assistant" and reply_id:
+            # The stored reply completes it, live or caught up after a reconnect.
+            reply = self.reply(reply_id)
+            reply.message, reply.status = message, message["metadata"]["status"]
         seq = message["seq"]
         if seq in self._seqs:
             for i, known in enumerate(self.messages):
@@ -158,7 +200,16 @@ class RoomClient:
         payload: dict[str, Any] = {"document_id": document_id}
         if rejoining:
             payload["since_seq"] = room.last_seq
-        data = await self.command("join", payload)
+        # Known before the ack: events that arrive ahead of it are not lost.
+        self.rooms[document_id] = room
+        try:
+            data = await self.command("join", payload)
+        except BaseException:
+            if not rejoining:
+                self.rooms.pop(document_id, None)
+            raise
+        for streaming in data.get("replies", []):
+            room.reply(streaming["reply_id"]).so_far(streaming["seq"], streaming["text"])
         room.title, room.role = data["document"]["title"], data["role"]
         self.user = data["user"]
         room.presence = {
@@ -168,7 +219,6 @@ class RoomClient:
             }
             for user in data["presence"]
         }
-        self.rooms[document_id] = room
         if rejoining:
             for message in data["messages"]:
                 room.add(message)
@@ -325,6 +375,13 @@ class RoomClient:
             return
         if event in ("chat:message", "chat:edited", "chat:deleted"):
             room.add(data["message"])
+        elif event == "ai:started":
+            room.reply(data["reply_id"])
+        elif event == "ai:chunk":
+            room.reply(data["reply_id"]).chunk(data["seq"], data["text"])
+        elif event in ("ai:done", "ai:error"):
+            reply = room.reply(data["reply_id"])
+            reply.status, reply.message = data["status"], data["message"]
         elif event == "presence:joined":
             user = data["user"]
             room.presence.setdefault(

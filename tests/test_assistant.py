@@ -348,3 +348,30 @@ async def test_without_time_batching_every_token_is_a_chunk_and_the_text_is_the_
     await eventually(lambda: _truthy(of(a, "ai:done", reply_id)), timeout=10)
     assert [c["text"] for c in of(a, "ai:chunk", reply_id)] == tokens
     assert of(a, "ai:done", reply_id)[0]["message"]["text"] == "".join(tokens)
+
+
+async def test_a_client_that_reconnects_mid_reply_ends_with_the_whole_text(
+    claude: tuple[FakeAnthropic, Api], connect_on: ConnectOn
+) -> None:
+    fake, api = claude
+    tokens = [f"r{i} " for i in range(150)]
+    fake.plan(Plan(tokens=tokens, delay=0.03))  # ~4.5 s: longer than a reconnect
+    connect = connect_on(api)
+    ann, ben, doc = await api.room("editor")
+    a, b = await connect(ann), await connect(ben)
+    await a.join(doc["id"])
+    await b.join(doc["id"])
+    reply_id = await ask(a, doc["id"], "Long answer")
+    await eventually(lambda: _truthy(len(of(b, "ai:chunk", reply_id)) >= 2))
+    assert b.sio.eio.ws is not None
+    await b.sio.eio.ws.close()  # the transport dies: the client reconnects and re-joins
+    await eventually(lambda: _truthy(of(a, "ai:done", reply_id)), timeout=15)
+    await eventually(lambda: _truthy(b.room(doc["id"]).replies[reply_id].message), timeout=15)
+    reply = b.room(doc["id"]).replies[reply_id]
+    assert reply.status == "completed" and reply.text == "".join(tokens)
+    # It re-joined mid-reply: what it assembled from the join's text so far and the
+    # live chunks, before the final message arrived, was already whole and in order.
+    assert reply.base_seq > 0
+    assert reply.base_text + "".join(reply.chunks[s] for s in sorted(reply.chunks)) == "".join(
+        tokens
+    )
