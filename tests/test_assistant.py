@@ -375,3 +375,52 @@ async def test_a_client_that_reconnects_mid_reply_ends_with_the_whole_text(
     assert reply.base_text + "".join(reply.chunks[s] for s in sorted(reply.chunks)) == "".join(
         tokens
     )
+
+
+async def test_the_prompt_holds_the_recent_chat_within_budget_and_the_document_cut(
+    anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory, connect_on: ConnectOn
+) -> None:
+    fake, url = anthropic_server
+    client = await start_app(
+        anthropic_api_key="k",
+        anthropic_base_url=url,
+        ai_context_tokens=256,  # ~1,000 characters of chat
+        ai_document_chars=50,
+        ai_system_prompt="Be brief.",
+    )
+    api = Api(client)
+    ann, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
+    content = f"/api/v1/documents/{doc_id}/content"
+    await api.call("POST", content, user=ann, json={"text": "D" * 80, "mode": "append"})
+    for n in range(30):  # ~1,500 characters in all: the oldest do not fit
+        await a.send(doc_id, f"message {n:02d} " + "x" * 40)
+    reply_id = await ask(a, doc_id, "Summarise")
+    await eventually(lambda: _truthy(of(a, "ai:done", reply_id)), timeout=10)
+
+    body = fake.requests[-1].body
+    assert body["system"] == "Be brief." and body["model"] == "claude-sonnet-4-6"
+    prompt = body["messages"][-1]["content"]
+    assert "D" * 50 + "\n[... 30 more characters not shown]" in prompt
+    assert "message 29" in prompt and "message 00" not in prompt  # newest kept
+    sent = [n for n in range(30) if f"message {n:02d}" in prompt]
+    assert sent == list(range(sent[0], 30))  # a contiguous, most recent run
+    assert prompt.rstrip().endswith("ann asks the assistant:\nSummarise")
+
+
+async def test_a_user_may_stream_only_so_many_replies_at_once(
+    anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory, connect_on: ConnectOn
+) -> None:
+    fake, url = anthropic_server
+    api = Api(await start_app(anthropic_api_key="k", anthropic_base_url=url, ai_replies_per_user=1))
+    fake.plan(Plan(tokens=["slow "] * 50, delay=0.02))
+    ann = await api.user("ann")
+    first, second = await api.document(ann, "one"), await api.document(ann, "two")
+    a = await connect_on(api)(ann)
+    await a.join(first["id"])
+    await a.join(second["id"])
+    reply_id = await ask(a, first["id"], "one")
+    with pytest.raises(CommandError) as busy:
+        await ask(a, second["id"], "two")
+    assert busy.value.code == "ai_busy"
+    await eventually(lambda: _truthy(of(a, "ai:done", reply_id)), timeout=10)
+    await ask(a, second["id"], "two, now")
