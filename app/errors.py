@@ -25,7 +25,10 @@ Anything else that escapes reaches the client as ``internal`` with no detail.
      ├── UnsupportedMediaType (415 unsupported_media_type)
      ├── ValidationFailed (422 validation_failed)
      ├── RateLimited (429 rate_limited)
-     └── ServiceUnavailable (503 unavailable)
+     │    ├── AiBusy (429 ai_busy)
+     │    └── AiBudgetExceeded (429 ai_budget_exceeded)
+     ├── ServiceUnavailable (503 unavailable)
+     └── AiUnavailable (503 ai_unavailable)
 """
 
 from __future__ import annotations
@@ -185,3 +188,19 @@ class ServiceUnavailable(AppError):
     status = 503
     code = "unavailable"
     default_message = "the service is unavailable"
+
+
+class AiBusy(RateLimited):
+    code = "ai_busy"
+    default_message = "the assistant is already answering here"
+
+
+class AiBudgetExceeded(RateLimited):
+    code = "ai_budget_exceeded"
+    default_message = "your daily token budget is spent"
+
+
+class AiUnavailable(AppError):
+    status = 503
+    code = "ai_unavailable"
+    default_message = "the assistant is unavailable"

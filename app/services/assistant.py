@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.principal import Principal
-from app.errors import AppError, Forbidden, NotFound, RateLimited
+from app.errors import AiBudgetExceeded, AiBusy, AiUnavailable, AppError, Forbidden, NotFound
 from app.events import Broadcaster
 from app.services.chat import CAN_WRITE, ChatService
 from app.services.documents import membership
@@ -123,22 +123,6 @@ class CircuitBreaker:
     def released(self) -> None:
         """A trial that neither succeeded nor failed (cancelled): let another try."""
         self._trial = False
-
-
-class AiBusy(RateLimited):
-    code = "ai_busy"
-    default_message = "the assistant is already answering here"
-
-
-class AiBudgetExceeded(RateLimited):
-    code = "ai_budget_exceeded"
-    default_message = "your daily token budget is spent"
-
-
-class AiUnavailable(AppError):
-    status = 503
-    code = "ai_unavailable"
-    default_message = "the assistant is unavailable"
 
 
 @dataclass(eq=False)
