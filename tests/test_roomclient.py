@@ -8,7 +8,15 @@ from roomclient import RoomView
 
 
 def message(seq: int, text: str, *, edited_at: str | None = None, deleted: bool = False) -> Any:
-    return {"seq": seq, "text": text, "edited_at": edited_at, "deleted": deleted}
+    """A chat message in the wire shape (docs/protocol.md §3.14), the fields that matter here."""
+    return {
+        "seq": seq,
+        "author": {"kind": "user", "id": "u1", "username": "ann"},
+        "text": text,
+        "metadata": {},
+        "edited_at": edited_at,
+        "deleted": deleted,
+    }
 
 
 def test_messages_are_kept_in_seq_order_without_duplicates() -> None:
