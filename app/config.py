@@ -114,7 +114,16 @@ class Settings(BaseSettings):
         200_000, ge=0, description="Input + output tokens a user may spend per UTC day."
     )
     ai_max_retries: int = Field(
-        2, ge=0, description="Retries of a 429/529 answer (the SDK's backoff, capped)."
+        2,
+        ge=0,
+        description="Retries of a reply whose request failed before any text: 429, 529, "
+        "other 5xx answers and connection errors...",
+    )
+    ai_retry_max_wait_seconds: float = Field(
+        10,
+        gt=0,
+        description="...each after the service's retry-after or a backoff, but never longer "
+        "than this (the SDK would wait out any retry-after).",
     )
     ai_deadline_seconds: float = Field(
         120, gt=0, description="A reply that has not finished after this is ended as failed."

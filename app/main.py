@@ -145,7 +145,6 @@ def make_responder(settings: Settings) -> Responder:
         api_key=settings.anthropic_api_key.get_secret_value(),
         base_url=settings.anthropic_base_url,
         model=settings.anthropic_model,
-        max_retries=settings.ai_max_retries,
     )
 
 
@@ -159,6 +158,8 @@ def assistant_limits(settings: Settings) -> AssistantLimits:
         replies_per_user=settings.ai_replies_per_user,
         daily_tokens_per_user=settings.ai_daily_tokens_per_user,
         deadline=settings.ai_deadline_seconds,
+        max_retries=settings.ai_max_retries,
+        retry_max_wait=settings.ai_retry_max_wait_seconds,
         chunk_interval=settings.ai_chunk_interval_seconds,
         chunk_chars=settings.ai_chunk_chars,
         breaker_failures=settings.ai_breaker_failures,

@@ -60,7 +60,8 @@ class FakeAnthropic:
             headers = {}
             if plan.retry_after is not None:
                 headers["retry-after"] = str(plan.retry_after)
-            kind = {429: "rate_limit_error", 529: "overloaded_error"}.get(plan.status, "api_error")
+            kinds = {400: "invalid_request_error", 429: "rate_limit_error", 529: "overloaded_error"}
+            kind = kinds.get(plan.status, "api_error")
             return web.json_response(
                 {"type": "error", "error": {"type": kind, "message": f"plan says {plan.status}"}},
                 status=plan.status,

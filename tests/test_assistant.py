@@ -166,6 +166,7 @@ async def test_an_error_mid_stream_stores_the_partial_reply_as_failed(
     assert error["message"]["text"] == "part of it "
     assert error["message"]["metadata"]["status"] == "failed"
     assert not of(a, "ai:done", reply_id)
+    assert len(fake.requests) == 1  # the room saw text: asking again would repeat it
 
 
 async def test_429_is_retried(claude: tuple[FakeAnthropic, Api], connect_on: ConnectOn) -> None:
@@ -228,21 +229,88 @@ async def test_a_dropped_stream_stores_the_partial_reply_as_failed(
     assert error["message"]["metadata"]["status"] == "failed"
 
 
-async def test_the_deadline_bounds_retries_the_sdk_would_wait_out(
+async def test_retries_wait_as_asked_but_never_longer_than_the_cap(
     anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory, connect_on: ConnectOn
 ) -> None:
     fake, url = anthropic_server
     client = await start_app(
-        anthropic_api_key="k", anthropic_base_url=url, ai_deadline_seconds=1, ai_max_retries=3
+        anthropic_api_key="k", anthropic_base_url=url, ai_retry_max_wait_seconds=0.1
     )
     api = Api(client)
-    fake.plan(Plan(status=529, retry_after=30))  # the SDK would sleep 30 s per retry
+    # The SDK alone would sleep the 30 s it is told to.
+    fake.plan(Plan(status=429, retry_after=30), Plan(status=529), Plan())
+    _, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
+    reply_id = await ask(a, doc_id, "Busy?")
+    await eventually(lambda: _truthy(of(a, "ai:done", reply_id)), timeout=10)
+    assert len(fake.requests) == 3
+    assert of(a, "ai:done", reply_id)[0]["message"]["text"] == "Hello, room!"
+
+
+async def test_a_retry_that_would_outlast_the_deadline_fails_the_reply_at_once(
+    anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory, connect_on: ConnectOn
+) -> None:
+    fake, url = anthropic_server
+    client = await start_app(
+        anthropic_api_key="k",
+        anthropic_base_url=url,
+        ai_deadline_seconds=5,
+        ai_retry_max_wait_seconds=10,
+    )
+    api = Api(client)
+    fake.plan(Plan(status=529, retry_after=30))
     _, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
     reply_id = await ask(a, doc_id, "Are you there?")
     await eventually(lambda: _truthy(of(a, "ai:error", reply_id)), timeout=10)
     [error] = of(a, "ai:error", reply_id)
+    # The service's own refusal, not "took too long": nobody waited for the deadline.
     assert error["error"]["code"] == "ai_unavailable" and error["message"] is None
-    assert len(fake.requests) == 1  # still waiting out the first retry-after
+    assert "529" in error["error"]["message"]
+    assert len(fake.requests) == 1
+
+
+async def test_one_deadline_bounds_the_reply_and_all_its_retries(
+    anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory, connect_on: ConnectOn
+) -> None:
+    fake, url = anthropic_server
+    client = await start_app(
+        anthropic_api_key="k",
+        anthropic_base_url=url,
+        ai_deadline_seconds=1,
+        ai_max_retries=1000,
+        ai_retry_max_wait_seconds=0.05,
+    )
+    api = Api(client)
+    fake.plan(Plan(status=429, retry_after=0.05))
+    _, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
+    reply_id = await ask(a, doc_id, "Now?")
+    await eventually(lambda: _truthy(of(a, "ai:error", reply_id)), timeout=10)
+    [error] = of(a, "ai:error", reply_id)
+    assert error["error"]["code"] == "ai_unavailable"
+    # Retried for a second, not for the 1000 x 0.05 s the retry count alone allows.
+    assert 1 < len(fake.requests) < 1000
+
+
+async def test_an_overloaded_stream_is_retried_only_before_its_first_text(
+    claude: tuple[FakeAnthropic, Api], connect_on: ConnectOn
+) -> None:
+    fake, api = claude
+    fake.plan(Plan(error_after=0), Plan())  # an `overloaded_error` event, then a good stream
+    _, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
+    reply_id = await ask(a, doc_id, "Again?")
+    await eventually(lambda: _truthy(of(a, "ai:done", reply_id)), timeout=10)
+    assert of(a, "ai:done", reply_id)[0]["message"]["text"] == "Hello, room!"
+    assert len(fake.requests) == 2
+
+
+async def test_a_refused_request_is_not_retried(
+    claude: tuple[FakeAnthropic, Api], connect_on: ConnectOn
+) -> None:
+    fake, api = claude
+    fake.plan(Plan(status=400))  # invalid_request_error: asking again changes nothing
+    _, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
+    reply_id = await ask(a, doc_id, "Bad?")
+    await eventually(lambda: _truthy(of(a, "ai:error", reply_id)), timeout=10)
+    assert len(fake.requests) == 1
 
 
 async def test_the_circuit_breaker_fails_fast_then_recovers_by_itself(

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import random
 import time
 import uuid
 from collections import Counter
@@ -47,6 +49,10 @@ from storage.repositories.usage import UsageTotals
 
 log = logging.getLogger(__name__)
 
+# The first wait before asking the model's service again, when it named none; doubled
+# on each later retry (with jitter, so replies that failed together spread out).
+RETRY_BACKOFF_SECONDS = 0.5
+
 
 @dataclass(frozen=True, slots=True)
 class AssistantLimits:
@@ -58,6 +64,8 @@ class AssistantLimits:
     replies_per_user: int
     daily_tokens_per_user: int
     deadline: float
+    max_retries: int
+    retry_max_wait: float
     chunk_interval: float
     chunk_chars: int
     breaker_failures: int
@@ -251,14 +259,26 @@ class Assistant:
                 },
             )
             prompt = await self._prompt(reply)
-            # aclosing: a cancel or the deadline closes the upstream stream at once,
-            # not when the generator is collected.
-            stream = contextlib.aclosing(self.responder.stream(prompt, reply.outcome))
-            async with asyncio.timeout(self.limits.deadline), stream as deltas:
-                async for delta in deltas:
-                    reply.pending += delta
-                    if flusher is None or len(reply.pending) >= size:
-                        await self._flush(reply)
+            async with asyncio.timeout(self.limits.deadline) as deadline:
+                for attempt in itertools.count():
+                    try:
+                        # aclosing: a cancel or the deadline closes the upstream
+                        # stream at once, not when the generator is collected.
+                        stream = self.responder.stream(prompt, reply.outcome)
+                        async with contextlib.aclosing(stream) as deltas:
+                            async for delta in deltas:
+                                reply.pending += delta
+                                if flusher is None or len(reply.pending) >= size:
+                                    await self._flush(reply)
+                        break
+                    except UpstreamError as exc:
+                        wait = self._retry_wait(reply, exc, attempt, deadline.when())
+                        if wait is None:
+                            raise
+                        log.info(
+                            "assistant reply %s: retrying in %.2f s after %s", reply.id, wait, exc
+                        )
+                        await asyncio.sleep(wait)
         except asyncio.CancelledError:
             status = "cancelled"
         except TimeoutError:
@@ -283,6 +303,28 @@ class Assistant:
             await self._finish(reply, status, error)
         finally:
             self._replies.pop(reply.id, None)
+
+    def _retry_wait(
+        self, reply: Reply, error: UpstreamError, attempt: int, deadline: float | None
+    ) -> float | None:
+        """How long to wait before asking again, or ``None`` not to: a request that
+        failed before any text (the room saw nothing) is retried on a rate limit
+        (429), an overload (529), another server error or a failed connection,
+        ``max_retries`` times, after the retry-after the service asked for or an
+        exponential backoff, never more than ``retry_max_wait``; not when the wait
+        would outlast the deadline (the reply fails now rather than then)."""
+        retryable = error.status is None or error.status in (408, 429) or error.status >= 500
+        if not retryable or reply.text or reply.pending or attempt >= self.limits.max_retries:
+            return None
+        if error.retry_after is not None:
+            wait = error.retry_after
+        else:
+            wait = RETRY_BACKOFF_SECONDS * 2**attempt * random.uniform(0.75, 1.0)
+        wait = min(wait, self.limits.retry_max_wait)
+        loop = asyncio.get_running_loop()
+        if deadline is not None and loop.time() + wait >= deadline:
+            return None
+        return wait
 
     async def _flush_periodically(self, reply: Reply, interval: float) -> None:
         while True:

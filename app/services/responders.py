@@ -5,8 +5,11 @@ through the same path (a fresh install works end to end)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+import contextlib
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 import anthropic
@@ -42,11 +45,18 @@ class Outcome:
 
 
 class UpstreamError(Exception):
-    """The model's service failed: an HTTP error, an ``error`` event, a dropped stream."""
+    """The model's service failed: an HTTP error, an ``error`` event, a dropped stream.
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    ``status`` is the HTTP status when the service answered one (``None``: no answer,
+    the connection failed); ``retry_after`` the seconds it asked to wait, if it did.
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
 
 class Responder(Protocol):
@@ -63,13 +73,19 @@ class Responder(Protocol):
 
 
 class AnthropicResponder:
-    def __init__(self, *, api_key: str, base_url: str | None, model: str, max_retries: int) -> None:
+    def __init__(self, *, api_key: str, base_url: str | None, model: str) -> None:
         self.model = model
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key,
             base_url=base_url,
-            max_retries=max_retries,
+            # The assistant retries (app/services/assistant.py): the SDK's own retries
+            # wait out any retry-after, however long, and know no deadline.
+            max_retries=0,
             timeout=anthropic.Timeout(60.0, connect=10.0),
+            # The SDK's aiohttp transport (its `aiohttp` extra; aiohttp is ours already):
+            # aiohttp's C parser reads each streamed event for about two thirds of the
+            # CPU of the default httpx2/h11 transport (bench/sdk_only.py measures it).
+            http_client=anthropic.DefaultAioHttpClient(),
         )
 
     async def stream(self, prompt: Prompt, outcome: Outcome) -> AsyncGenerator[str, None]:
@@ -89,8 +105,11 @@ class AnthropicResponder:
                         outcome.stop_reason = event.delta.stop_reason
                         _take_usage(outcome.usage, event.usage)
         except anthropic.APIStatusError as exc:
+            status = _status_of(exc)
             raise UpstreamError(
-                f"{exc.status_code}: {exc.message}", status=exc.status_code
+                f"{status}: {exc.message}",
+                status=status,
+                retry_after=_retry_after(exc.response.headers),
             ) from exc
         except (anthropic.APIError, httpx2.HTTPError) as exc:
             # Timeouts and dropped connections mid-stream surface as the HTTP
@@ -99,6 +118,43 @@ class AnthropicResponder:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+# The HTTP status each error type of the Messages API stands for: an ``error`` event in
+# a stream comes on a 200 response, and says only its type.
+ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+
+
+def _status_of(error: anthropic.APIStatusError) -> int:
+    if error.status_code == 200 and isinstance(error.body, dict):
+        detail = error.body.get("error")
+        kind = detail.get("type") if isinstance(detail, dict) else None
+        return ERROR_STATUS.get(str(kind), 500)
+    return error.status_code
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """The wait the service asked for: ``retry-after-ms``, or ``retry-after`` in seconds
+    or as an HTTP date."""
+    with contextlib.suppress(KeyError, ValueError):
+        return max(float(headers["retry-after-ms"]) / 1000, 0.0)
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return max(float(value), 0.0)
+    with contextlib.suppress(TypeError, ValueError):
+        return max((parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds(), 0.0)
+    return None
 
 
 def _take_usage(usage: Usage, reported: object) -> None:
