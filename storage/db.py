@@ -45,11 +45,29 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin_immediate(connection: Connection) -> None:
-    # ...and take the write lock at the start of every unit of work. Otherwise a
-    # transaction that reads and then writes (a refresh-token rotation, a role
-    # change) can act on a stale read: SQLite has no SELECT ... FOR UPDATE.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # ...and take the write lock at the start of every unit of work that may write.
+    # Otherwise a transaction that reads and then writes (a refresh-token rotation, a
+    # role change) can act on a stale read: SQLite has no SELECT ... FOR UPDATE. A
+    # unit that only reads (read_session) begins without it: WAL gives it a
+    # consistent snapshot beside the writer, instead of a place in the writers' queue.
+    if connection.get_execution_options().get(READ_ONLY):
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+READ_ONLY = "roomserver_read_only"
+
+
+def read_session(sessions: async_sessionmaker[AsyncSession]) -> AsyncSession:
+    """A session for a unit of work that only reads (``async with read_session(s) as
+    session``); ``sessions.begin()`` is for units that write.
+
+    On SQLite it does not wait for the write lock; on PostgreSQL its transaction is
+    ``READ ONLY``, so a write that slipped into a read path fails in the tests.
+    """
+    return sessions(execution_options={READ_ONLY: True, "postgresql_readonly": True})

@@ -11,9 +11,10 @@ from decimal import Decimal
 import pycrdt
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.db import create_engine, create_sessionmaker
+from storage.db import create_engine, create_sessionmaker, read_session
 from storage.errors import AlreadyExists
 from storage.models import AuthorKind, ChatMessage, DocumentMember, DocumentUpdate, GlobalRole
 from storage.repositories import crdt, messages, usage
@@ -213,3 +214,34 @@ async def test_an_older_snapshot_never_replaces_a_newer_one(sessions: Sessions) 
     assert stored.snapshot is not None
     rebuilt.apply_update(stored.snapshot)
     assert str(rebuilt.get("body", type=pycrdt.Text)) == "ab"
+
+
+async def test_a_read_session_reads_beside_a_writer_and_postgres_refuses_its_writes(
+    sessions: Sessions, backend: str
+) -> None:
+    user_id, document_id = await make_document(sessions)
+    await send(sessions, document_id, user_id, "first", None)
+    async with sessions.begin() as writer:
+        # The writer holds SQLite's write lock until it commits; a reader does not
+        # wait for it, and sees the last committed state.
+        await messages.append_message(
+            writer,
+            document_id=document_id,
+            author_kind=AuthorKind.USER,
+            author_id=user_id,
+            text="second",
+        )
+        async with read_session(sessions) as reader:
+            count = select(func.count()).select_from(ChatMessage)
+            assert await asyncio.wait_for(reader.scalar(count), 5) == 1
+    if backend == "postgres":  # SQLite has no read-only transactions to refuse it
+        async with read_session(sessions) as reader:
+            with pytest.raises(DBAPIError, match="read-only transaction"):
+                await send_in(reader, document_id, user_id)
+
+
+async def send_in(session: AsyncSession, document_id: uuid.UUID, author_id: uuid.UUID) -> None:
+    await messages.append_message(
+        session, document_id=document_id, author_kind=AuthorKind.USER, author_id=author_id, text="x"
+    )
+    await session.flush()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import random
@@ -42,6 +43,7 @@ from app.services.responders import (
     estimate_tokens,
 )
 from app.wire import MessageOut, ServerEvent, dump
+from storage.db import read_session
 from storage.models import AuthorKind
 from storage.repositories import messages as messages_repo
 from storage.repositories import usage as usage_repo
@@ -181,7 +183,7 @@ class Assistant:
 
     async def ask(self, principal: Principal, document_id: uuid.UUID, question: str) -> Reply:
         """Start a reply; returns at once (the answer streams to the room)."""
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             view = await membership(session, principal, document_id)
             if view.role not in CAN_WRITE:
                 raise Forbidden("viewers cannot ask the assistant")
@@ -208,7 +210,7 @@ class Assistant:
         reply = self._replies.get(reply_id)
         if reply is None or reply.document_id != document_id:
             raise NotFound("no such reply streaming in this room")
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             view = await membership(session, principal, document_id)
         if view.role not in CAN_WRITE:
             raise Forbidden("viewers cannot cancel a reply")
@@ -233,7 +235,7 @@ class Assistant:
                 raise Forbidden("only admins see other users' usage")
             user_id = principal.user_id
         since = since or _start_of_day()
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             return since, await usage_repo.totals_by_user(session, since=since, user_id=user_id)
 
     # --- one reply ------------------------------------------------------------------
@@ -352,10 +354,16 @@ class Assistant:
             "asked_by": str(reply.asked_by.user_id),
         }
         message: MessageOut | None = None
+        record = functools.partial(self._record_usage, reply=reply, status=status)
         try:
+            # The message and its usage in one transaction: a stored reply is paid for.
             if reply.text or status == "completed":
-                message = await self._chat.post_assistant(reply.document_id, reply.text, meta)
-            await self._record_usage(reply, status)
+                message = await self._chat.post_assistant(
+                    reply.document_id, reply.text, meta, also=record
+                )
+            else:
+                async with self._sessions.begin() as session:
+                    await record(session)
         except Exception:
             # The room still hears how the reply ended, if not what it said.
             log.exception("could not store assistant reply %s", reply.id)
@@ -371,22 +379,21 @@ class Assistant:
         else:
             await self._emit(reply, ServerEvent.AI_ERROR, {**body, "error": error.to_body()})
 
-    async def _record_usage(self, reply: Reply, status: str) -> None:
+    async def _record_usage(self, session: AsyncSession, *, reply: Reply, status: str) -> None:
         usage = reply.outcome.usage
-        async with self._sessions.begin() as session:
-            await usage_repo.record_usage(
-                session,
-                user_id=reply.asked_by.user_id,
-                document_id=reply.document_id,
-                reply_id=reply.id,
-                model=self.responder.model,
-                status=status,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_creation_input_tokens=usage.cache_creation_input_tokens,
-                cache_read_input_tokens=usage.cache_read_input_tokens,
-                cost_usd=self.prices.cost(usage),
-            )
+        await usage_repo.record_usage(
+            session,
+            user_id=reply.asked_by.user_id,
+            document_id=reply.document_id,
+            reply_id=reply.id,
+            model=self.responder.model,
+            status=status,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens,
+            cost_usd=self.prices.cost(usage),
+        )
 
     async def _emit(self, reply: Reply, event: ServerEvent, data: dict[str, Any]) -> None:
         await self._broadcaster.to_room(
@@ -404,7 +411,7 @@ class Assistant:
         if len(document) > limits.document_chars:
             cut = limits.document_chars
             document = document[:cut] + f"\n[... {len(document) - cut} more characters not shown]"
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             recent = await messages_repo.messages_before(
                 session, reply.document_id, None, limit=200
             )

@@ -25,6 +25,7 @@ from app.errors import (
     UserDisabled,
     UsernameTaken,
 )
+from storage.db import read_session
 from storage.errors import AlreadyExists
 from storage.models import GlobalRole, User
 from storage.repositories import users as users_repo
@@ -85,7 +86,7 @@ class AuthService:
 
     async def login(self, username: str, password: str) -> TokenPair:
         self._require_local_login()
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             user = await users_repo.get_user_by_username(session, username)
         # Verified outside any transaction: the hash takes tens of milliseconds.
         password_hash = user.password_hash if user is not None else None
@@ -145,21 +146,24 @@ class AuthService:
 
     async def authenticate_token(self, token: str) -> Principal:
         claims = self._tokens.decode(token, "access")
-        async with self._sessions.begin() as session:
-            if self._tokens.keys.can_issue:
+        user: User | None
+        if self._tokens.keys.can_issue:
+            # Every request and connection comes here: a read, beside any writer.
+            async with read_session(self._sessions) as session:
                 user = await users_repo.get_user(session, _claim_uuid(claims, "sub"))
-            else:
+        else:
+            async with self._sessions.begin() as session:  # may create the user
                 user = await self._external_user(session, claims)
-            if user is None:
-                raise InvalidToken("the token's user does not exist")
-            _check_usable(user, issued_at=float(claims["iat"]))
-            return Principal(
-                user_id=user.id,
-                username=user.username,
-                role=user.role,
-                via="token",
-                expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
-            )
+        if user is None:
+            raise InvalidToken("the token's user does not exist")
+        _check_usable(user, issued_at=float(claims["iat"]))
+        return Principal(
+            user_id=user.id,
+            username=user.username,
+            role=user.role,
+            via="token",
+            expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+        )
 
     async def authenticate_api_key(self, key: str) -> Principal:
         async with self._sessions.begin() as session:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +23,7 @@ from app.errors import Forbidden, NotFound
 from app.events import Broadcaster
 from app.services.documents import DocumentView, membership
 from app.wire import MessageOut, ServerEvent, dump
+from storage.db import read_session
 from storage.errors import AlreadyExists
 from storage.models import AuthorKind, DocumentRole
 from storage.repositories import messages as messages_repo
@@ -78,7 +79,7 @@ class ChatService:
 
     async def member(self, principal: Principal, document_id: uuid.UUID) -> DocumentView:
         """The document and the caller's role (``NotFound`` for non-members)."""
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             return await membership(session, principal, document_id)
 
     async def missed(self, document_id: uuid.UUID, since_seq: int) -> Backlog:
@@ -87,7 +88,7 @@ class ChatService:
         Call it while holding ``room_lock(document_id)``: then every later message
         is still to be broadcast, and the joiner, already in the room, receives it.
         """
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             rows = await messages_repo.messages_after(
                 session, document_id, since_seq, limit=self.page_size + 1
             )
@@ -123,7 +124,7 @@ class ChatService:
             except AlreadyExists:
                 # A retry: the transaction rolled back (its seq with it); answer
                 # with what the first attempt stored.
-                async with self._sessions() as session:
+                async with read_session(self._sessions) as session:
                     found = await messages_repo.find_by_client_msg_id(
                         session, document_id, principal.user_id, client_msg_id
                     )
@@ -134,9 +135,15 @@ class ChatService:
             return out
 
     async def post_assistant(
-        self, document_id: uuid.UUID, text: str, meta: dict[str, Any]
+        self,
+        document_id: uuid.UUID,
+        text: str,
+        meta: dict[str, Any],
+        *,
+        also: Callable[[AsyncSession], Awaitable[object]] | None = None,
     ) -> MessageOut:
-        """Store and broadcast an assistant message (in seq order, like any send)."""
+        """Store and broadcast an assistant message (in seq order, like any send);
+        ``also`` writes in the same transaction (the reply's usage)."""
         async with self.room_lock(document_id):
             async with self._sessions.begin() as session:
                 message = await messages_repo.append_message(
@@ -147,6 +154,8 @@ class ChatService:
                     text=text,
                     meta=meta,
                 )
+                if also is not None:
+                    await also(session)
             out = MessageOut.of(message, None)
             await self._announce(ServerEvent.CHAT_MESSAGE, out, None)
             return out
@@ -163,7 +172,7 @@ class ChatService:
         """Up to ``limit`` messages, oldest first: those just before ``before_seq``
         (the newest when neither bound is given) or just after ``after_seq``; and
         whether more exist in that direction."""
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             await membership(session, principal, document_id)
             if after_seq is not None:
                 rows = await messages_repo.messages_after(

@@ -14,6 +14,7 @@ from app.errors import Conflict, Forbidden, NotFound, ReadOnly
 from app.events import Broadcaster
 from app.services.live_documents import LiveDocuments
 from app.services.text_edits import TextEdit
+from storage.db import read_session
 from storage.models import Document, DocumentRole, GlobalRole, User
 from storage.repositories import documents as documents_repo
 from storage.repositories import users as users_repo
@@ -70,14 +71,14 @@ class DocumentService:
         limit: int,
         after: tuple[datetime, uuid.UUID] | None,
     ) -> Sequence[DocumentView]:
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             rows = await documents_repo.list_documents_for_user(
                 session, principal.user_id, limit=limit, after=after
             )
         return [DocumentView(document, role) for document, role in rows]
 
     async def get(self, principal: Principal, document_id: uuid.UUID) -> DocumentView:
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             return await membership(session, principal, document_id)
 
     async def rename(
@@ -126,7 +127,7 @@ class DocumentService:
         return StorageView(info, self._live_documents.loaded(document_id) is not None)
 
     async def members(self, principal: Principal, document_id: uuid.UUID) -> list[MemberView]:
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             await membership(session, principal, document_id)
             rows = await documents_repo.list_members(session, document_id)
         return [_member_view(member.role, member.created_at, user) for member, user in rows]

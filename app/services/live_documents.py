@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.errors import DocumentTooLarge, InvalidUpdate, UpdateTooLarge
 from app.events import Broadcaster
 from app.services.text_edits import TextEdit, apply_edit
+from storage.db import read_session
 from storage.repositories import crdt as crdt_repo
 from storage.repositories.crdt import StorageInfo
 
@@ -221,7 +222,7 @@ class LiveDocuments:
 
     async def _load(self, live: LiveDocument) -> None:
         try:
-            async with self._sessions() as session:
+            async with read_session(self._sessions) as session:
                 stored = await crdt_repo.load(session, live.id)
             with live.doc.transaction():
                 if stored.snapshot is not None:
@@ -398,7 +399,7 @@ class LiveDocuments:
     # --- reading ----------------------------------------------------------------------
 
     async def storage_info(self, document_id: uuid.UUID) -> StorageInfo:
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             return await crdt_repo.storage_info(session, document_id)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:

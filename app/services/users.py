@@ -12,6 +12,7 @@ from app.auth.principal import Principal
 from app.errors import Conflict, Forbidden, NotFound
 from app.events import Broadcaster
 from app.services.auth import AuthService, hash_api_key
+from storage.db import read_session
 from storage.models import ApiKey, GlobalRole, User
 from storage.repositories import users as users_repo
 
@@ -24,7 +25,7 @@ class UserService:
         self._broadcaster = broadcaster
 
     async def me(self, principal: Principal) -> User:
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             user = await users_repo.get_user(session, principal.user_id)
         if user is None:
             raise NotFound("no such user")
@@ -34,7 +35,7 @@ class UserService:
         self, principal: Principal, *, limit: int, after_username: str | None
     ) -> Sequence[User]:
         _require_admin(principal)
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             return await users_repo.list_users(session, limit=limit, after_username=after_username)
 
     async def update_user(
@@ -93,7 +94,7 @@ class UserService:
 
     async def list_api_keys(self, principal: Principal) -> Sequence[ApiKey]:
         _require_admin(principal)
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             return await users_repo.list_api_keys(session)
 
     async def revoke_api_key(self, principal: Principal, key_id: uuid.UUID) -> None:
