@@ -158,7 +158,9 @@ class RoomClient:
         await self._connected.wait()
 
     async def close(self) -> None:
-        await self.sio.disconnect()
+        # shutdown, not disconnect: it also stops a reconnection in progress, which
+        # would otherwise bring a closed client back.
+        await self.sio.shutdown()
 
     async def __aenter__(self) -> RoomClient:
         await self.connect()

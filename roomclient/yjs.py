@@ -94,7 +94,7 @@ class DocumentClient:
     async def close(self) -> None:
         if self._sender is not None:
             self._sender.cancel()
-        await self.sio.disconnect()
+        await self.sio.shutdown()  # also stops a reconnection in progress
 
     async def __aenter__(self) -> DocumentClient:
         await self.connect()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from roomclient import CommandError, RoomClient
@@ -110,6 +112,20 @@ async def test_history_pages_backwards_over_socket_and_rest(
     )
     stranger = await api.user("eve")
     await api.error("GET", base, user=stranger, expect=404, code="not_found")
+
+
+async def test_closing_a_client_while_it_reconnects_stops_it(
+    api: Api, connect: ClientFactory
+) -> None:
+    ann = await api.user("ann")
+    a = await connect(ann)
+    await a.sio.eio.ws.close()  # the transport dies under the client: it reconnects
+    await eventually(lambda: assert_not_connected(a))
+    await a.close()
+    # wait() returns once the connection and every reconnection attempt have ended:
+    # a client merely disconnected would reconnect and keep it waiting.
+    await asyncio.wait_for(a.sio.wait(), 10)
+    assert not a.connected
 
 
 async def test_reconnect_with_since_seq_misses_nothing(
