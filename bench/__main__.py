@@ -1,8 +1,8 @@
 """``python -m bench``: run every scenario against roomserver and the baselines.
 
-``--only documents`` (or ``fanout``, ``chat``, comma-separated) runs some of them and
-keeps the other sections of the existing report, each credited to the run that
-measured it.
+``--only documents`` (or ``fanout``, ``chat``, ``assistant``, comma-separated) runs some
+of them and keeps the other sections of the existing report, each credited to the run
+that measured it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench import report
 from bench.harness import ROOT, ensure_node_modules
-from bench.scenarios import chat, documents, fanout
+from bench.scenarios import assistant, chat, documents, fanout
 from bench.targets import (
     node_baseline,
     ours,
@@ -26,7 +26,7 @@ from bench.targets import (
     yjs_python_baseline,
 )
 
-SCENARIOS = ("fanout", "chat", "documents")
+SCENARIOS = ("fanout", "chat", "documents", "assistant")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,6 +146,21 @@ async def run(
             print(f"yjs {document_result.server}: {typing}{joined}", flush=True)
             document_results.append(document_result)
         sections.append(report.documents_section(document_results, yjs_rates, plots))
+    if "assistant" in only:
+        assistant_results = []
+        async for assistant_result in assistant.run(repeats=repeats):
+            latency = assistant_result.latency
+            probe = assistant_result.probe_busy
+            print(
+                f"assistant, chunking {assistant_result.chunking}: "
+                f"{assistant_result.completed}/{assistant_result.asked} completed, token p50 "
+                f"{_ms(latency.percentile(0.5))} p99 {_ms(latency.percentile(0.99))} ms; "
+                f"chat ack p50 {_ms(assistant_result.probe_idle.percentile(0.5))} ms alone, "
+                f"{_ms(probe.percentile(0.5))} ms during",
+                flush=True,
+            )
+            assistant_results.append(assistant_result)
+        sections.append(report.assistant_section(assistant_results, plots))
     return sections
 
 

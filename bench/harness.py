@@ -123,6 +123,8 @@ class OthersMeter:
 
 # --- latency histograms (the encoding of bench/node/histogram.mjs) -------------------
 
+BUCKETS = 800
+
 
 @dataclass
 class Histogram:
@@ -131,6 +133,14 @@ class Histogram:
     counts: dict[int, int] = field(default_factory=dict)
     low: float = math.inf
     high: float = 0.0
+
+    def record(self, ms: float) -> Histogram:
+        """One value, as histogram.mjs records it."""
+        index = math.floor((math.log10(ms) + 2) * 100) if ms > 0 else 0
+        index = min(max(index, 0), BUCKETS - 1)
+        self.counts[index] = self.counts.get(index, 0) + 1
+        self.low, self.high = min(self.low, ms), max(self.high, ms)
+        return self
 
     def merge(self, encoded: dict[str, Any] | None) -> Histogram:
         if not encoded:
@@ -223,6 +233,15 @@ async def _end(process: asyncio.subprocess.Process, grace: float = 10) -> None:
 # --- servers under test -----------------------------------------------------------------
 
 
+def _server_log(name: str) -> Any:
+    """Where a server's output goes: nowhere, or its file in ``$BENCH_LOG_DIR``."""
+    log_dir = os.environ.get("BENCH_LOG_DIR")
+    if not log_dir:
+        return asyncio.subprocess.DEVNULL
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    return open(Path(log_dir) / f"{name.replace(' ', '-')}.log", "ab")
+
+
 @dataclass
 class ServerProcess:
     name: str
@@ -246,14 +265,25 @@ class ServerProcess:
         *,
         env: dict[str, str] | None = None,
         ready_path: str = "/socket.io/?EIO=4&transport=polling",
+        cpu: str = SERVER_CPU,
     ) -> ServerProcess:
-        process = await asyncio.create_subprocess_exec(
-            *pinned(command, SERVER_CPU),
-            env={**os.environ, **(env or {})},
-            cwd=ROOT,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        """Start ``command`` pinned to ``cpu`` (the servers' core unless told otherwise).
+
+        Its output is dropped, or appended to ``$BENCH_LOG_DIR/<name>.log`` when that
+        is set (to see why a server refused something during a run).
+        """
+        output = _server_log(name)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *pinned(command, cpu),
+                env={**os.environ, **(env or {})},
+                cwd=ROOT,
+                stdout=output,
+                stderr=output,
+            )
+        finally:
+            if not isinstance(output, int):
+                output.close()  # the child has its own copy
         server = cls(name, process, port)
         await server._wait_ready(ready_path)
         return server
