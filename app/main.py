@@ -35,7 +35,8 @@ from app.keys import (
     USER_SERVICE,
 )
 from app.metrics import Metrics
-from app.services.assistant import Assistant, AssistantLimits, Prices
+from app.services.ai_limits import AssistantLimits, Prices
+from app.services.assistant import Assistant
 from app.services.auth import AuthService
 from app.services.chat import ChatService
 from app.services.documents import DocumentService

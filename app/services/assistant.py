@@ -17,12 +17,10 @@ import functools
 import itertools
 import logging
 import random
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -30,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.auth.principal import Principal
 from app.errors import AiBudgetExceeded, AiBusy, AiUnavailable, AppError, Forbidden, NotFound
 from app.events import Broadcaster
+from app.services.ai_limits import FREE, AssistantLimits, CircuitBreaker, Prices
 from app.services.chat import CAN_WRITE, ChatService
 from app.services.documents import membership
 from app.services.live_documents import LiveDocuments
@@ -54,85 +53,6 @@ log = logging.getLogger(__name__)
 # The first wait before asking the model's service again, when it named none; doubled
 # on each later retry (with jitter, so replies that failed together spread out).
 RETRY_BACKOFF_SECONDS = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class AssistantLimits:
-    max_tokens: int
-    system_prompt: str
-    context_tokens: int
-    document_chars: int
-    replies_per_room: int
-    replies_per_user: int
-    daily_tokens_per_user: int
-    deadline: float
-    max_retries: int
-    retry_max_wait: float
-    chunk_interval: float
-    chunk_chars: int
-    breaker_failures: int
-    breaker_reset: float
-    prices: Prices
-
-
-@dataclass(frozen=True, slots=True)
-class Prices:
-    """US dollars per million tokens."""
-
-    input: Decimal
-    output: Decimal
-    cache_write: Decimal
-    cache_read: Decimal
-
-    def cost(self, usage: Usage) -> Decimal:
-        total = (
-            usage.input_tokens * self.input
-            + usage.output_tokens * self.output
-            + usage.cache_creation_input_tokens * self.cache_write
-            + usage.cache_read_input_tokens * self.cache_read
-        )
-        return (total / 1_000_000).quantize(Decimal("0.000001"))
-
-
-FREE = Prices(Decimal(0), Decimal(0), Decimal(0), Decimal(0))
-
-
-class CircuitBreaker:
-    """Fail fast after ``failures`` failed replies in a row; after ``reset_after``
-    seconds let one reply through to try again (closed again if it succeeds)."""
-
-    def __init__(self, failures: int, reset_after: float) -> None:
-        self.failures = failures
-        self.reset_after = reset_after
-        self._in_a_row = 0
-        self._opened_at: float | None = None
-        self._trial = False
-
-    def check(self) -> None:
-        """Raise ``AiUnavailable`` while open; admit one trial once it may close."""
-        if self._opened_at is None:
-            return
-        wait = self._opened_at + self.reset_after - time.monotonic()
-        if wait > 0 or self._trial:
-            raise AiUnavailable(
-                f"the assistant's model service is failing; try again in {max(wait, 1):.0f} s",
-            )
-        self._trial = True
-
-    def succeeded(self) -> None:
-        self._in_a_row, self._opened_at, self._trial = 0, None, False
-
-    def failed(self) -> None:
-        self._in_a_row += 1
-        self._trial = False
-        if self._in_a_row >= self.failures:
-            if self._opened_at is None:
-                log.warning("assistant circuit open after %d failures", self._in_a_row)
-            self._opened_at = time.monotonic()
-
-    def released(self) -> None:
-        """A trial that neither succeeded nor failed (cancelled): let another try."""
-        self._trial = False
 
 
 @dataclass(eq=False)
@@ -242,7 +162,7 @@ class Assistant:
 
     async def _run(self, reply: Reply) -> None:
         status, error = "completed", None
-        interval, size = self.limits.chunk_interval, self.limits.chunk_chars
+        interval = self.limits.chunk_interval
         flusher = (
             asyncio.get_running_loop().create_task(self._flush_periodically(reply, interval))
             if interval > 0
@@ -262,25 +182,7 @@ class Assistant:
             )
             prompt = await self._prompt(reply)
             async with asyncio.timeout(self.limits.deadline) as deadline:
-                for attempt in itertools.count():
-                    try:
-                        # aclosing: a cancel or the deadline closes the upstream
-                        # stream at once, not when the generator is collected.
-                        stream = self.responder.stream(prompt, reply.outcome)
-                        async with contextlib.aclosing(stream) as deltas:
-                            async for delta in deltas:
-                                reply.pending += delta
-                                if flusher is None or len(reply.pending) >= size:
-                                    await self._flush(reply)
-                        break
-                    except UpstreamError as exc:
-                        wait = self._retry_wait(reply, exc, attempt, deadline.when())
-                        if wait is None:
-                            raise
-                        log.info(
-                            "assistant reply %s: retrying in %.2f s after %s", reply.id, wait, exc
-                        )
-                        await asyncio.sleep(wait)
+                await self._stream(reply, prompt, deadline, batched=flusher is not None)
         except asyncio.CancelledError:
             status = "cancelled"
         except TimeoutError:
@@ -305,6 +207,29 @@ class Assistant:
             await self._finish(reply, status, error)
         finally:
             self._replies.pop(reply.id, None)
+
+    async def _stream(
+        self, reply: Reply, prompt: Prompt, deadline: asyncio.Timeout, *, batched: bool
+    ) -> None:
+        """The answer into ``reply.pending``, sent on when ``chunk_chars`` are waiting (or
+        at once, not ``batched``); asked for again after a failure ``_retry_wait`` allows."""
+        for attempt in itertools.count():
+            try:
+                # aclosing: a cancel or the deadline closes the upstream stream at once,
+                # not when the generator is collected.
+                stream = self.responder.stream(prompt, reply.outcome)
+                async with contextlib.aclosing(stream) as deltas:
+                    async for delta in deltas:
+                        reply.pending += delta
+                        if not batched or len(reply.pending) >= self.limits.chunk_chars:
+                            await self._flush(reply)
+                return
+            except UpstreamError as exc:
+                wait = self._retry_wait(reply, exc, attempt, deadline.when())
+                if wait is None:
+                    raise
+                log.info("assistant reply %s: retrying in %.2f s after %s", reply.id, wait, exc)
+                await asyncio.sleep(wait)
 
     def _retry_wait(
         self, reply: Reply, error: UpstreamError, attempt: int, deadline: float | None
