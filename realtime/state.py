@@ -82,10 +82,14 @@ class Realtime:
 
     async def close(self) -> None:
         self.typing.close()
-        for task in list(self._tasks):
-            task.cancel()
         for connection in self.connections.all():
             connection.cancel_timers()
+        # Awaited, not only cancelled: none may still use the database once the
+        # cleanup contexts close it.
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @dataclass(frozen=True, slots=True)

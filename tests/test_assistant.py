@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
+from app.keys import ASSISTANT
 from roomclient import CommandError, RoomClient
 from storage.models import GlobalRole
 from tests.conftest import AppFactory, ClientFactory, ConnectOn
@@ -492,3 +493,15 @@ async def test_a_user_may_stream_only_so_many_replies_at_once(
     assert busy.value.code == "ai_busy"
     await eventually(lambda: _truthy(of(a, "ai:done", reply_id)), timeout=10)
     await ask(a, second["id"], "two, now")
+
+
+async def test_asking_once_shutdown_has_begun_is_refused(
+    claude: tuple[FakeAnthropic, Api], connect_on: ConnectOn
+) -> None:
+    fake, api = claude
+    _, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
+    await api.client.app[ASSISTANT].close()  # what shutdown does once connections end
+    with pytest.raises(CommandError) as refused:
+        await ask(a, doc_id, "Still there?")
+    assert refused.value.code == "ai_unavailable"
+    assert fake.requests == []  # no reply was left behind to outlive the app

@@ -512,3 +512,32 @@ async def test_a_document_whose_openers_gave_up_while_it_loaded_is_unloaded(
         await opening
     assert documents.loaded(_uuid(doc)) is not None  # the load goes on
     await eventually(lambda: _equal(documents.loaded(_uuid(doc)), None))
+
+
+async def test_a_load_in_flight_at_shutdown_ends_with_the_app(
+    start_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await start_app()
+    api = Api(client)
+    _, _, doc = await api.room("editor")
+    loading, let_go = asyncio.Event(), asyncio.Event()
+    real_load = crdt_repo.load
+
+    async def slow_load(*args: Any) -> Any:
+        loading.set()
+        try:
+            await asyncio.sleep(30)  # a database that hangs: shutdown must not wait for it
+            return await real_load(*args)
+        finally:
+            await asyncio.sleep(0.2)  # a driver takes a moment to let go, as aiosqlite does
+            let_go.set()
+
+    monkeypatch.setattr(crdt_repo, "load", slow_load)
+    documents = live_documents(api)
+    opening = asyncio.create_task(documents.open(_uuid(doc)))
+    await loading.wait()
+    await client.close()
+    # The load ended before the app did: nothing uses the database once it is closed.
+    assert let_go.is_set()
+    with pytest.raises(asyncio.CancelledError):
+        await opening

@@ -91,6 +91,7 @@ class Assistant:
         self.limits = limits
         self.breaker = CircuitBreaker(limits.breaker_failures, limits.breaker_reset)
         self._replies: dict[uuid.UUID, Reply] = {}
+        self._closed = False
 
     @property
     def prices(self) -> Prices:
@@ -118,6 +119,8 @@ class Assistant:
         mine = Counter(r.asked_by.user_id for r in self._replies.values())
         if mine[principal.user_id] >= limits.replies_per_user:
             raise AiBusy("you have as many replies streaming as you may")
+        if self._closed:  # an ask that was still checking when shutdown began
+            raise AiUnavailable("the server is shutting down; ask again in a moment")
         self.breaker.check()  # last: it may admit this reply as the one trial
         reply = Reply(uuid.uuid4(), document_id, principal, question)
         self._replies[reply.id] = reply
@@ -139,10 +142,11 @@ class Assistant:
             reply.task.cancel()
 
     async def close(self) -> None:
-        for reply in list(self._replies.values()):
-            if reply.task is not None:
-                reply.task.cancel()
+        """Shutdown: end the replies streaming (stored as cancelled); refuse new ones."""
+        self._closed = True
         tasks = [r.task for r in self._replies.values() if r.task is not None]
+        for task in tasks:
+            task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def usage(

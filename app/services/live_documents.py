@@ -235,6 +235,11 @@ class LiveDocuments:
                 # Compact what an earlier process left behind.
                 live.unsaved_since = time.monotonic()
                 self._schedule_snapshot(live)
+        except asyncio.CancelledError:
+            # Shutdown: whoever waits for the load stops waiting too.
+            self._documents.pop(live.id, None)
+            live._loaded.cancel()
+            raise
         except Exception as exc:
             # The callers waiting now all see the error; the next open tries again.
             log.exception("could not load document %s", live.id)
@@ -272,8 +277,13 @@ class LiveDocuments:
             live.cancel_timers()
             await self._settle(live)
             await self._snapshot(live)
-        for task in list(self._tasks):
+        # Loads, unloads, snapshots in flight: awaited, so that none still uses the
+        # database when it is closed next (a cancelled SQLite call that outlives its
+        # engine never returns).
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._documents.clear()
 
     # --- updates ----------------------------------------------------------------------
