@@ -169,37 +169,27 @@ def _assistant_reading(results: list[AssistantResult], ideal: float) -> list[str
         )
     text += ". "
     idle, busy = default.probe_idle, default.probe_busy
-    alone = idle.percentile(0.5) or 1.0
+    alone = idle.percentile(0.5)
+    medians = {phase: default.probe_phase(phase).percentile(0.5) for phase in a.PHASES}
     text += (
-        f"A chat in another room was acked in {ms(idle.percentile(0.5))} ms (p50) with no "
-        f"replies and {ms(busy.percentile(0.5))} ms (p99 {ms(busy.percentile(0.99))} ms) "
-        f"during them ({times(busy.percentile(0.5), idle.percentile(0.5))}). By phase: "
+        f"A chat in another room was acked in {ms(alone)} ms (p50) with no replies and "
+        f"{ms(busy.percentile(0.5))} ms (p99 {ms(busy.percentile(0.99))} ms) during them "
+        f"({times(busy.percentile(0.5), alone)}). By phase (p50): "
         + ", ".join(
-            f"{phase} {ms(default.probe_phase(phase).percentile(0.5))} ms" for phase in a.PHASES
+            f"{phase} {ms(medians[phase])} ms ({times(medians[phase], alone)})"
+            for phase in a.PHASES
         )
-        + " (p50). "
+        + ". "
     )
-    slow = [p for p in a.PHASES if (default.probe_phase(p).percentile(0.5) or 0) > 3 * alone]
-    database = [p for p in slow if p != "streaming"]
-    if database:
-        work = {"starting": "its checks and prompt", "ending": "its message and usage"}
-        text += (
-            f"Other rooms wait while replies are {' and '.join(database)}: there every reply "
-            f"goes to the database ({' and '.join(work[p] for p in database)}), and on SQLite "
-            "every transaction, reads included, takes the database's one write lock (`BEGIN "
-            "IMMEDIATE`, storage/db.py), so a chat send queues behind the replies' "
-            "transactions on a loop that is itself busy. "
-        )
-    streaming = default.probe_phase("streaming")
-    if streaming.total:
-        text += (
-            "Even while the replies only stream, chat acks take "
-            f"{ms(streaming.percentile(0.5))} ms (p50): the busy loop itself delays them. "
-            if "streaming" in slow
-            else "While the replies only stream, other rooms hardly notice. "
-        )
-    elif not slow:
-        text += "Other rooms hardly notice. "
+    work = {
+        "starting": "each reply is checked, its prompt read from the database and its "
+        "upstream request built and sent",
+        "streaming": "every reply's chunks are fanned out",
+        "ending": "each reply is stored with its usage, one write transaction each",
+    }
+    worst = max(a.PHASES, key=lambda phase: medians[phase] or 0.0)
+    if medians[worst] is not None:
+        text += f"Acks wait longest while replies are {worst}, when {work[worst]}. "
     for other in others:
         text += (
             f"Without batching (`AI_CHUNK_INTERVAL_SECONDS` {other.interval}) the server sent "
