@@ -7,8 +7,8 @@
 // also counts from: every token it streams is " " + its send time in tenths of a ms,
 // base 36, so each token's latency is its receipt time minus its own send time, however
 // the server batched it into `ai:chunk`s.
-import { createInterface } from "node:readline";
 import { io } from "socket.io-client";
+import { serve } from "./driver.mjs";
 import { Histogram } from "./histogram.mjs";
 
 const DEFAULT_TIMEOUT_MS = 120_000;
@@ -252,25 +252,4 @@ function closeAll() {
 
 const handlers = { connect, run: runOnce, close: closeAll };
 
-const reply = (obj) => new Promise((resolve) => process.stdout.write(JSON.stringify(obj) + "\n", resolve));
-
-let queue = Promise.resolve();
-const input = createInterface({ input: process.stdin, terminal: false });
-input.on("line", (line) => {
-  if (!line.trim()) return;
-  queue = queue.then(async () => {
-    let req;
-    try { req = JSON.parse(line); } catch { return reply({ ok: false, error: "bad JSON" }); }
-    if (req.op === "exit") { closeAll(); await reply({ ok: true }); process.exit(0); }
-    const handler = handlers[req.op];
-    if (!handler) return reply({ ok: false, error: `unknown op ${JSON.stringify(req.op)}` });
-    try {
-      await reply(await handler(req));
-    } catch (err) {
-      await reply({ ok: false, error: String(err?.stack ?? err) });
-    }
-  });
-});
-input.on("close", () => process.exit(0));
-process.on("SIGTERM", () => process.exit(0));
-process.on("uncaughtException", (err) => console.error("aigen:", err));
+serve("aigen", handlers, closeAll);

@@ -1,8 +1,8 @@
 // Load generator worker for the benchmarks. Driven by its parent with
 // line-delimited JSON on stdin; exactly one JSON reply line per request on
 // stdout (diagnostics go to stderr only). See README.md for the protocol.
-import { createInterface } from "node:readline";
 import { io } from "socket.io-client";
+import { serve } from "./driver.mjs";
 import { Histogram } from "./histogram.mjs";
 
 const ORIGIN = performance.timeOrigin;
@@ -211,26 +211,4 @@ const handlers = {
   },
 };
 
-const reply = (obj) => new Promise((resolve) => process.stdout.write(JSON.stringify(obj) + "\n", resolve));
-
-// Requests run one at a time, in order, so replies match requests line for line.
-let queue = Promise.resolve();
-const input = createInterface({ input: process.stdin, terminal: false });
-input.on("line", (line) => {
-  if (!line.trim()) return;
-  queue = queue.then(async () => {
-    let req;
-    try { req = JSON.parse(line); } catch { return reply({ ok: false, error: "bad JSON" }); }
-    if (req.op === "exit") { closeAll(); await reply({ ok: true }); process.exit(0); }
-    const handler = handlers[req.op];
-    if (!handler) return reply({ ok: false, error: `unknown op ${JSON.stringify(req.op)}` });
-    try {
-      await reply(await handler(req));
-    } catch (err) {
-      await reply({ ok: false, error: String(err?.stack ?? err) });
-    }
-  });
-});
-input.on("close", () => process.exit(0)); // the parent is gone: nobody to reply to
-process.on("SIGTERM", () => process.exit(0));
-process.on("uncaughtException", (err) => console.error("loadgen:", err));
+serve("loadgen", handlers, closeAll);
