@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 from sqlalchemy import text
 
@@ -29,6 +29,7 @@ from roomclient import DocumentClient, RoomClient
 from storage.db import create_engine
 from storage.migrate import upgrade
 from storage.models import Base
+from tests.fake_anthropic import FakeAnthropic
 from tests.helpers import Api, User
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
@@ -302,3 +303,25 @@ def open_document(
         return await open_document_on(client, user, document_id)
 
     return open_client
+
+
+# --- the local stand-in for the Anthropic Messages API (tests/fake_anthropic.py) ------
+
+
+@pytest.fixture
+async def anthropic_server() -> AsyncIterator[tuple[FakeAnthropic, str]]:
+    fake = FakeAnthropic()
+    server = TestServer(fake.app, host="127.0.0.1")
+    await server.start_server()
+    yield fake, str(server.make_url("")).rstrip("/")
+    await server.close()
+
+
+@pytest.fixture
+async def claude(
+    anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory
+) -> tuple[FakeAnthropic, Api]:
+    """The app with Claude configured, pointed at the local stand-in."""
+    fake, url = anthropic_server
+    client = await start_app(anthropic_api_key="test-key", anthropic_base_url=url)
+    return fake, Api(client)

@@ -135,6 +135,16 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+def equal(actual: object, expected: object) -> None:
+    """An assertion for ``eventually``."""
+    assert actual == expected, (actual, expected)
+
+
+def truthy(value: object) -> None:
+    """An assertion for ``eventually``."""
+    assert value, value
+
+
 # --- tokens as an attacker or another issuer would make them ----------------------------
 
 
