@@ -317,11 +317,25 @@ async def anthropic_server() -> AsyncIterator[tuple[FakeAnthropic, str]]:
     await server.close()
 
 
+ClaudeFactory = Callable[..., Awaitable[tuple[FakeAnthropic, Api]]]
+
+
 @pytest.fixture
-async def claude(
+def start_claude(
     anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory
-) -> tuple[FakeAnthropic, Api]:
-    """The app with Claude configured, pointed at the local stand-in."""
+) -> ClaudeFactory:
+    """``await start_claude(**settings)``: the app with Claude configured, pointed at the
+    local stand-in, with setting overrides."""
     fake, url = anthropic_server
-    client = await start_app(anthropic_api_key="test-key", anthropic_base_url=url)
-    return fake, Api(client)
+
+    async def start(**settings: Any) -> tuple[FakeAnthropic, Api]:
+        client = await start_app(anthropic_api_key="test-key", anthropic_base_url=url, **settings)
+        return fake, Api(client)
+
+    return start
+
+
+@pytest.fixture
+async def claude(start_claude: ClaudeFactory) -> tuple[FakeAnthropic, Api]:
+    """The app with Claude configured, on its default settings."""
+    return await start_claude()

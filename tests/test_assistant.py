@@ -9,7 +9,7 @@ import pytest
 from roomclient import CommandError
 from storage.models import GlobalRole
 from tests.assistant_support import ask, of, room_of_two, streamed
-from tests.conftest import AppFactory, ClientFactory, ConnectOn
+from tests.conftest import ClaudeFactory, ClientFactory, ConnectOn
 from tests.fake_anthropic import FakeAnthropic, Plan
 from tests.helpers import Api, eventually, truthy
 
@@ -104,13 +104,9 @@ async def test_a_client_joining_mid_reply_gets_the_text_so_far_then_the_tail(
 
 
 async def test_one_reply_per_room_viewers_cannot_ask_and_the_budget_holds(
-    anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory, connect_on: ConnectOn
+    start_claude: ClaudeFactory, connect_on: ConnectOn
 ) -> None:
-    fake, url = anthropic_server
-    client = await start_app(
-        anthropic_api_key="k", anthropic_base_url=url, ai_daily_tokens_per_user=50
-    )
-    api = Api(client)
+    fake, api = await start_claude(ai_daily_tokens_per_user=50)
     fake.plan(Plan(tokens=["slow "] * 30, delay=0.02, input_tokens=40))
     _, _, doc_id, a, viewer = await room_of_two(api, connect_on(api), member_role="viewer")
     first = await ask(a, doc_id, "one")
@@ -165,12 +161,9 @@ async def test_usage_and_cost_per_user_admins_see_everyone(
 
 
 async def test_without_time_batching_every_token_is_a_chunk_and_the_text_is_the_same(
-    anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory, connect_on: ConnectOn
+    start_claude: ClaudeFactory, connect_on: ConnectOn
 ) -> None:
-    fake, url = anthropic_server
-    api = Api(
-        await start_app(anthropic_api_key="k", anthropic_base_url=url, ai_chunk_interval_seconds=0)
-    )
+    fake, api = await start_claude(ai_chunk_interval_seconds=0)
     tokens = [f"w{i} " for i in range(30)]
     fake.plan(Plan(tokens=tokens))
     _, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
@@ -208,17 +201,13 @@ async def test_a_client_that_reconnects_mid_reply_ends_with_the_whole_text(
 
 
 async def test_the_prompt_holds_the_recent_chat_within_budget_and_the_document_cut(
-    anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory, connect_on: ConnectOn
+    start_claude: ClaudeFactory, connect_on: ConnectOn
 ) -> None:
-    fake, url = anthropic_server
-    client = await start_app(
-        anthropic_api_key="k",
-        anthropic_base_url=url,
+    fake, api = await start_claude(
         ai_context_tokens=256,  # ~1,000 characters of chat
         ai_document_chars=50,
         ai_system_prompt="Be brief.",
     )
-    api = Api(client)
     ann, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
     content = f"/api/v1/documents/{doc_id}/content"
     await api.call("POST", content, user=ann, json={"text": "D" * 80, "mode": "append"})
@@ -238,10 +227,9 @@ async def test_the_prompt_holds_the_recent_chat_within_budget_and_the_document_c
 
 
 async def test_a_user_may_stream_only_so_many_replies_at_once(
-    anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory, connect_on: ConnectOn
+    start_claude: ClaudeFactory, connect_on: ConnectOn
 ) -> None:
-    fake, url = anthropic_server
-    api = Api(await start_app(anthropic_api_key="k", anthropic_base_url=url, ai_replies_per_user=1))
+    fake, api = await start_claude(ai_replies_per_user=1)
     fake.plan(Plan(tokens=["slow "] * 50, delay=0.02))
     ann = await api.user("ann")
     first, second = await api.document(ann, "one"), await api.document(ann, "two")

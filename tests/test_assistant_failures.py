@@ -9,7 +9,7 @@ import pytest
 from app.keys import ASSISTANT
 from roomclient import CommandError
 from tests.assistant_support import ask, ask_while_open, of, room_of_two
-from tests.conftest import AppFactory, ConnectOn
+from tests.conftest import AppFactory, ClaudeFactory, ConnectOn
 from tests.fake_anthropic import FakeAnthropic, Plan
 from tests.helpers import Api, eventually, truthy
 
@@ -55,13 +55,9 @@ async def test_a_dropped_stream_stores_the_partial_reply_as_failed(
 
 
 async def test_retries_wait_as_asked_but_never_longer_than_the_cap(
-    anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory, connect_on: ConnectOn
+    start_claude: ClaudeFactory, connect_on: ConnectOn
 ) -> None:
-    fake, url = anthropic_server
-    client = await start_app(
-        anthropic_api_key="k", anthropic_base_url=url, ai_retry_max_wait_seconds=0.1
-    )
-    api = Api(client)
+    fake, api = await start_claude(ai_retry_max_wait_seconds=0.1)
     # The SDK alone would sleep the 30 s it is told to.
     fake.plan(Plan(status=429, retry_after=30), Plan(status=529), Plan())
     _, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
@@ -72,16 +68,9 @@ async def test_retries_wait_as_asked_but_never_longer_than_the_cap(
 
 
 async def test_a_retry_that_would_outlast_the_deadline_fails_the_reply_at_once(
-    anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory, connect_on: ConnectOn
+    start_claude: ClaudeFactory, connect_on: ConnectOn
 ) -> None:
-    fake, url = anthropic_server
-    client = await start_app(
-        anthropic_api_key="k",
-        anthropic_base_url=url,
-        ai_deadline_seconds=5,
-        ai_retry_max_wait_seconds=10,
-    )
-    api = Api(client)
+    fake, api = await start_claude(ai_deadline_seconds=5, ai_retry_max_wait_seconds=10)
     fake.plan(Plan(status=529, retry_after=30))
     _, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
     reply_id = await ask(a, doc_id, "Are you there?")
@@ -94,17 +83,11 @@ async def test_a_retry_that_would_outlast_the_deadline_fails_the_reply_at_once(
 
 
 async def test_one_deadline_bounds_the_reply_and_all_its_retries(
-    anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory, connect_on: ConnectOn
+    start_claude: ClaudeFactory, connect_on: ConnectOn
 ) -> None:
-    fake, url = anthropic_server
-    client = await start_app(
-        anthropic_api_key="k",
-        anthropic_base_url=url,
-        ai_deadline_seconds=1,
-        ai_max_retries=1000,
-        ai_retry_max_wait_seconds=0.05,
+    fake, api = await start_claude(
+        ai_deadline_seconds=1, ai_max_retries=1000, ai_retry_max_wait_seconds=0.05
     )
-    api = Api(client)
     fake.plan(Plan(status=429, retry_after=0.05))
     _, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
     reply_id = await ask(a, doc_id, "Now?")
@@ -139,17 +122,11 @@ async def test_a_refused_request_is_not_retried(
 
 
 async def test_the_circuit_breaker_fails_fast_then_recovers_by_itself(
-    anthropic_server: tuple[FakeAnthropic, str], start_app: AppFactory, connect_on: ConnectOn
+    start_claude: ClaudeFactory, connect_on: ConnectOn
 ) -> None:
-    fake, url = anthropic_server
-    client = await start_app(
-        anthropic_api_key="k",
-        anthropic_base_url=url,
-        ai_max_retries=0,
-        ai_breaker_failures=2,
-        ai_breaker_reset_seconds=0.5,
+    fake, api = await start_claude(
+        ai_max_retries=0, ai_breaker_failures=2, ai_breaker_reset_seconds=0.5
     )
-    api = Api(client)
     fake.plan(Plan(status=500))
     _, _, doc_id, a, _ = await room_of_two(api, connect_on(api))
     for question in ("one", "two"):
