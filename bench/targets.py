@@ -67,12 +67,13 @@ def _relay_target(name: str, server: ServerProcess) -> Target:
     return Target(
         name=name,
         server=server,
-        join={"event": "join", "payload": {"room": "bench"}},
+        # A room id as long as roomserver's document ids (the relays echo it).
+        join={"event": "join", "payload": {"room": str(uuid.uuid4())}},
         send_event="broadcast",
         template={},
         path=[],
         listen="broadcast",
-        extract=[],
+        extract=["state"],
     )
 
 

@@ -2,7 +2,8 @@
 
 ``python -m bench.servers.plain_socketio PORT``. Events as in bench/node/server.mjs:
 ``join {room}`` (acked) and ``broadcast`` (to the room, the sender excepted).
-Library defaults throughout: that is what the comparison is about.
+Library defaults throughout: that is what the comparison is about. A broadcast goes
+out in the envelope roomserver's ``presence:state`` has, as bench/node/server.mjs does.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 
 import socketio
 from aiohttp import web
+
+USER_ID = "00000000-0000-4000-8000-000000000000"  # as long as roomserver's ids
 
 
 def create_app() -> web.Application:
@@ -24,7 +27,9 @@ def create_app() -> web.Application:
         return {"ok": True}
 
     async def broadcast(sid: str, data: Any) -> None:
-        await sio.emit("broadcast", data, room=rooms.get(sid), skip_sid=sid)
+        room = rooms.get(sid)
+        envelope = {"document_id": room, "user_id": USER_ID, "connection_id": sid, "state": data}
+        await sio.emit("broadcast", envelope, room=room, skip_sid=sid)
 
     async def disconnect(sid: str, reason: str | None = None) -> None:
         rooms.pop(sid, None)
