@@ -84,6 +84,7 @@ async def _create_user(settings: Settings, username: str, password: str, role: s
     from app.auth.tokens import token_codec
     from app.errors import AppError
     from app.services.auth import AuthService
+    from app.services.cache import ExpiringCache
     from storage.db import create_engine, create_sessionmaker
     from storage.models import GlobalRole
 
@@ -97,7 +98,11 @@ async def _create_user(settings: Settings, username: str, password: str, role: s
     engine = create_engine(settings.resolved_database_url)
     try:
         service = AuthService(
-            create_sessionmaker(engine), token_codec(settings), Passwords(), allow_registration=True
+            create_sessionmaker(engine),
+            token_codec(settings),
+            Passwords(),
+            ExpiringCache(ttl=0, max_entries=1),
+            allow_registration=True,
         )
         user = await service.create_user(
             credentials.username, credentials.password, GlobalRole(role)

@@ -175,6 +175,24 @@ class Settings(BaseSettings):
     socket_ping_timeout_seconds: float = Field(
         20, gt=0, description="Engine.IO ping timeout (see the interval)."
     )
+    access_cache_seconds: float = Field(
+        30,
+        ge=0,
+        description="How long a process keeps what it read of an account or a membership "
+        "(changes made through this process apply at once; others after this long).",
+    )
+    delivery_max_buffered_bytes: int = Field(
+        1024 * 1024,
+        ge=4096,
+        description="Bytes of events one connection may have waiting (beyond its socket "
+        "buffer and the next event) before it is closed as a slow consumer.",
+    )
+    delivery_max_buffered_events: int = Field(
+        10_000,
+        ge=16,
+        description="Events one connection may have waiting before it is closed as a "
+        "slow consumer (replaced and merged events count once).",
+    )
     chat_message_max_chars: int = Field(4000, ge=1, description="Longest chat message.")
     history_page_size: int = Field(
         100,

@@ -1,30 +1,63 @@
 """How services announce what happened, without knowing about Socket.IO.
 
 ``realtime`` implements ``Broadcaster``; services receive it at construction and
-call it after their transaction commits. ``NullBroadcaster`` serves processes
-without live connections (the command line).
+call it after their transaction commits. Handing an event over is synchronous: the
+broadcaster queues it for every recipient and returns, so a service may do it while
+it holds a lock that orders its events (chat's room lock) without waiting for any
+network. ``NullBroadcaster`` serves processes without live connections (the
+command line).
+
+Every event says what kind it is (``EventClass``): that decides what happens to it
+for a connection that falls behind (docs/protocol.md §5.10).
 """
 
 from __future__ import annotations
 
+import enum
 import uuid
+from collections.abc import Hashable
 from typing import Any, Protocol
 
 from storage.models import DocumentRole
 
 
+class EventClass(enum.StrEnum):
+    """What an event is to a connection that cannot keep up with its room.
+
+    ``CONTROL`` and ``CHAT`` are never dropped: a connection too far behind for them
+    is closed (``slow_consumer``) and catches up when it comes back. The others are
+    state whose latest value is all a late reader needs: a newer event with the same
+    key replaces (``PRESENCE``, ``TYPING``) or merges with (``AI_CHUNK``, ``DOCUMENT``,
+    ``AWARENESS``) one still waiting.
+    """
+
+    CONTROL = "control"  # acks, connection and session events, roles, removals, errors
+    CHAT = "chat"  # chat messages, edits, deletions; an assistant reply's start and end
+    PRESENCE = "presence"  # who is here and their state: latest per user or connection
+    TYPING = "typing"  # latest per user
+    AI_CHUNK = "ai_chunk"  # chunks of one assistant reply: joined into one
+    DOCUMENT = "document"  # Yjs updates of one document: merged into one
+    AWARENESS = "awareness"  # Yjs awareness of one document: latest per client id
+
+
 class Broadcaster(Protocol):
-    async def to_room(
+    def to_room(
         self,
         document_id: uuid.UUID,
         event: str,
         data: dict[str, Any],
         *,
+        kind: EventClass,
+        key: Hashable = None,
         skip_connection: str | None = None,
     ) -> None:
-        """Deliver ``event`` to every connection that joined the document's room."""
+        """Deliver ``event`` to every connection that joined the document's room.
 
-    async def document_updated(
+        ``key`` says which earlier event of a replaceable or mergeable ``kind`` this
+        one supersedes (a reply id for ``AI_CHUNK``, a user id for ``TYPING``...).
+        """
+
+    def document_updated(
         self, document_id: uuid.UUID, update: bytes, *, skip_connection: str | None = None
     ) -> None:
         """Deliver a stored Yjs update to every open copy of the document."""
@@ -42,17 +75,19 @@ class Broadcaster(Protocol):
 
 
 class NullBroadcaster:
-    async def to_room(
+    def to_room(
         self,
         document_id: uuid.UUID,
         event: str,
         data: dict[str, Any],
         *,
+        kind: EventClass,
+        key: Hashable = None,
         skip_connection: str | None = None,
     ) -> None:
         return None
 
-    async def document_updated(
+    def document_updated(
         self, document_id: uuid.UUID, update: bytes, *, skip_connection: str | None = None
     ) -> None:
         return None

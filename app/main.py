@@ -37,17 +37,22 @@ from app.keys import (
 from app.metrics import Metrics
 from app.services.ai_limits import AssistantLimits, Prices
 from app.services.assistant import Assistant
-from app.services.auth import AuthService
+from app.services.auth import Accounts, AuthService
+from app.services.cache import ExpiringCache
 from app.services.chat import ChatService
-from app.services.documents import DocumentService
+from app.services.documents import DocumentService, Memberships
 from app.services.live_documents import Limits, LiveDocuments
 from app.services.responders import AnthropicResponder, OfflineResponder, Responder
 from app.services.users import UserService
-from realtime.server import create_realtime, shutdown
+from realtime.server import shutdown
+from realtime.wiring import create_realtime
 from storage.db import create_engine, create_sessionmaker
 from storage.migrate import current_revision, head_revision
 
 log = logging.getLogger(__name__)
+
+# Accounts and memberships a process keeps in memory at most (each a few hundred bytes).
+ACCESS_CACHE_ENTRIES = 50_000
 
 
 class NotMigrated(RuntimeError):
@@ -60,7 +65,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares.insert(1, cors(settings.cors_origins))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
-    app[METRICS] = Metrics()
+    app[METRICS] = metrics = Metrics()
     app[DRAINING] = asyncio.Event()
     codec = token_codec(settings)
 
@@ -78,10 +83,20 @@ def create_app(settings: Settings) -> web.Application:
             sessions = create_sessionmaker(engine)
             app[ENGINE] = engine
             app[SESSIONS] = sessions
-            app[AUTH_SERVICE] = AuthService(
-                sessions, codec, Passwords(), allow_registration=settings.allow_registration
+            accounts: Accounts = ExpiringCache(
+                ttl=settings.access_cache_seconds, max_entries=ACCESS_CACHE_ENTRIES
             )
-            app[USER_SERVICE] = UserService(sessions, broadcaster)
+            memberships: Memberships = ExpiringCache(
+                ttl=settings.access_cache_seconds, max_entries=ACCESS_CACHE_ENTRIES
+            )
+            app[AUTH_SERVICE] = AuthService(
+                sessions,
+                codec,
+                Passwords(),
+                accounts,
+                allow_registration=settings.allow_registration,
+            )
+            app[USER_SERVICE] = UserService(sessions, broadcaster, accounts)
             live_documents = LiveDocuments(
                 sessions,
                 broadcaster,
@@ -94,9 +109,11 @@ def create_app(settings: Settings) -> web.Application:
                 ),
             )
             app[LIVE_DOCUMENTS] = live_documents
-            app[DOCUMENT_SERVICE] = DocumentService(sessions, broadcaster, live_documents)
+            app[DOCUMENT_SERVICE] = DocumentService(
+                sessions, broadcaster, live_documents, memberships
+            )
             app[CHAT_SERVICE] = chat = ChatService(
-                sessions, broadcaster, page_size=settings.history_page_size
+                sessions, broadcaster, memberships, page_size=settings.history_page_size
             )
             responder = make_responder(settings)
             app[ASSISTANT] = assistant = Assistant(
@@ -121,7 +138,7 @@ def create_app(settings: Settings) -> web.Application:
             await client.aclose()
 
     # The realtime layer is what services broadcast through.
-    realtime, broadcaster = create_realtime(app, settings)
+    realtime, broadcaster = create_realtime(app, settings, metrics)
     app.cleanup_ctx.append(database)
     if settings.redis_url:
         app.cleanup_ctx.append(redis)
@@ -130,7 +147,8 @@ def create_app(settings: Settings) -> web.Application:
         # Phase one of shutdown: refuse readiness, end live connections. The
         # cleanup contexts (phase two) then close the pools. Safe to run twice.
         app[DRAINING].set()
-        await shutdown(realtime, timeout=settings.shutdown_timeout_seconds)
+        await shutdown(realtime.sio, timeout=settings.shutdown_timeout_seconds)
+        await realtime.close()
 
     app.on_shutdown.append(drain)
     api.install(app)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -43,5 +47,58 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.delivery_replaced = Counter(
+            "delivery_replaced_total",
+            "Events that replaced a waiting one with the same key (latest wins), by class.",
+            ["class"],
+            registry=self.registry,
+        )
+        self.delivery_merged = Counter(
+            "delivery_merged_total",
+            "Events merged into a waiting one (AI chunks, Yjs updates, awareness), by class.",
+            ["class"],
+            registry=self.registry,
+        )
+        self.delivery_dropped = Counter(
+            "delivery_dropped_total",
+            "Events dropped with the backlog of a connection closed as a slow consumer.",
+            ["class"],
+            registry=self.registry,
+        )
+        self.delivery_slow_consumers = Counter(
+            "delivery_slow_consumers_total",
+            "Connections closed because their backlog passed its bound (slow_consumer).",
+            registry=self.registry,
+        )
+        self.buffered = BufferedBytes()
+        self.registry.register(self.buffered)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class BufferedBytes(Collector):
+    """``delivery_buffered_bytes``: the backlog of every open connection, as a histogram
+    read when scraped (nothing is observed on the delivery path)."""
+
+    BUCKETS = (0, 1024, 16_384, 65_536, 262_144, 1_048_576, 4_194_304)
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[int]] = lambda: ()
+
+    def collect(self) -> Iterator[Metric]:
+        counts = [0] * len(self.BUCKETS)
+        total = count = 0
+        for size in self.source():
+            total += size
+            count += 1
+            for index, bound in enumerate(self.BUCKETS):
+                if size <= bound:
+                    counts[index] += 1
+        cumulative = [(str(bound), n) for bound, n in zip(self.BUCKETS, counts, strict=True)]
+        yield HistogramMetricFamily(
+            "delivery_buffered_bytes",
+            "Bytes waiting in each open connection's outbox (beyond its socket buffer).",
+            buckets=[*cumulative, ("+Inf", count)],
+            sum_value=total,
+        )

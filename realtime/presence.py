@@ -15,8 +15,10 @@ from typing import Any
 @dataclass
 class PresentUser:
     username: str
-    # sid -> latest state (cursor, selection, status); {} until the client sets one
-    connections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    connections: set[str] = field(default_factory=set)
+    # sid -> latest state (cursor, selection, status), for the connections that set one:
+    # a join lists these, not every connection (that made a room's joins cost O(N^2)).
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Presence:
@@ -32,7 +34,7 @@ class Presence:
         first = user is None
         if user is None:
             user = users[user_id] = PresentUser(username)
-        user.connections.setdefault(sid, {})
+        user.connections.add(sid)
         return first
 
     async def leave(self, document_id: uuid.UUID, user_id: uuid.UUID, sid: str) -> bool:
@@ -41,7 +43,8 @@ class Presence:
         user = users.get(user_id)
         if user is None or sid not in user.connections:
             return False
-        del user.connections[sid]
+        user.connections.discard(sid)
+        user.states.pop(sid, None)
         if user.connections:
             return False
         del users[user_id]
@@ -55,7 +58,10 @@ class Presence:
         user = self._rooms.get(document_id, {}).get(user_id)
         if user is None or sid not in user.connections:
             return False
-        user.connections[sid] = state
+        if state:
+            user.states[sid] = state
+        else:
+            user.states.pop(sid, None)
         return True
 
     async def snapshot(self, document_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -70,9 +76,7 @@ class Presence:
                 "username": user.username,
                 "connection_count": len(user.connections),
                 "connections": [
-                    {"connection_id": sid, "state": state}
-                    for sid, state in user.connections.items()
-                    if state
+                    {"connection_id": sid, "state": state} for sid, state in user.states.items()
                 ],
             }
             for user_id, user in self._rooms.get(document_id, {}).items()

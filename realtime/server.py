@@ -1,40 +1,130 @@
-"""The Socket.IO server mounted on the aiohttp application at ``/socket.io/``."""
+"""The Socket.IO server mounted on the aiohttp application at ``/socket.io/``.
+
+python-socketio stays the protocol layer (namespaces, connect and auth, packets,
+acks); what it sends leaves through each connection's delivery ``Outbox``, and what
+the application sends goes through ``Delivery`` only: this server refuses
+python-socketio's own emit and rooms.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
+import orjson
 import socketio
 from aiohttp import web
 
 from app.config import Settings
-from realtime.broadcaster import SocketBroadcaster
+from app.metrics import Metrics
+from app.wire import ServerEvent
 from realtime.commands import ack_requested
-from realtime.namespaces.main import MainNamespace
-from realtime.namespaces.yjs import YjsNamespace
-from realtime.state import Realtime
+from realtime.delivery import Delivery, Limits
+from realtime.delivery.encoding import Encoded, encode_event
+from realtime.delivery.manager import DeliveryManager
+from realtime.delivery.metrics import DeliveryMetrics
+from realtime.engine.server import EngineServer
 
 log = logging.getLogger(__name__)
 
+# What a connection keeps of its handshake's environ: python-socketio holds it for the
+# connection's life, and the full one holds aiohttp's request (and its headers).
+DURABLE_ENVIRON = ("REMOTE_ADDR", "HTTP_USER_AGENT", "HTTP_ORIGIN", "HTTP_X_FORWARDED_FOR")
+SLOW_CONSUMER_MESSAGE = "the connection fell too far behind its rooms; reconnect to catch up"
+
+
+class _OrjsonModule:
+    """python-socketio's ``json=``: the stdlib's interface, orjson's speed."""
+
+    @staticmethod
+    def dumps(obj: Any, **_options: Any) -> str:
+        return orjson.dumps(obj).decode()
+
+    loads = staticmethod(orjson.loads)
+
 
 class RoomServer(socketio.AsyncServer):  # type: ignore[misc]
-    """Records, for each incoming event, whether the client asked for an ack."""
+    manager: DeliveryManager
+
+    def __init__(
+        self, delivery: Delivery, *, outbox_limits: Limits, metrics: DeliveryMetrics, **options: Any
+    ) -> None:
+        super().__init__(
+            client_manager=DeliveryManager(delivery),
+            json=_OrjsonModule,
+            async_mode="aiohttp",
+            outbox_limits=outbox_limits,
+            delivery_metrics=metrics,
+            **options,
+        )
+        self.eio.farewell = self._farewell
+
+    def _engineio_server_class(self) -> type[EngineServer]:
+        return EngineServer
 
     async def _handle_event_internal(
         self, server: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: Any
     ) -> None:
-        # Each event runs in a task of its own, so this does not leak across events.
+        # Records, for each incoming event, whether the client asked for an ack. Each
+        # event runs in a task of its own, so this does not leak across events.
         ack_requested.set(id is not None)
         await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
 
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        request: web.Request = environ["aiohttp.request"]
+        durable = {key: environ[key] for key in DURABLE_ENVIRON if key in environ}
+        durable["REMOTE_ADDR"] = request.remote or ""
+        await super()._handle_eio_connect(eio_sid, durable)
 
-def create_realtime(app: web.Application, settings: Settings) -> tuple[Realtime, SocketBroadcaster]:
-    """Build the server, register the namespaces and attach it to ``app``."""
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        # python-socketio's visits every namespace of the server (one per open document).
+        for namespace in self.manager.namespaces_of(eio_sid):
+            await self._handle_disconnect(eio_sid, namespace, reason)
+        self.environ.pop(eio_sid, None)
+
+    def _farewell(self, eio_sid: str, code: str) -> list[Encoded]:
+        """``session:ended`` on each namespace of a connection about to be closed."""
+        notice = {"code": code, "message": SLOW_CONSUMER_MESSAGE}
+        return [
+            encode_event(namespace, ServerEvent.SESSION_ENDED, notice)
+            for namespace in self.manager.namespaces_of(eio_sid)
+        ]
+
+    # One way out: these would bypass delivery.
+    async def emit(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise NotImplementedError("send through realtime.delivery.Delivery")
+
+    async def send(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise NotImplementedError("send through realtime.delivery.Delivery")
+
+    async def call(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise NotImplementedError("send through realtime.delivery.Delivery")
+
+    async def enter_room(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise NotImplementedError("rooms live in realtime.delivery.Delivery")
+
+    async def leave_room(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise NotImplementedError("rooms live in realtime.delivery.Delivery")
+
+
+def create_server(
+    app: web.Application, settings: Settings, delivery: Delivery, metrics: Metrics
+) -> RoomServer:
+    """The Socket.IO server, attached to ``app`` (namespaces are registered by the caller)."""
     origins = settings.cors_origins
     sio = RoomServer(
-        async_mode="aiohttp",
+        delivery,
+        outbox_limits=Limits(
+            max_bytes=settings.delivery_max_buffered_bytes,
+            max_events=settings.delivery_max_buffered_events,
+        ),
+        metrics=DeliveryMetrics(
+            metrics.delivery_replaced,
+            metrics.delivery_merged,
+            metrics.delivery_dropped,
+            metrics.delivery_slow_consumers,
+        ),
         # None: same origin only (python-socketio's default); "*" or a list otherwise.
         cors_allowed_origins="*" if "*" in origins else (origins or None),
         ping_interval=settings.socket_ping_interval_seconds,
@@ -42,26 +132,23 @@ def create_realtime(app: web.Application, settings: Settings) -> tuple[Realtime,
         # Any namespace may be asked for: documents live at /yjs|<id> (YjsNamespace
         # refuses every other name).
         namespaces="*",
-        # Room for the largest Yjs update plus its framing; beyond this Engine.IO
-        # drops the connection instead of our refusing the update.
+        # Room for the largest Yjs update plus its framing; beyond this the connection
+        # is closed instead of our refusing the update.
         max_http_buffer_size=max(1_000_000, settings.yjs_max_update_bytes + 64 * 1024),
         logger=False,
         engineio_logger=False,
     )
-    rt = Realtime(sio=sio, app=app, settings=settings)
-    sio.register_namespace(MainNamespace(rt))
-    sio.register_namespace(YjsNamespace(rt))
+    metrics.buffered.source = delivery.buffered
     sio.attach(app, socketio_path="socket.io")
-    return rt, SocketBroadcaster(rt)
+    return sio
 
 
-async def shutdown(rt: Realtime, *, timeout: float) -> None:  # noqa: ASYNC109 (bounds one step)
+async def shutdown(sio: RoomServer, *, timeout: float) -> None:  # noqa: ASYNC109 (bounds one step)
     """Close every client connection (shutdown's first phase); safe to call twice.
 
     A polling client that never polls again would never collect its close packet:
     the wait for them is bounded by ``timeout``.
     """
-    sio = rt.sio
     if sio.eio.sockets:
         log.info("disconnecting %d socket clients", len(sio.eio.sockets))
         try:
@@ -69,4 +156,3 @@ async def shutdown(rt: Realtime, *, timeout: float) -> None:  # noqa: ASYNC109 (
         except TimeoutError:
             log.warning("some socket clients did not take their close packet in %.1fs", timeout)
     await sio.shutdown()
-    await rt.close()

@@ -9,30 +9,44 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import socketio
 from aiohttp import web
 
 from app.config import Settings
+from app.events import EventClass
 from app.keys import ASSISTANT, AUTH_SERVICE, CHAT_SERVICE
 from app.services.assistant import Assistant
 from app.services.auth import AuthService
 from app.services.chat import ChatService
 from app.wire import ServerEvent
 from realtime.connections import Connection, Connections
+from realtime.delivery import Delivery, Event
 from realtime.presence import Presence
+from realtime.server import RoomServer
 from realtime.typing_indicators import TypingIndicators
 from realtime.yjs_connections import YjsConnections
 
 log = logging.getLogger(__name__)
 
 
-def room_name(document_id: uuid.UUID) -> str:
-    return f"doc:{document_id}"
+def room_of(document_id: uuid.UUID) -> tuple[str, uuid.UUID]:
+    """A document's room on the default namespace (chat, presence, the assistant)."""
+    return ("doc", document_id)
+
+
+def yjs_room_of(document_id: uuid.UUID) -> tuple[str, uuid.UUID]:
+    """A document's connections on its ``/yjs|<id>`` namespace."""
+    return ("yjs", document_id)
+
+
+def user_room_of(user_id: uuid.UUID) -> tuple[str, uuid.UUID]:
+    """Every default-namespace connection of a user."""
+    return ("user", user_id)
 
 
 @dataclass(eq=False)
 class Realtime:
-    sio: socketio.AsyncServer
+    sio: RoomServer
+    delivery: Delivery
     app: web.Application
     settings: Settings
     connections: Connections = field(default_factory=Connections)
@@ -50,7 +64,8 @@ class Realtime:
 
     def _typing_expired(self, document_id: uuid.UUID, user_id: uuid.UUID) -> None:
         data = {"document_id": str(document_id), "user_id": str(user_id), "typing": False}
-        self.spawn(self.emit(ServerEvent.TYPING, data, to=room_name(document_id)))
+        event = Event(ServerEvent.TYPING, data, EventClass.TYPING, key=user_id)
+        self.delivery.to_room(room_of(document_id), event)
 
     @property
     def chat(self) -> ChatService:
@@ -64,10 +79,9 @@ class Realtime:
     def auth(self) -> AuthService:
         return self.app[AUTH_SERVICE]
 
-    async def emit(
-        self, event: str, data: Any, *, to: str | None = None, skip_sid: str | None = None
-    ) -> None:
-        await self.sio.emit(event, data, to=to, skip_sid=skip_sid)
+    def to_connection(self, sid: str, event: ServerEvent, data: dict[str, Any]) -> None:
+        """A control event for one connection."""
+        self.delivery.to_connection(sid, Event(event, data, EventClass.CONTROL))
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run a coroutine from a timer callback; keep it referenced, log its failure."""

@@ -38,10 +38,10 @@ class YjsConnection:
 
 @dataclass(eq=False)
 class YjsRoom:
-    """The connections of one document in this process and their awareness."""
+    """The awareness of one document's connections in this process (who they are is
+    delivery's room ``yjs_room_of``)."""
 
     awareness: Awareness
-    sids: set[str] = field(default_factory=set)
     # Awareness client id -> the connection that announced it first. Providers
     # re-send every state they receive, so "sent it" does not mean "owns it".
     owners: dict[int, str] = field(default_factory=dict)
@@ -57,7 +57,3 @@ class YjsConnections:
 
     def of_user(self, user_id: uuid.UUID) -> list[YjsConnection]:
         return [c for c in self.by_sid.values() if c.user_id == user_id]
-
-    def of_document(self, document_id: uuid.UUID) -> list[YjsConnection]:
-        room = self.rooms.get(document_id)
-        return [self.by_sid[sid] for sid in room.sids] if room else []

@@ -95,7 +95,7 @@ class Relay(NullBroadcaster):
     def __init__(self, peers: list[Peer]) -> None:
         self.peers = peers
 
-    async def document_updated(
+    def document_updated(
         self, document_id: uuid.UUID, update: bytes, *, skip_connection: str | None = None
     ) -> None:
         for peer in self.peers:

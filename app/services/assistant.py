@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.principal import Principal
 from app.errors import AiBudgetExceeded, AiBusy, AiUnavailable, AppError, Forbidden, NotFound
-from app.events import Broadcaster
+from app.events import Broadcaster, EventClass
 from app.services.ai_limits import FREE, AssistantLimits, CircuitBreaker, Prices
 from app.services.chat import CAN_WRITE, ChatService
 from app.services.documents import membership
@@ -173,7 +173,7 @@ class Assistant:
             else None  # no batching by time: every delta is sent as it comes
         )
         try:
-            await self._emit(
+            self._emit(
                 reply,
                 ServerEvent.AI_STARTED,
                 {
@@ -207,7 +207,7 @@ class Assistant:
         else:
             self.breaker.released()
         try:
-            await self._flush(reply)
+            self._flush(reply)
             await self._finish(reply, status, error)
         finally:
             self._replies.pop(reply.id, None)
@@ -226,7 +226,7 @@ class Assistant:
                     async for delta in deltas:
                         reply.pending += delta
                         if not batched or len(reply.pending) >= self.limits.chunk_chars:
-                            await self._flush(reply)
+                            self._flush(reply)
                 return
             except UpstreamError as exc:
                 wait = self._retry_wait(reply, exc, attempt, deadline.when())
@@ -260,9 +260,9 @@ class Assistant:
     async def _flush_periodically(self, reply: Reply, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            await self._flush(reply)
+            self._flush(reply)
 
-    async def _flush(self, reply: Reply) -> None:
+    def _flush(self, reply: Reply) -> None:
         if not reply.pending:
             return
         chunk, reply.pending = reply.pending, ""
@@ -270,7 +270,7 @@ class Assistant:
         # this chunk either in the reply's text or live, never neither.
         reply.text += chunk
         reply.seq += 1
-        await self._emit(reply, ServerEvent.AI_CHUNK, {"seq": reply.seq, "text": chunk})
+        self._emit(reply, ServerEvent.AI_CHUNK, {"seq": reply.seq, "text": chunk})
 
     async def _finish(self, reply: Reply, status: str, error: AppError | None) -> None:
         usage = reply.outcome.usage
@@ -304,9 +304,9 @@ class Assistant:
             "stop_reason": reply.outcome.stop_reason,
         }
         if error is None:
-            await self._emit(reply, ServerEvent.AI_DONE, body)
+            self._emit(reply, ServerEvent.AI_DONE, body)
         else:
-            await self._emit(reply, ServerEvent.AI_ERROR, {**body, "error": error.to_body()})
+            self._emit(reply, ServerEvent.AI_ERROR, {**body, "error": error.to_body()})
 
     async def _record_usage(self, session: AsyncSession, *, reply: Reply, status: str) -> None:
         usage = reply.outcome.usage
@@ -324,11 +324,16 @@ class Assistant:
             cost_usd=self.prices.cost(usage),
         )
 
-    async def _emit(self, reply: Reply, event: ServerEvent, data: dict[str, Any]) -> None:
-        await self._broadcaster.to_room(
+    def _emit(self, reply: Reply, event: ServerEvent, data: dict[str, Any]) -> None:
+        # Chunks of one reply merge for a reader that falls behind; its start and end
+        # are kept in order with the room's chat.
+        kind = EventClass.AI_CHUNK if event is ServerEvent.AI_CHUNK else EventClass.CHAT
+        self._broadcaster.to_room(
             reply.document_id,
             event,
             {"document_id": str(reply.document_id), "reply_id": str(reply.id), **data},
+            kind=kind,
+            key=reply.id,
         )
 
     # --- context --------------------------------------------------------------------

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import re
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from app.errors import (
     UserDisabled,
     UsernameTaken,
 )
+from app.services.cache import ExpiringCache
 from storage.db import read_session
 from storage.errors import AlreadyExists
 from storage.models import GlobalRole, User
@@ -35,6 +37,28 @@ log = logging.getLogger(__name__)
 API_KEY_PREFIX = "rsk_"
 # Local usernames: 3-32 of a-z, 0-9, "_", ".", "-" (stored lower-case).
 USERNAME_PATTERN = re.compile(r"[a-z0-9_.-]{3,32}")
+
+
+# Verified access tokens kept (each is a few hundred bytes).
+VERIFIED_TOKENS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """What checking a token needs of its user (cached: every connect reads it)."""
+
+    id: uuid.UUID
+    username: str
+    role: GlobalRole
+    disabled: bool
+    tokens_valid_after: datetime | None
+
+    @classmethod
+    def of(cls, user: User) -> Account:
+        return cls(user.id, user.username, user.role, user.disabled, user.tokens_valid_after)
+
+
+Accounts = ExpiringCache[uuid.UUID, Account]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +78,20 @@ class AuthService:
         sessions: async_sessionmaker[AsyncSession],
         tokens: TokenCodec,
         passwords: Passwords,
+        accounts: Accounts,
         *,
         allow_registration: bool,
     ) -> None:
         self._sessions = sessions
         self._tokens = tokens
         self._passwords = passwords
+        # Dropped by UserService when it changes a user.
+        self._accounts = accounts
+        # Access tokens whose signature and claims were checked: a client presents the
+        # same one on every connect (and every tab); their expiry is checked each time.
+        self._verified: ExpiringCache[str, dict[str, Any]] = ExpiringCache(
+            ttl=accounts.ttl, max_entries=VERIFIED_TOKENS
+        )
         self._allow_registration = allow_registration and tokens.keys.can_issue
 
     @property
@@ -145,25 +177,32 @@ class AuthService:
                 await users_repo.revoke_family(session, stored.family_id, datetime.now(UTC))
 
     async def authenticate_token(self, token: str) -> Principal:
-        claims = self._tokens.decode(token, "access")
-        user: User | None
+        claims = self._verified.get(token)
+        if claims is None or claims["exp"] <= time.time():
+            claims = self._tokens.decode(token, "access")
+            self._verified.put(token, claims)
         if self._tokens.keys.can_issue:
-            # Every request and connection comes here: a read, beside any writer.
-            async with read_session(self._sessions) as session:
-                user = await users_repo.get_user(session, _claim_uuid(claims, "sub"))
+            # Every request and connection comes here: cached, or a read beside any writer.
+            user_id = _claim_uuid(claims, "sub")
+            account = await self._accounts.get_or_load(user_id, lambda: self._account(user_id))
         else:
             async with self._sessions.begin() as session:  # may create the user
-                user = await self._external_user(session, claims)
-        if user is None:
-            raise InvalidToken("the token's user does not exist")
-        _check_usable(user, issued_at=float(claims["iat"]))
+                account = Account.of(await self._external_user(session, claims))
+        _check_usable(account, issued_at=float(claims["iat"]))
         return Principal(
-            user_id=user.id,
-            username=user.username,
-            role=user.role,
+            user_id=account.id,
+            username=account.username,
+            role=account.role,
             via="token",
             expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
         )
+
+    async def _account(self, user_id: uuid.UUID) -> Account:
+        async with read_session(self._sessions) as session:
+            user = await users_repo.get_user(session, user_id)
+        if user is None:
+            raise InvalidToken("the token's user does not exist")
+        return Account.of(user)
 
     async def authenticate_api_key(self, key: str) -> Principal:
         async with self._sessions.begin() as session:
@@ -237,7 +276,7 @@ def _claim_uuid(claims: dict[str, Any], name: str) -> uuid.UUID:
         raise InvalidToken(f"the token's {name} is malformed") from exc
 
 
-def _check_usable(user: User, *, issued_at: float | None) -> None:
+def _check_usable(user: User | Account, *, issued_at: float | None) -> None:
     if user.disabled:
         raise UserDisabled()
     if (

@@ -20,8 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.principal import Principal
 from app.errors import Forbidden, NotFound
-from app.events import Broadcaster
-from app.services.documents import DocumentView, membership
+from app.events import Broadcaster, EventClass
+from app.services.cache import ExpiringCache
+from app.services.documents import DocumentView, Memberships, RoomAccess, membership
 from app.wire import MessageOut, ServerEvent, dump
 from storage.db import read_session
 from storage.errors import AlreadyExists
@@ -65,11 +66,17 @@ class ChatService:
         self,
         sessions: async_sessionmaker[AsyncSession],
         broadcaster: Broadcaster,
+        memberships: Memberships,
         *,
         page_size: int,
     ) -> None:
         self._sessions = sessions
         self._broadcaster = broadcaster
+        self._memberships = memberships
+        # Each room's last seq, kept by the sends of this process (under the room lock).
+        self._last_seqs: ExpiringCache[uuid.UUID, int] = ExpiringCache(
+            ttl=memberships.ttl, max_entries=memberships.max_entries
+        )
         self._locks = KeyedLocks()
         self.page_size = page_size
 
@@ -81,6 +88,24 @@ class ChatService:
         """The document and the caller's role (``NotFound`` for non-members)."""
         async with read_session(self._sessions) as session:
             return await membership(session, principal, document_id)
+
+    async def access(self, principal: Principal, document_id: uuid.UUID) -> RoomAccess:
+        """The caller's way into the room (``NotFound`` for non-members); cached."""
+
+        async def load() -> RoomAccess:
+            view = await self.member(principal, document_id)
+            return RoomAccess(view.document.id, view.document.title, view.role)
+
+        return await self._memberships.get_or_load((document_id, principal.user_id), load)
+
+    async def last_seq(self, document_id: uuid.UUID) -> int:
+        """The room's last ``seq``; call it holding ``room_lock(document_id)``."""
+
+        async def load() -> int:
+            async with read_session(self._sessions) as session:
+                return await messages_repo.last_seq(session, document_id)
+
+        return await self._last_seqs.get_or_load(document_id, load)
 
     async def missed(self, document_id: uuid.UUID, since_seq: int) -> Backlog:
         """The first page of messages after ``since_seq``, for a join that catches up.
@@ -131,7 +156,8 @@ class ChatService:
                 assert found is not None
                 return MessageOut.of(found, principal.username)
             out = MessageOut.of(message, principal.username)
-            await self._announce(ServerEvent.CHAT_MESSAGE, out, connection_id)
+            self._last_seqs.put(document_id, message.seq)
+            self._announce(ServerEvent.CHAT_MESSAGE, out, connection_id)
             return out
 
     async def post_assistant(
@@ -157,7 +183,8 @@ class ChatService:
                 if also is not None:
                     await also(session)
             out = MessageOut.of(message, None)
-            await self._announce(ServerEvent.CHAT_MESSAGE, out, None)
+            self._last_seqs.put(document_id, message.seq)
+            self._announce(ServerEvent.CHAT_MESSAGE, out, None)
             return out
 
     async def history(
@@ -206,7 +233,7 @@ class ChatService:
             message.text = text
             message.edited_at = datetime.now(UTC)
         out = MessageOut.of(message, principal.username)
-        await self._announce(ServerEvent.CHAT_EDITED, out, connection_id)
+        self._announce(ServerEvent.CHAT_EDITED, out, connection_id)
         return out
 
     async def delete(
@@ -234,15 +261,14 @@ class ChatService:
                 user = await users_repo.get_user(session, message.author_id)
                 author = user.username if user is not None else None
         out = MessageOut.of(message, author)
-        await self._announce(ServerEvent.CHAT_DELETED, out, connection_id)
+        self._announce(ServerEvent.CHAT_DELETED, out, connection_id)
         return out
 
-    async def _announce(
-        self, event: ServerEvent, message: MessageOut, connection_id: str | None
-    ) -> None:
-        await self._broadcaster.to_room(
+    def _announce(self, event: ServerEvent, message: MessageOut, connection_id: str | None) -> None:
+        self._broadcaster.to_room(
             message.document_id,
             event,
             {"document_id": str(message.document_id), "message": dump(message)},
+            kind=EventClass.CHAT,
             skip_connection=connection_id,
         )

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.auth.principal import Principal
 from app.errors import Conflict, Forbidden, NotFound, ReadOnly
 from app.events import Broadcaster
+from app.services.cache import ExpiringCache
 from app.services.live_documents import LiveDocuments
 from app.services.text_edits import TextEdit
 from storage.db import read_session
@@ -28,6 +29,19 @@ CAN_EDIT = CAN_RENAME
 class DocumentView:
     document: Document
     role: DocumentRole
+
+
+@dataclass(frozen=True, slots=True)
+class RoomAccess:
+    """A member's way into a document's room (cached: every join reads it)."""
+
+    document_id: uuid.UUID
+    title: str
+    role: DocumentRole
+
+
+# (document, user) -> access; DocumentService drops what its changes make stale.
+Memberships = ExpiringCache[tuple[uuid.UUID, uuid.UUID], RoomAccess]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +64,12 @@ class DocumentService:
         sessions: async_sessionmaker[AsyncSession],
         broadcaster: Broadcaster,
         live_documents: LiveDocuments,
+        memberships: Memberships,
     ) -> None:
         self._sessions = sessions
         self._broadcaster = broadcaster
         self._live_documents = live_documents
+        self._memberships = memberships
 
     async def create(self, principal: Principal, title: str) -> DocumentView:
         if principal.role is GlobalRole.GUEST:
@@ -90,7 +106,8 @@ class DocumentService:
                 raise Forbidden("viewers cannot rename a document")
             view.document.title = title
             await session.flush()
-            return view
+        self._forget_document(document_id)
+        return view
 
     async def delete(self, principal: Principal, document_id: uuid.UUID) -> None:
         async with self._sessions.begin() as session:
@@ -98,6 +115,7 @@ class DocumentService:
             if view.role is not DocumentRole.OWNER:
                 raise Forbidden("only the owner can delete a document")
             await documents_repo.delete_document(session, view.document)
+        self._forget_document(document_id)
         self._live_documents.forget(document_id)
         await self._broadcaster.document_deleted(document_id)
 
@@ -164,7 +182,9 @@ class DocumentService:
                 view.document.owner_id = user.id
             member, created = await documents_repo.put_member(session, document_id, user_id, role)
             result = _member_view(member.role, member.created_at, user), created
+        self._memberships.drop((document_id, user_id))
         if previous_owner is not None:
+            self._memberships.drop((document_id, previous_owner))
             await self._broadcaster.membership_changed(
                 document_id, previous_owner, DocumentRole.EDITOR
             )
@@ -184,7 +204,11 @@ class DocumentService:
                 raise Conflict("the owner cannot be removed; hand the document over first")
             if not await documents_repo.remove_member(session, document_id, user_id):
                 raise NotFound("no such member")
+        self._memberships.drop((document_id, user_id))
         await self._broadcaster.membership_changed(document_id, user_id, None)
+
+    def _forget_document(self, document_id: uuid.UUID) -> None:
+        self._memberships.drop_where(lambda key: key[0] == document_id)
 
 
 async def membership(

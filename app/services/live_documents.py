@@ -351,7 +351,7 @@ class LiveDocuments:
                 for pending in batch:
                     pending.done.set_result(pending in changed)
                 for pending in changed:
-                    await self._broadcaster.document_updated(
+                    self._broadcaster.document_updated(
                         live.id, pending.update, skip_connection=pending.origin
                     )
                 self._schedule_snapshot(live)

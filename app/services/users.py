@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.auth.principal import Principal
 from app.errors import Conflict, Forbidden, NotFound
 from app.events import Broadcaster
-from app.services.auth import AuthService, hash_api_key
+from app.services.auth import Accounts, AuthService, hash_api_key
 from storage.db import read_session
 from storage.models import ApiKey, GlobalRole, User
 from storage.repositories import users as users_repo
@@ -19,10 +19,14 @@ from storage.repositories import users as users_repo
 
 class UserService:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], broadcaster: Broadcaster
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        broadcaster: Broadcaster,
+        accounts: Accounts,
     ) -> None:
         self._sessions = sessions
         self._broadcaster = broadcaster
+        self._accounts = accounts  # what token checks cache of each user
 
     async def me(self, principal: Principal) -> User:
         async with read_session(self._sessions) as session:
@@ -72,6 +76,7 @@ class UserService:
                 user.tokens_valid_after = now
                 await users_repo.revoke_user_tokens(session, user.id, now)
             await session.flush()
+        self._accounts.drop(user.id)
         if newly_disabled:
             await self._broadcaster.user_disabled(user.id)
         return user

@@ -16,9 +16,9 @@ from app.logs import correlation_id
 from app.wire import ServerEvent, iso
 from realtime.commands import ack_requested
 from realtime.connections import Connection
-from realtime.namespaces.rooms import commands, leave_room
+from realtime.namespaces.rooms import commands, joined_rooms, leave_room
 from realtime.protocol import AuthRefresh
-from realtime.state import Call, Realtime
+from realtime.state import Call, Realtime, user_room_of
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def schedule_renewal(rt: Realtime, connection: Connection) -> None:
             "expires_at": iso(expires_at),
             "disconnect_in": round(max(expires_at.timestamp() - time.time(), 0) + grace, 3),
         }
-        rt.spawn(rt.emit(ServerEvent.AUTH_EXPIRING, data, to=connection.sid))
+        rt.to_connection(connection.sid, ServerEvent.AUTH_EXPIRING, data)
         connection.renewal = loop.call_later(
             max(expires_at.timestamp() - time.time(), 0) + grace, expire
         )
@@ -75,7 +75,7 @@ def schedule_renewal(rt: Realtime, connection: Connection) -> None:
 
 async def end_connection(rt: Realtime, sid: str, code: str, message: str) -> None:
     """Tell a connection why, then close it."""
-    await rt.emit(ServerEvent.SESSION_ENDED, {"code": code, "message": message}, to=sid)
+    rt.to_connection(sid, ServerEvent.SESSION_ENDED, {"code": code, "message": message})
     await rt.sio.disconnect(sid)
 
 
@@ -100,6 +100,7 @@ class MainNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 ) from exc
             connection = Connection(sid, principal)
             self.rt.connections.add(connection)
+            self.rt.delivery.join(user_room_of(principal.user_id), sid)
             schedule_renewal(self.rt, connection)
             metrics.socket_connections.labels(NAMESPACE).inc()
             log.info("connected", extra={"user_id": str(principal.user_id)})
@@ -113,7 +114,7 @@ class MainNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             if connection is None:
                 return
             self.rt.app[METRICS].socket_connections.labels(NAMESPACE).dec()
-            for document_id in list(connection.rooms):
+            for document_id in joined_rooms(self.rt, sid):
                 await leave_room(self.rt, connection, document_id)
             log.info("disconnected: %s", reason)
         finally:
@@ -133,7 +134,7 @@ class MainNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             result = await commands.run(Call(self.rt, connection), event, args[1:])
             if not result["ok"] and ack_requested.get() is False:
                 # Nobody waits for an ack: say it with an event instead.
-                await self.rt.emit(ServerEvent.ERROR, {**result["error"], "event": event}, to=sid)
+                self.rt.to_connection(sid, ServerEvent.ERROR, {**result["error"], "event": event})
             return result
         finally:
             correlation_id.reset(token)

@@ -8,9 +8,11 @@ from typing import Any
 import orjson
 
 from app.errors import Forbidden, PayloadTooLarge, ValidationFailed
+from app.events import EventClass
 from app.wire import ServerEvent, dump, iso
 from realtime.commands import Commands
 from realtime.connections import Connection
+from realtime.delivery import Event
 from realtime.protocol import (
     AiAsk,
     AiCancel,
@@ -23,7 +25,7 @@ from realtime.protocol import (
     PresenceUpdate,
     Typing,
 )
-from realtime.state import Call, Realtime, room_name
+from realtime.state import Call, Realtime, room_of
 
 commands: Commands[Call] = Commands()
 
@@ -36,43 +38,59 @@ class NotJoined(Forbidden):
 def joined(call: Call, document_id: uuid.UUID) -> None:
     # Rooms a connection has not joined are answered like rooms that do not
     # exist for it: nothing about them leaks.
-    if document_id not in call.connection.rooms:
+    if not call.rt.delivery.in_room(room_of(document_id), call.sid):
         raise NotJoined()
+
+
+def joined_rooms(rt: Realtime, sid: str) -> list[uuid.UUID]:
+    """The documents whose rooms a connection is in."""
+    endpoint = rt.delivery.endpoint(sid)
+    if endpoint is None:
+        return []
+    return [room[1] for room in endpoint.rooms if isinstance(room, tuple) and room[0] == "doc"]
+
+
+def presence_event(name: ServerEvent, data: dict[str, Any], key: tuple[str, Any]) -> Event:
+    """Presence is state: a late reader needs the latest per user (joined, left) or per
+    connection (its state), not the history."""
+    return Event(name, data, EventClass.PRESENCE, key=key)
 
 
 @commands("join", Join)
 async def join(call: Call, payload: Join) -> dict[str, Any]:
     rt, connection, document_id = call.rt, call.connection, payload.document_id
     principal = connection.principal
-    view = await rt.chat.member(principal, document_id)
+    access = await rt.chat.access(principal, document_id)
     backlog = None
-    # Under the room lock no message can be stored between the backlog read and
-    # entering the room: each one is in the backlog or arrives live. A fresh join
-    # holds the lock for no I/O at all, so joins into a big room do not queue.
+    # Under the room lock no message can be stored between reading where the room
+    # is and entering it: each one is in the backlog (or before last_seq) or arrives
+    # live. A fresh join reads last_seq from memory: joins into a big room do not queue.
     async with rt.chat.room_lock(document_id):
         if payload.since_seq is not None:
             backlog = await rt.chat.missed(document_id, payload.since_seq)
-        await rt.sio.enter_room(call.sid, room_name(document_id))
-        connection.rooms[document_id] = view.role
+            last_seq = backlog.last_seq
+        else:
+            last_seq = await rt.chat.last_seq(document_id)
+        rt.delivery.join(room_of(document_id), call.sid)
         # Read right after entering: each later chunk is sent to this connection.
         replies = [reply.so_far() for reply in rt.assistant.active(document_id)]
     first = await rt.presence.join(document_id, principal.user_id, principal.username, call.sid)
     if first:
-        await rt.emit(
+        joined_event = presence_event(
             ServerEvent.PRESENCE_JOINED,
             {
                 "document_id": str(document_id),
                 "user": {"user_id": str(principal.user_id), "username": principal.username},
             },
-            to=room_name(document_id),
-            skip_sid=call.sid,
+            ("user", principal.user_id),
         )
+        rt.delivery.to_room(room_of(document_id), joined_event, skip=call.sid)
     return {
-        "document": {"id": str(view.document.id), "title": view.document.title},
-        "role": view.role.value,
+        "document": {"id": str(access.document_id), "title": access.title},
+        "role": access.role.value,
         "connection_id": call.sid,
         "user": {"user_id": str(principal.user_id), "username": principal.username},
-        "last_seq": backlog.last_seq if backlog else view.document.last_message_seq,
+        "last_seq": last_seq,
         "presence": await rt.presence.snapshot(document_id),
         "messages": [dump(message) for message in backlog.messages] if backlog else [],
         "has_more": backlog.has_more if backlog else False,
@@ -88,34 +106,43 @@ async def leave(call: Call, payload: Leave) -> dict[str, Any]:
 
 async def leave_room(rt: Realtime, connection: Connection, document_id: uuid.UUID) -> None:
     """Take a connection out of a room and tell the room (leave, removal, disconnect)."""
-    if connection.rooms.pop(document_id, None) is None:
+    room = room_of(document_id)
+    if not rt.delivery.leave(room, connection.sid):
         return
-    room = room_name(document_id)
-    await rt.sio.leave_room(connection.sid, room)
     user_id = str(connection.user_id)
     if await rt.presence.leave(document_id, connection.user_id, connection.sid):
         if rt.typing.clear(document_id, connection.user_id):
-            await rt.emit(
-                ServerEvent.TYPING,
-                {"document_id": str(document_id), "user_id": user_id, "typing": False},
-                to=room,
+            rt.delivery.to_room(
+                room,
+                Event(
+                    ServerEvent.TYPING,
+                    {"document_id": str(document_id), "user_id": user_id, "typing": False},
+                    EventClass.TYPING,
+                    key=connection.user_id,
+                ),
             )
-        await rt.emit(
-            ServerEvent.PRESENCE_LEFT,
-            {"document_id": str(document_id), "user_id": user_id},
-            to=room,
+        rt.delivery.to_room(
+            room,
+            presence_event(
+                ServerEvent.PRESENCE_LEFT,
+                {"document_id": str(document_id), "user_id": user_id},
+                ("user", connection.user_id),
+            ),
         )
     else:
         # The user is still here in another tab; this connection's state is gone.
-        await rt.emit(
-            ServerEvent.PRESENCE_STATE,
-            {
-                "document_id": str(document_id),
-                "user_id": user_id,
-                "connection_id": connection.sid,
-                "state": None,
-            },
-            to=room,
+        rt.delivery.to_room(
+            room,
+            presence_event(
+                ServerEvent.PRESENCE_STATE,
+                {
+                    "document_id": str(document_id),
+                    "user_id": user_id,
+                    "connection_id": connection.sid,
+                    "state": None,
+                },
+                ("connection", connection.sid),
+            ),
         )
 
 
@@ -200,7 +227,7 @@ async def presence_update(call: Call, payload: PresenceUpdate) -> dict[str, Any]
         raise PayloadTooLarge(f"presence state is larger than {limit} bytes")
     document_id, user_id = payload.document_id, call.connection.user_id
     await call.rt.presence.set_state(document_id, user_id, call.sid, payload.state)
-    await call.rt.emit(
+    state = presence_event(
         ServerEvent.PRESENCE_STATE,
         {
             "document_id": str(document_id),
@@ -208,9 +235,9 @@ async def presence_update(call: Call, payload: PresenceUpdate) -> dict[str, Any]
             "connection_id": call.sid,
             "state": payload.state,
         },
-        to=room_name(document_id),
-        skip_sid=call.sid,
+        ("connection", call.sid),
     )
+    call.rt.delivery.to_room(room_of(document_id), state, skip=call.sid)
     return {}
 
 
@@ -219,12 +246,13 @@ async def typing(call: Call, payload: Typing) -> dict[str, Any]:
     joined(call, payload.document_id)
     document_id, user_id = payload.document_id, call.connection.user_id
     if call.rt.typing.update(document_id, user_id, payload.typing):
-        await call.rt.emit(
+        event = Event(
             ServerEvent.TYPING,
             {"document_id": str(document_id), "user_id": str(user_id), "typing": payload.typing},
-            to=room_name(document_id),
-            skip_sid=call.sid,
+            EventClass.TYPING,
+            key=user_id,
         )
+        call.rt.delivery.to_room(room_of(document_id), event, skip=call.sid)
     return {}
 
 

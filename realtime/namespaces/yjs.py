@@ -40,14 +40,16 @@ from app.errors import (
     ReadOnly,
     ServiceUnavailable,
 )
+from app.events import EventClass
 from app.keys import DOCUMENT_SERVICE, LIVE_DOCUMENTS, METRICS
 from app.logs import correlation_id
 from app.services.live_documents import EMPTY_UPDATE, LiveDocuments
 from app.wire import ServerEvent
 from realtime.commands import ack_requested
+from realtime.delivery import Event
 from realtime.namespaces.main import authenticate
 from realtime.ratelimit import TokenBucket
-from realtime.state import Realtime
+from realtime.state import Realtime, yjs_room_of
 from realtime.yjs_connections import YjsConnection, YjsConnections, YjsRoom
 from storage.models import DocumentRole
 
@@ -65,6 +67,11 @@ class YjsEvent:
 
 def namespace_of(document_id: uuid.UUID) -> str:
     return f"{PREFIX}{document_id}"
+
+
+def awareness_event(document_id: uuid.UUID, update: bytes) -> Event:
+    # A late reader needs each client's latest state, not every cursor move.
+    return Event(YjsEvent.AWARENESS_UPDATE, update, EventClass.AWARENESS, key=document_id)
 
 
 def document_of(namespace: str) -> uuid.UUID | None:
@@ -170,7 +177,7 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             awareness = Awareness(live.doc)
             awareness.set_local_state(None)  # the server itself is nobody
             room = self.connections.rooms[document_id] = YjsRoom(awareness)
-        room.sids.add(sid)
+        self.rt.delivery.join(yjs_room_of(document_id), sid)
         metrics.socket_connections.labels(METRICS_NAMESPACE).inc()
         log.info(
             "yjs connected",
@@ -188,21 +195,13 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             if self.connections.by_sid.get(connection.sid) is connection and args:
                 await self.receive_update(connection, args[0], solicited=True)
 
-        await self.rt.sio.emit(
-            YjsEvent.SYNC_STEP_1,
-            live.state_vector(),
-            to=connection.sid,
-            namespace=connection.namespace,
-            callback=answered,
-        )
+        delivery = self.rt.delivery
+        step_1 = Event(YjsEvent.SYNC_STEP_1, live.state_vector(), EventClass.CONTROL)
+        delivery.to_connection(connection.sid, step_1, callback=answered)
         if with_awareness:
             awareness = self.connections.rooms[live.id].awareness
-            await self.rt.sio.emit(
-                YjsEvent.AWARENESS_UPDATE,
-                awareness.encode_awareness_update(list(awareness.states)),
-                to=connection.sid,
-                namespace=connection.namespace,
-            )
+            update = awareness.encode_awareness_update(list(awareness.states))
+            delivery.to_connection(connection.sid, awareness_event(live.id, update))
 
     async def disconnect(self, sid: str) -> None:
         connection = self.connections.by_sid.pop(sid, None)
@@ -213,20 +212,18 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self.rt.app[METRICS].socket_connections.labels(METRICS_NAMESPACE).dec()
         live = connection.live
         room = self.connections.rooms.get(live.id)
+        members = yjs_room_of(live.id)
+        self.rt.delivery.leave(members, sid)
         if room is not None:
-            room.sids.discard(sid)
             owned = room.owned_by(sid)
             for client_id in owned:
                 del room.owners[client_id]
             gone = [i for i in owned if i in room.awareness.states]
             if gone:
                 room.awareness.remove_awareness_states(gone, sid)
-                await self.rt.sio.emit(
-                    YjsEvent.AWARENESS_UPDATE,
-                    room.awareness.encode_awareness_update(gone),
-                    namespace=connection.namespace,
-                )
-            if not room.sids:
+                update = room.awareness.encode_awareness_update(gone)
+                self.rt.delivery.to_room(members, awareness_event(live.id, update))
+            if members not in self.rt.delivery.rooms:
                 del self.connections.rooms[live.id]
         self.documents.close(live)
         log.info("yjs disconnected", extra={"document_id": str(live.id)})
@@ -341,31 +338,19 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             else:
                 room.owners.setdefault(client_id, connection.sid)
         changed = [client_id for client_id, _, _ in fresh]
-        await self.rt.sio.emit(
-            YjsEvent.AWARENESS_UPDATE,
-            room.awareness.encode_awareness_update(changed),
-            namespace=connection.namespace,
-            skip_sid=connection.sid,
+        update = room.awareness.encode_awareness_update(changed)
+        self.rt.delivery.to_room(
+            yjs_room_of(live.id), awareness_event(live.id, update), skip=connection.sid
         )
 
     async def tell(self, connection: YjsConnection, event: str, exc: AppError) -> None:
         log.info("yjs %s refused: %s", event, exc.code)
-        await self.rt.sio.emit(
-            ServerEvent.ERROR,
-            {**exc.to_body(), "event": event},
-            to=connection.sid,
-            namespace=connection.namespace,
-        )
+        self.rt.to_connection(connection.sid, ServerEvent.ERROR, {**exc.to_body(), "event": event})
 
 
 async def end_yjs_connection(
     rt: Realtime, connection: YjsConnection, code: str, message: str
 ) -> None:
     """Tell a document connection why, then close it (the provider will not retry)."""
-    await rt.sio.emit(
-        ServerEvent.SESSION_ENDED,
-        {"code": code, "message": message},
-        to=connection.sid,
-        namespace=connection.namespace,
-    )
+    rt.to_connection(connection.sid, ServerEvent.SESSION_ENDED, {"code": code, "message": message})
     await rt.sio.disconnect(connection.sid, namespace=connection.namespace)

@@ -1,0 +1,106 @@
+"""``Delivery``: the one way out for every event the server sends a client.
+
+A target (a room, one connection), an ``Event`` (name, payload, class, key), and
+that is all: the event is encoded once per namespace and handed to each recipient's
+``Outbox`` in the same call, with no task and no await per recipient. Handing over is
+synchronous, so callers may do it under the lock that orders their events; each
+connection receives events in the order they were handed over (but for the
+superseding of waiting state, outbox.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from realtime.delivery.encoding import Encoded, encode_event
+from realtime.delivery.events import Event
+from realtime.delivery.rooms import AckCallback, Endpoint, Room, Rooms
+
+
+class Delivery:
+    def __init__(self) -> None:
+        self.rooms = Rooms()
+        self._endpoints: dict[str, Endpoint] = {}
+
+    # --- connections ------------------------------------------------------------------
+
+    def add(self, endpoint: Endpoint) -> None:
+        self._endpoints[endpoint.sid] = endpoint
+
+    def remove(self, sid: str) -> Endpoint | None:
+        """Forget a connection and take it out of its rooms (and only those)."""
+        endpoint = self._endpoints.pop(sid, None)
+        if endpoint is not None:
+            self.rooms.leave_all(endpoint)
+        return endpoint
+
+    def endpoint(self, sid: str) -> Endpoint | None:
+        return self._endpoints.get(sid)
+
+    def buffered(self) -> Iterator[int]:
+        """Each Engine.IO connection's backlog in bytes (for the metrics)."""
+        seen: set[int] = set()
+        for endpoint in self._endpoints.values():
+            if id(endpoint.outbox) not in seen:
+                seen.add(id(endpoint.outbox))
+                yield endpoint.outbox.buffered_bytes
+
+    # --- membership -------------------------------------------------------------------
+
+    def join(self, room: Room, sid: str) -> bool:
+        endpoint = self._endpoints.get(sid)
+        return endpoint is not None and self.rooms.join(room, endpoint)
+
+    def leave(self, room: Room, sid: str) -> bool:
+        endpoint = self._endpoints.get(sid)
+        return endpoint is not None and self.rooms.leave(room, endpoint)
+
+    def in_room(self, room: Room, sid: str) -> bool:
+        return sid in self.rooms.members(room)
+
+    def members(self, room: Room) -> list[str]:
+        return list(self.rooms.members(room))
+
+    # --- sending ----------------------------------------------------------------------
+
+    def to_room(self, room: Room, event: Event, *, skip: str | None = None) -> int:
+        """Send ``event`` to every member of ``room`` but ``skip``; returns how many."""
+        members = self.rooms.members(room)
+        if not members:
+            return 0
+        skipped = members.get(skip) if skip is not None else None
+        namespace = None
+        encoded: Encoded | None = None
+        frames = b""
+        sent = 0
+        # A copy: a connection that overflows is closed, which changes membership.
+        for endpoint in tuple(members.values()):
+            if endpoint is skipped:
+                continue
+            if endpoint.namespace != namespace:
+                namespace = endpoint.namespace
+                encoded = event.encoded(namespace)
+                frames = encoded.frames
+            outbox = endpoint.outbox
+            if outbox.direct:
+                outbox.write(frames)
+            elif not outbox.closed:
+                assert encoded is not None and namespace is not None
+                outbox.enqueue(encoded, event, namespace)
+            sent += 1
+        return sent
+
+    def to_connection(self, sid: str, event: Event, *, callback: AckCallback | None = None) -> bool:
+        """Send ``event`` to one connection; ``callback`` receives the client's answer.
+        False if the connection is gone."""
+        endpoint = self._endpoints.get(sid)
+        if endpoint is None:
+            return False
+        if callback is None:
+            endpoint.outbox.push(event.encoded(endpoint.namespace), event, endpoint.namespace)
+        else:
+            # The ack id makes this encoding the connection's own.
+            ack_id = endpoint.expect_ack(callback)
+            encoded = encode_event(endpoint.namespace, event.name, event.data, ack_id)
+            endpoint.outbox.push(encoded, event, endpoint.namespace)
+        return True

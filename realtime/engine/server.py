@@ -1,0 +1,115 @@
+"""``EngineServer``: python-engineio's server with ``EngineSocket`` connections.
+
+python-engineio keeps doing what it does well (HTTP routing, the handshake, CORS,
+long-polling payloads); each connection is an ``EngineSocket`` and websockets are
+taken over from aiohttp after their handshake (websocket.py). Its per-server
+monitor task is off: each socket's timers enforce the ping timeout.
+
+The seams with python-engineio's internals (``_handle_connect``, ``_async``) are
+pinned by the version range in pyproject.toml and tested in tests/test_engine_seams.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import engineio
+from aiohttp import web
+from engineio import packet as eio_packet
+
+from realtime.delivery.encoding import Encoded
+from realtime.delivery.metrics import DeliveryMetrics
+from realtime.delivery.outbox import Flusher, Limits
+from realtime.engine.socket import EngineSocket
+from realtime.engine.websocket import WebSocketConnection, upgrade
+
+log = logging.getLogger(__name__)
+
+Farewell = Callable[[str, str], list[Encoded]]
+
+
+class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
+    def __init__(
+        self,
+        *,
+        outbox_limits: Limits,
+        delivery_metrics: DeliveryMetrics,
+        **options: Any,
+    ) -> None:
+        self.outbox_limits = outbox_limits
+        self.delivery_metrics = delivery_metrics
+        self.flusher = Flusher()
+        # What a connection closed for ``code`` is told first (set by the Socket.IO
+        # layer: one notice per namespace it joined).
+        self.farewell: Farewell = lambda sid, code: []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        options["async_mode"] = "aiohttp"
+        super().__init__(monitor_clients=False, **options)
+        # The driver's table is shared by every server: this one gets its own copy.
+        self._async: dict[str, Any] = {**self._async, "websocket": _WebSocketUpgrade}
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coroutine`` in the background, referenced until done."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _handle_connect(
+        self, environ: dict[str, Any], transport: str, jsonp_index: int | None = None
+    ) -> Any:
+        """python-engineio's, with an ``EngineSocket`` (and no monitor task)."""
+        sid = self.generate_id()
+        socket = EngineSocket(self, sid)
+        self.sockets[sid] = socket
+        await socket.send(
+            eio_packet.Packet(
+                eio_packet.OPEN,
+                {
+                    "sid": sid,
+                    "upgrades": self._upgrades(sid, transport),
+                    "pingTimeout": int(self.ping_timeout * 1000),
+                    "pingInterval": int(self.ping_interval + self.ping_interval_grace_period)
+                    * 1000,
+                    "maxPayload": self.max_http_buffer_size,
+                },
+            )
+        )
+        accepted = await self._trigger_event("connect", sid, environ, run_async=False)
+        if accepted is not None and accepted is not True:
+            del self.sockets[sid]
+            log.warning("Application rejected connection")
+            return self._unauthorized(accepted or None)
+        socket.schedule_ping()
+        if transport == "websocket":
+            response = await socket.handle_get_request(environ)
+            if not socket.connected:  # the handshake failed: there is no connection
+                self.sockets.pop(sid, None)
+                await socket.close(wait=False, abort=True)
+            return response
+        socket.connected = True
+        try:
+            return self._ok(await socket.poll(), jsonp_index=jsonp_index)
+        except engineio.exceptions.QueueEmpty:
+            return self._bad_request()
+
+
+class _WebSocketUpgrade:
+    """python-engineio's websocket hook (``_async["websocket"]``) for aiohttp."""
+
+    def __init__(
+        self, handler: Callable[[WebSocketConnection], Awaitable[None]], server: EngineServer
+    ) -> None:
+        self.handler = handler
+        self.server = server
+
+    async def __call__(self, environ: dict[str, Any]) -> web.StreamResponse:
+        request: web.Request = environ["aiohttp.request"]
+        connection = WebSocketConnection(self.server.max_http_buffer_size)
+        response = await upgrade(request, connection)
+        if response.status == 101:
+            await self.handler(connection)
+        return response
