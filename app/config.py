@@ -175,6 +175,12 @@ class Settings(BaseSettings):
     socket_ping_timeout_seconds: float = Field(
         20, gt=0, description="Engine.IO ping timeout (see the interval)."
     )
+    websocket_compression: bool = Field(
+        False,
+        description="Negotiate permessage-deflate with websocket clients that offer it "
+        "(no context takeover; messages of 1 KiB and more are compressed, once per "
+        "broadcast). Saves bandwidth on large messages (Yjs updates, long chat) for CPU.",
+    )
     access_cache_seconds: float = Field(
         30,
         ge=0,

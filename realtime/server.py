@@ -127,6 +127,7 @@ def create_server(
         ),
         # None: same origin only (python-socketio's default); "*" or a list otherwise.
         cors_allowed_origins="*" if "*" in origins else (origins or None),
+        websocket_compression=settings.websocket_compression,
         ping_interval=settings.socket_ping_interval_seconds,
         ping_timeout=settings.socket_ping_timeout_seconds,
         # Any namespace may be asked for: documents live at /yjs|<id> (YjsNamespace

@@ -42,7 +42,7 @@ class ReplyView:
     reply_id: str
     base_seq: int = 0
     base_text: str = ""
-    chunks: dict[int, str] = field(default_factory=dict)
+    chunks: dict[int, tuple[int, str]] = field(default_factory=dict)  # first seq: (last, text)
     status: str = "streaming"  # then completed, cancelled or failed
     message: dict[str, Any] | None = None
 
@@ -52,18 +52,22 @@ class ReplyView:
             return str(self.message["text"])
         parts, seq = [self.base_text], self.base_seq + 1
         while seq in self.chunks:  # stops at a gap: only what is known in order
-            parts.append(self.chunks[seq])
-            seq += 1
+            last, text = self.chunks[seq]
+            parts.append(text)
+            seq = last + 1
         return "".join(parts)
 
     def so_far(self, seq: int, text: str) -> None:
         if seq > self.base_seq:
             self.base_seq, self.base_text = seq, text
-            self.chunks = {s: t for s, t in self.chunks.items() if s > seq}
+            self.chunks = {s: c for s, c in self.chunks.items() if s > seq}
 
-    def chunk(self, seq: int, text: str) -> None:
-        if seq > self.base_seq:
-            self.chunks[seq] = text  # a repeat of a known seq changes nothing
+    def chunk(self, seq: int, text: str, first_seq: int | None = None) -> None:
+        """Chunk ``seq``, or chunks ``first_seq``..``seq`` merged into one (a slow
+        connection's, docs/protocol.md §5.10)."""
+        first = seq if first_seq is None else first_seq
+        if first > self.base_seq:
+            self.chunks[first] = (seq, text)  # a repeat of a known seq changes nothing
 
 
 @dataclass
@@ -380,7 +384,7 @@ class RoomClient:
         elif event == "ai:started":
             room.reply(data["reply_id"])
         elif event == "ai:chunk":
-            room.reply(data["reply_id"]).chunk(data["seq"], data["text"])
+            room.reply(data["reply_id"]).chunk(data["seq"], data["text"], data.get("first_seq"))
         elif event in ("ai:done", "ai:error"):
             reply = room.reply(data["reply_id"])
             reply.status, reply.message = data["status"], data["message"]

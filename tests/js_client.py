@@ -137,6 +137,13 @@ class NodeProgram:
             return pairs
         return [payload for event, payload in pairs if event == name]
 
+    async def pause(self) -> None:
+        """Stop reading the websocket (TCP level), as a frozen tab does."""
+        assert (await self.call("pause"))["paused"], f"{self.name}: not on a websocket"
+
+    async def resume(self) -> None:
+        assert (await self.call("resume"))["resumed"], f"{self.name}: not on a websocket"
+
     async def close(self) -> None:
         """Ask the process to exit; end it by its PID if it does not."""
         process = self.process

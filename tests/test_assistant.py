@@ -195,9 +195,8 @@ async def test_a_client_that_reconnects_mid_reply_ends_with_the_whole_text(
     # It re-joined mid-reply: what it assembled from the join's text so far and the
     # live chunks, before the final message arrived, was already whole and in order.
     assert reply.base_seq > 0
-    assert reply.base_text + "".join(reply.chunks[s] for s in sorted(reply.chunks)) == "".join(
-        tokens
-    )
+    chunks = "".join(reply.chunks[s][1] for s in sorted(reply.chunks))
+    assert reply.base_text + chunks == "".join(tokens)
 
 
 async def test_the_prompt_holds_the_recent_chat_within_budget_and_the_document_cut(

@@ -118,7 +118,7 @@ async def test_queued_while_paused_and_flushed_in_order_on_resume() -> None:
     assert outbox.direct
 
 
-async def test_presence_waiting_is_replaced_in_place_by_the_latest() -> None:
+async def test_presence_waiting_is_replaced_by_the_latest() -> None:
     recorder = Recorder()
     outbox = recorder.outbox()
     wire = Wire(outbox, high_water=0)
@@ -139,6 +139,42 @@ async def test_presence_waiting_is_replaced_in_place_by_the_latest() -> None:
         ["chat:message", {"n": 1}],
     ]
     assert recorder.count("replaced", EventClass.PRESENCE) == 98
+
+
+async def test_the_latest_state_keeps_its_place_among_the_other_events() -> None:
+    # A user's presence:left after their connection's last state: delivered in that
+    # order, or a late reader would bring the user back.
+    outbox = Recorder().outbox()
+    wire = Wire(outbox, high_water=0)
+    outbox.attach(wire.write)
+    sent(outbox, chat(0))  # pauses
+    user, connection = ("user", "u"), ("connection", "c")
+    send(outbox, Event("presence:joined", {"u": 1}, EventClass.PRESENCE, key=user))
+    send(outbox, Event("presence:state", {"c": 1}, EventClass.PRESENCE, key=connection))
+    send(outbox, chat(1))
+    send(outbox, Event("presence:state", {"c": 2}, EventClass.PRESENCE, key=connection))
+    send(outbox, Event("presence:left", {"u": 2}, EventClass.PRESENCE, key=user))
+    assert outbox.waiting == 3
+    wire.high_water = None
+    wire.drain()
+    assert decoded(wire.written[1:]) == [
+        ["chat:message", {"n": 1}],
+        ["presence:state", {"c": 2}],
+        ["presence:left", {"u": 2}],
+    ]
+    assert outbox.waiting == 0 and outbox.buffered_bytes == 0
+
+
+async def test_superseded_entries_do_not_pile_up() -> None:
+    outbox = Recorder().outbox(max_events=10)
+    wire = Wire(outbox, high_water=0)
+    outbox.attach(wire.write)
+    sent(outbox, chat(0))  # pauses
+    send(outbox, chat(1))
+    for step in range(10_000):
+        send(outbox, Event("typing", {"on": step}, EventClass.TYPING, key="u"))
+    assert outbox.waiting == 2 and not outbox.closed
+    assert len(outbox._queue) < 100
 
 
 async def test_chat_and_control_are_never_superseded() -> None:
@@ -273,6 +309,14 @@ async def test_long_polling_takes_what_waits_or_what_comes_next() -> None:
     await asyncio.sleep(0)
     send(outbox, chat(1))
     assert [p.data for p in await waiting] == ['2["chat:message",{"n":1}]']
+
+    # Closing answers a GET that waits (the client's own disconnect need not time out).
+    waiting = asyncio.create_task(outbox.take(5))
+    await asyncio.sleep(0)
+    outbox.close()
+    assert await waiting == []
+    send(outbox, chat(2))
+    assert await outbox.take(5) == []
 
 
 async def test_an_event_is_encoded_once_per_namespace() -> None:

@@ -36,3 +36,17 @@ def test_a_late_page_does_not_undo_an_edit_or_a_deletion() -> None:
     room.add(message(1, "", deleted=True))
     room.add(message(1, "fixed", edited_at="2026-11-22T05:00:00Z"))
     assert room.messages[0]["deleted"] is True
+
+
+def test_a_reply_assembles_merged_chunks_in_seq_order() -> None:
+    # A slow connection gets chunks 3..5 merged into one (first_seq 3, seq 5).
+    reply = RoomView("d").reply("r")
+    reply.chunk(1, "a")
+    reply.chunk(5, "cde", first_seq=3)
+    assert reply.text == "a"  # chunk 2 is missing: only what is known in order
+    reply.chunk(2, "b")
+    reply.chunk(6, "f")
+    assert reply.text == "abcdef"
+    reply.so_far(4, "abcd")  # a re-join's text so far supersedes what it covers
+    reply.chunk(5, "e")
+    assert reply.text == "abcdef"

@@ -72,6 +72,7 @@ class Delivery:
         namespace = None
         encoded: Encoded | None = None
         frames = b""
+        deflated: bytes | None = None  # compressed once, for the connections that asked
         sent = 0
         # A copy: a connection that overflows is closed, which changes membership.
         for endpoint in tuple(members.values()):
@@ -81,9 +82,15 @@ class Delivery:
                 namespace = endpoint.namespace
                 encoded = event.encoded(namespace)
                 frames = encoded.frames
+                deflated = None
             outbox = endpoint.outbox
             if outbox.direct:
-                outbox.write(frames)
+                if outbox.deflate:
+                    assert encoded is not None
+                    deflated = deflated or encoded.deflated()
+                    outbox.write(deflated)
+                else:
+                    outbox.write(frames)
             elif not outbox.closed:
                 assert encoded is not None and namespace is not None
                 outbox.enqueue(encoded, event, namespace)

@@ -3,13 +3,15 @@
 An event is a Socket.IO packet (text, plus one attachment per binary payload), each
 part an Engine.IO MESSAGE packet, each of those a WebSocket frame. A broadcast builds
 all of it once: long-polling connections take the Engine.IO packets, websocket
-connections the frames, concatenated, in one write per recipient.
+connections the frames, concatenated, in one write per recipient; connections that
+negotiated permessage-deflate (engine/compression.py) the same frames compressed, also
+built once.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+import zlib
 from typing import Any
 
 from engineio import packet as eio_packet
@@ -19,13 +21,18 @@ TEXT = 0x1
 BINARY = 0x2
 CLOSE = 0x8
 _FIN = 0x80
+_RSV1 = 0x40  # "compressed", on a message's first frame (RFC 7692 §6)
+# permessage-deflate: shorter messages go out as they are (as Node's ws does); all
+# are compressed with one window size, so one compression serves every recipient.
+COMPRESS_FROM_BYTES = 1024
+WINDOW_BITS = 15
 _LEN16 = struct.Struct("!BBH")
 _LEN64 = struct.Struct("!BBQ")
 
 
-def ws_frame(opcode: int, payload: bytes) -> bytes:
+def ws_frame(opcode: int, payload: bytes, *, compressed: bool = False) -> bytes:
     """One unmasked, unfragmented WebSocket frame (what a server sends, RFC 6455 §5.2)."""
-    first = _FIN | opcode
+    first = _FIN | opcode | (_RSV1 if compressed else 0)
     length = len(payload)
     if length < 126:
         return bytes((first, length)) + payload
@@ -34,27 +41,47 @@ def ws_frame(opcode: int, payload: bytes) -> bytes:
     return _LEN64.pack(first, 127, length) + payload
 
 
-@dataclass(frozen=True, slots=True)
 class Encoded:
     """One event or packet ready for any transport."""
 
-    packets: tuple[eio_packet.Packet, ...]  # for long-polling responses
-    frames: bytes  # for websocket connections: every part's frame, back to back
+    __slots__ = ("_deflated", "frames", "packets")
+
+    def __init__(self, packets: tuple[eio_packet.Packet, ...], frames: bytes) -> None:
+        self.packets = packets  # for long-polling responses
+        self.frames = frames  # for websocket connections: every part's frame, back to back
+        self._deflated: bytes | None = None
 
     @property
     def size(self) -> int:
         return len(self.frames)
 
+    def deflated(self) -> bytes:
+        """``frames`` for a connection with permessage-deflate: the large ones compressed."""
+        if self._deflated is None:
+            if self.size < COMPRESS_FROM_BYTES:
+                self._deflated = self.frames
+            else:
+                self._deflated = b"".join(_frame(packet, deflate=True) for packet in self.packets)
+        return self._deflated
+
+
+def _frame(packet: eio_packet.Packet, *, deflate: bool = False) -> bytes:
+    data = packet.encode()
+    payload, opcode = (data, BINARY) if isinstance(data, bytes) else (data.encode(), TEXT)
+    if deflate and len(payload) >= COMPRESS_FROM_BYTES:
+        return ws_frame(opcode, _deflate(payload), compressed=True)
+    return ws_frame(opcode, payload)
+
+
+def _deflate(payload: bytes) -> bytes:
+    """One message compressed on its own (no context takeover, RFC 7692 §7.2.1)."""
+    compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -WINDOW_BITS)
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    return data[:-4]  # without the 00 00 ff ff that every sync flush ends with
+
 
 def encode_packets(packets: tuple[eio_packet.Packet, ...]) -> Encoded:
-    frames = []
-    for packet in packets:
-        data = packet.encode()
-        if isinstance(data, bytes):
-            frames.append(ws_frame(BINARY, data))
-        else:
-            frames.append(ws_frame(TEXT, data.encode()))
-    return Encoded(packets, b"".join(frames))
+    return Encoded(packets, b"".join(_frame(packet) for packet in packets))
 
 
 def encode_socketio(packet: sio_packet.Packet) -> Encoded:

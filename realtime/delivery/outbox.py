@@ -61,7 +61,7 @@ def _nowhere(frames: bytes) -> None:
 
 
 class _Waiting:
-    __slots__ = ("encoded", "event", "namespace", "slot")
+    __slots__ = ("encoded", "event", "live", "namespace", "slot")
 
     def __init__(
         self,
@@ -74,6 +74,7 @@ class _Waiting:
         self.event = event
         self.namespace = namespace
         self.slot = slot
+        self.live = True  # False once superseded (skipped, and removed in passing)
 
     @property
     def kind(self) -> EventClass:
@@ -110,6 +111,7 @@ class Outbox:
     __slots__ = (
         "_bytes",
         "_corked",
+        "_dead",
         "_drained",
         "_flusher",
         "_keyed",
@@ -120,6 +122,7 @@ class Outbox:
         "_waiter",
         "attached",
         "closed",
+        "deflate",
         "direct",
         "limits",
         "metrics",
@@ -142,11 +145,13 @@ class Outbox:
         # The websocket transport's write (``attached``); nowhere while on long-polling.
         self._transport_write: Callable[[bytes], object] = _nowhere
         self.attached = False
+        self.deflate = False  # the websocket negotiated permessage-deflate
         self._corked: list[bytes] | None = None  # written this turn, sent at its end
         self.closed = False
         self._paused = False
         self._queue: deque[_Waiting] = deque()
         self._keyed: dict[tuple[str, EventClass, Hashable], _Waiting] = {}
+        self._dead = 0  # superseded entries still in the queue
         self._bytes = 0
         self._waiter: asyncio.Future[None] | None = None  # a long-polling GET
         self._drained: asyncio.Future[None] | None = None
@@ -158,14 +163,14 @@ class Outbox:
 
     @property
     def waiting(self) -> int:
-        return len(self._queue)
+        return len(self._queue) - self._dead
 
     # --- pushing ----------------------------------------------------------------------
 
     def push(self, encoded: Encoded, event: Event | None = None, namespace: str = "/") -> None:
         """Send ``encoded`` (``event``'s encoding for ``namespace``, or a bare packet)."""
         if self.direct:
-            self.write(encoded.frames)
+            self.write(encoded.deflated() if self.deflate else encoded.frames)
         elif not self.closed:
             self.enqueue(encoded, event, namespace)
 
@@ -188,20 +193,18 @@ class Outbox:
         slot = None
         if policy is not Policy.KEEP and event is not None and event.key is not None:
             slot = (namespace, event.kind, event.key)
-            waiting = self._keyed.get(slot)
-            if waiting is not None:
-                # Superseded in place: the newest state takes the older one's turn.
+            older = self._keyed.get(slot)
+            if older is not None:
+                # The newest state goes to the back, where it belongs among the
+                # room's other events; the one it supersedes is skipped.
                 if policy is Policy.MERGE:
-                    assert waiting.event is not None
-                    event = merge(waiting.event, event)
+                    assert older.event is not None
+                    event = merge(older.event, event)
                     encoded = event.encoded(namespace)
                     self.metrics.merged(event.kind)
                 else:
                     self.metrics.replaced(event.kind)
-                self._bytes += encoded.size - waiting.encoded.size
-                waiting.encoded, waiting.event = encoded, event
-                self._check_bounds()
-                return
+                self._drop(older)
         waiting = _Waiting(encoded, event, namespace, slot)
         if slot is not None:
             self._keyed[slot] = waiting
@@ -210,9 +213,25 @@ class Outbox:
         if self._check_bounds() and self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def _drop(self, waiting: _Waiting) -> None:
+        waiting.live = False
+        self._bytes -= waiting.encoded.size
+        self._dead += 1
+        self._trim()
+        if self._dead > 32 and self._dead * 2 > len(self._queue):  # amortized O(1) a drop
+            self._queue = deque(item for item in self._queue if item.live)
+            self._dead = 0
+
+    def _trim(self) -> None:
+        """Keep the head of the queue live (bounds and emptiness read it)."""
+        queue = self._queue
+        while queue and not queue[0].live:
+            queue.popleft()
+            self._dead -= 1
+
     def _check_bounds(self) -> bool:
         queue, limits = self._queue, self.limits
-        if len(queue) <= limits.max_events and (
+        if self.waiting <= limits.max_events and (
             self._bytes - queue[0].encoded.size <= limits.max_bytes
         ):
             return True
@@ -221,7 +240,8 @@ class Outbox:
 
     def _overflow(self) -> None:
         for waiting in self._queue:
-            self.metrics.dropped(waiting.kind)
+            if waiting.live:
+                self.metrics.dropped(waiting.kind)
         self.metrics.slow_consumer()
         self._clear()
         self.closed = True
@@ -232,13 +252,14 @@ class Outbox:
         self._queue.clear()
         self._keyed.clear()
         self._bytes = 0
+        self._dead = 0
 
     def last_words(self, items: list[Encoded]) -> None:
         """Send ``items`` past the bounds and the pause (a closing connection's notice
         and close packet): a websocket gets them now, a long-polling one on its next GET."""
         if self.attached:
             self.uncork()
-            self._transport_write(b"".join(item.frames for item in items))
+            self._transport_write(b"".join(self._frames(item) for item in items))
             return
         for item in items:
             self._queue.append(_Waiting(item, None, "/", None))
@@ -248,10 +269,12 @@ class Outbox:
 
     # --- websocket --------------------------------------------------------------------
 
-    def attach(self, write: Callable[[bytes], object]) -> None:
-        """From now on write through ``write`` (a websocket transport's); send what waits."""
+    def attach(self, write: Callable[[bytes], object], *, deflate: bool = False) -> None:
+        """From now on write through ``write`` (a websocket transport's; ``deflate``: it
+        negotiated permessage-deflate); send what waits."""
         self._transport_write = write
         self.attached = True
+        self.deflate = deflate
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
         self._flush()
@@ -284,13 +307,20 @@ class Outbox:
         # A write can pause the outbox (the transport passed its high-water mark).
         while queue and not self._paused:
             waiting = queue.popleft()
+            if not waiting.live:
+                self._dead -= 1
+                continue
             if waiting.slot is not None:
                 del self._keyed[waiting.slot]
             self._bytes -= waiting.encoded.size
-            write(waiting.encoded.frames)
+            write(self._frames(waiting.encoded))
+        self._trim()
         self.direct = not queue and not self._paused and not self.closed
         if not queue:
             self._wake_drained()
+
+    def _frames(self, encoded: Encoded) -> bytes:
+        return encoded.deflated() if self.deflate else encoded.frames
 
     # --- long-polling -----------------------------------------------------------------
 
@@ -308,12 +338,22 @@ class Outbox:
                     await self._waiter
             finally:
                 self._waiter = None
-        packets = [packet for waiting in self._queue for packet in waiting.encoded.packets]
+        packets = [
+            packet for waiting in self._queue if waiting.live for packet in waiting.encoded.packets
+        ]
         self._clear()
         self._wake_drained()
         return packets
 
     # --- closing ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Take nothing more. What waits still goes out; a long-polling GET that waits
+        for more is answered now (with nothing), so that the client need not time out."""
+        self.closed = True
+        self.direct = False
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def drained(self) -> None:
         """Until nothing waits here (handed to the transport or to a GET)."""

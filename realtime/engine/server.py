@@ -17,12 +17,14 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import engineio
-from aiohttp import web
+from aiohttp import hdrs, web
 from engineio import packet as eio_packet
+from wsproto.extensions import Extension
 
 from realtime.delivery.encoding import Encoded
 from realtime.delivery.metrics import DeliveryMetrics
 from realtime.delivery.outbox import Flusher, Limits
+from realtime.engine.compression import negotiate
 from realtime.engine.socket import EngineSocket
 from realtime.engine.websocket import WebSocketConnection, upgrade
 
@@ -37,10 +39,12 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         *,
         outbox_limits: Limits,
         delivery_metrics: DeliveryMetrics,
+        websocket_compression: bool = False,
         **options: Any,
     ) -> None:
         self.outbox_limits = outbox_limits
         self.delivery_metrics = delivery_metrics
+        self.websocket_compression = websocket_compression
         self.flusher = Flusher()
         # What a connection closed for ``code`` is told first (set by the Socket.IO
         # layer: one notice per namespace it joined).
@@ -108,8 +112,13 @@ class _WebSocketUpgrade:
 
     async def __call__(self, environ: dict[str, Any]) -> web.StreamResponse:
         request: web.Request = environ["aiohttp.request"]
-        connection = WebSocketConnection(self.server.max_http_buffer_size)
-        response = await upgrade(request, connection)
+        limit = self.server.max_http_buffer_size
+        offers = request.headers.get(hdrs.SEC_WEBSOCKET_EXTENSIONS)
+        deflate = negotiate(offers, limit) if offers and self.server.websocket_compression else None
+        extensions: list[Extension] = [deflate[0]] if deflate else []
+        connection = WebSocketConnection(limit, extensions)
+        answer = deflate[1] if deflate else None
+        response = await upgrade(request, connection, answer)
         if response.status == 101:
             await self.handler(connection)
         return response

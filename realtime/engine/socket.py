@@ -177,7 +177,7 @@ class EngineSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         else:
             self.connected = self.upgraded = True
             assert ws.transport is not None
-            self.outbox.attach(ws.transport.write)
+            self.outbox.attach(ws.transport.write, deflate=ws.compressed)
         ws.listen(self)
 
     def _upgrade_step(self, data: str | bytes) -> None:
@@ -191,7 +191,7 @@ class EngineSocket(async_socket.AsyncSocket):  # type: ignore[misc]
             self._probe = _NOT_UPGRADING
             self.upgrading = False
             self.upgraded = True
-            self.outbox.attach(ws.transport.write)
+            self.outbox.attach(ws.transport.write, deflate=ws.compressed)
         else:
             log.info("%s: failed websocket upgrade (%r)", self.sid, data[:16])
             self._give_up_upgrade()
@@ -246,6 +246,7 @@ class EngineSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         )
         if not abort:
             self.outbox.push(CLOSE_PACKET)
+        self.outbox.close()
         self.closed = True
         if self.websocket is not None and self.upgraded:
             # A websocket is closed once what waits has been written to it.

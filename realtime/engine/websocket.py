@@ -53,6 +53,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.listener: Listener | None = None
         self._ws = Connection(ConnectionType.SERVER, extensions)
+        self.compressed = bool(extensions)  # permessage-deflate negotiated (compression.py)
         self._text: list[str] = []
         self._binary: list[bytes] = []
         self._size = 0

@@ -47,6 +47,17 @@ export function waiters(describe) {
   return { notify, until };
 }
 
+// Stop or restart reading a socket.io-client socket's websocket at the TCP level, as a
+// frozen tab does: what the server sends piles up in the network buffers. Returns
+// whether the connection is on a websocket (only those can be paused).
+export function setReading(socket, reading) {
+  const tcp = socket.io.engine?.transport?.ws?._socket; // ws's net.Socket (Node)
+  if (!tcp) return false;
+  if (reading) tcp.resume();
+  else tcp.pause();
+  return true;
+}
+
 function reply(message) {
   process.stdout.write(JSON.stringify(message) + "\n");
 }

@@ -9,11 +9,12 @@
 //
 // Ops: connect {url, token?, transports?} · emit {event, payload, ack?, timeout_ms?}
 // · wait_event {event, count?, timeout_ms?} · events · wait_connect {timeout_ms?}
-// · wait_upgrade {timeout_ms?} · disconnect · close_transport · exit.
+// · wait_upgrade {timeout_ms?} · disconnect · close_transport · pause · resume (stop and
+// restart reading the websocket, driver.mjs setReading) · exit.
 // Every op but connect and exit needs a connect first. The process exits when stdin
 // closes, on "exit", or after JS_CLIENT_LIFETIME_MS (status 3).
 import { io } from "socket.io-client";
-import { ms, serve, waiters } from "./driver.mjs";
+import { ms, serve, setReading, waiters } from "./driver.mjs";
 
 const received = []; // [{event, args}] in arrival order
 // Waits are re-checked after every recorded event.
@@ -104,6 +105,12 @@ const ops = {
     socket.io.engine.close(); // the network drops: the manager reconnects by itself
     await until(() => !socket.connected || undefined, ms(cmd), "disconnect");
     return {};
+  },
+  async pause() {
+    return { paused: setReading(socket, false) };
+  },
+  async resume() {
+    return { resumed: setReading(socket, true) };
   },
   async exit() {
     socket?.close();

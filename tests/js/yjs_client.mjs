@@ -14,12 +14,13 @@
 // · reconnect {timeout_ms?} (provider.connect(), waits for "synced")
 // · wait_synced {timeout_ms?} · set_awareness {state} · awareness · events
 // · wait_event {event, count?, timeout_ms?} · state (Y.encodeStateAsUpdate, base64)
+// · pause · resume (stop and restart reading the websocket, driver.mjs setReading)
 // · exit. Every op but connect, exit, text and state needs a connect first. The
 // process exits when stdin closes, on "exit", or after JS_CLIENT_LIFETIME_MS
 // (status 3).
 import { SocketIOProvider } from "y-socket.io";
 import * as Y from "yjs";
-import { ms, serve, waiters } from "./driver.mjs";
+import { ms, serve, setReading, waiters } from "./driver.mjs";
 
 const YJS_EVENTS = new Set(["sync-step-1", "sync-update", "awareness-update"]);
 
@@ -129,6 +130,12 @@ const ops = {
   },
   async state() {
     return { update: Buffer.from(Y.encodeStateAsUpdate(doc)).toString("base64") };
+  },
+  async pause() {
+    return { paused: setReading(provider.socket, false) };
+  },
+  async resume() {
+    return { resumed: setReading(provider.socket, true) };
   },
   async exit() {
     provider?.destroy();
