@@ -7,9 +7,16 @@ methods are coroutines so a cluster-wide store (Redis) can stand in later.
 
 from __future__ import annotations
 
+import enum
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+
+class Departure(enum.Enum):
+    NOTHING = "nothing"  # not there, or a connection without state of a user who stays
+    STATE = "state"  # the user stays; this connection's state goes (presence:state null)
+    USER = "user"  # the user's last connection (presence:left)
 
 
 @dataclass
@@ -37,20 +44,22 @@ class Presence:
         user.connections.add(sid)
         return first
 
-    async def leave(self, document_id: uuid.UUID, user_id: uuid.UUID, sid: str) -> bool:
-        """Remove a connection and its state; True when it was the user's last."""
+    async def leave(self, document_id: uuid.UUID, user_id: uuid.UUID, sid: str) -> Departure:
+        """Remove a connection and its state; what the room should hear of it."""
         users = self._rooms.get(document_id, {})
         user = users.get(user_id)
         if user is None or sid not in user.connections:
-            return False
+            return Departure.NOTHING
         user.connections.discard(sid)
-        user.states.pop(sid, None)
+        had_state = user.states.pop(sid, None) is not None
         if user.connections:
-            return False
+            # Nobody holds an entry for a connection that never set a state: its leaving
+            # is news to no one (and a room emptying tab by tab costs N, not N²).
+            return Departure.STATE if had_state else Departure.NOTHING
         del users[user_id]
         if not users:
             del self._rooms[document_id]
-        return True
+        return Departure.USER
 
     async def set_state(
         self, document_id: uuid.UUID, user_id: uuid.UUID, sid: str, state: dict[str, Any]

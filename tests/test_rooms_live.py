@@ -38,9 +38,14 @@ async def test_presence_is_per_user_across_tabs(api: Api, connect: ClientFactory
     assert ben_entry["connection_count"] == 2
     assert ben_entry["connections"] == []  # no state set yet: counted, not listed
 
-    await tab1.close()
+    tab3 = await connect(ben)  # a tab that never sets a state: its leaving is no news
+    await tab3.join(doc["id"])
+    await tab3.close()
+    await tab1.update_presence(doc["id"], {"cursor": 1})
     await eventually(lambda: assert_count(observer, "presence:state", 1))
-    assert events(observer, "presence:state")[0]["state"] is None
+    await tab1.close()
+    await eventually(lambda: assert_count(observer, "presence:state", 2))
+    assert [e["state"] for e in events(observer, "presence:state")] == [{"cursor": 1}, None]
     assert events(observer, "presence:left") == []
     assert ben.id in observer.room(doc["id"]).presence
 

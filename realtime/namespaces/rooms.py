@@ -13,6 +13,7 @@ from app.wire import ServerEvent, dump, iso
 from realtime.commands import Commands
 from realtime.connections import Connection
 from realtime.delivery import Event
+from realtime.presence import Departure
 from realtime.protocol import (
     AiAsk,
     AiCancel,
@@ -110,7 +111,8 @@ async def leave_room(rt: Realtime, connection: Connection, document_id: uuid.UUI
     if not rt.delivery.leave(room, connection.sid):
         return
     user_id = str(connection.user_id)
-    if await rt.presence.leave(document_id, connection.user_id, connection.sid):
+    departure = await rt.presence.leave(document_id, connection.user_id, connection.sid)
+    if departure is Departure.USER:
         if rt.typing.clear(document_id, connection.user_id):
             rt.delivery.to_room(
                 room,
@@ -129,7 +131,7 @@ async def leave_room(rt: Realtime, connection: Connection, document_id: uuid.UUI
                 ("user", connection.user_id),
             ),
         )
-    else:
+    elif departure is Departure.STATE:
         # The user is still here in another tab; this connection's state is gone.
         rt.delivery.to_room(
             room,
