@@ -175,6 +175,12 @@ class Settings(BaseSettings):
     socket_ping_timeout_seconds: float = Field(
         20, gt=0, description="Engine.IO ping timeout (see the interval)."
     )
+    gc_freeze: bool = Field(
+        True,
+        description="After start-up, move every object then alive out of the cyclic "
+        "GC's sight (gc.freeze), so full collections walk only what connections and "
+        "requests allocate (docs/benchmarks.md measures both ways).",
+    )
     websocket_compression: bool = Field(
         False,
         description="Negotiate permessage-deflate with websocket clients that offer it "

@@ -28,11 +28,12 @@ async def serve(settings: Settings) -> None:
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
-        # Everything loaded so far (modules, the ORM's and pydantic's tables, clients)
-        # lives as long as the process: out of the cyclic GC's sight, full collections
-        # walk only what connections and requests allocate (docs/benchmarks.md).
-        gc.collect()
-        gc.freeze()
+        if settings.gc_freeze:
+            # Everything loaded so far (modules, the ORM's and pydantic's tables,
+            # clients) lives as long as the process: out of the cyclic GC's sight, full
+            # collections walk only what connections and requests allocate.
+            gc.collect()
+            gc.freeze()
         log.info("listening on http://%s:%d (env=%s)", settings.host, settings.port, settings.env)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

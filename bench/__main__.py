@@ -1,8 +1,8 @@
 """``python -m bench``: run every scenario against roomserver and the baselines.
 
-``--only documents`` (or ``fanout``, ``chat``, ``assistant``, comma-separated) runs some
-of them and keeps the other sections of the existing report, each credited to the run
-that measured it.
+``--only documents`` (or ``fanout``, ``connections``, ``chat``, ``assistant``,
+comma-separated) runs some of them and keeps the other sections of the existing report,
+each credited to the run that measured it.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import asyncio
 import resource
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from bench import report
 from bench.harness import ROOT, ensure_node_modules
-from bench.scenarios import assistant, chat, documents, fanout
+from bench.scenarios import assistant, chat, connections, documents, fanout
 from bench.targets import (
     node_baseline,
     ours,
@@ -26,7 +27,9 @@ from bench.targets import (
     yjs_python_baseline,
 )
 
-SCENARIOS = ("fanout", "chat", "documents", "assistant")
+COMPRESSION = {"WEBSOCKET_COMPRESSION": "true"}
+NO_GC_FREEZE = {"GC_FREEZE": "false"}
+SCENARIOS = ("fanout", "connections", "chat", "documents", "assistant")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="100,1000,5000", help="room sizes for fan-out")
     parser.add_argument("--rates", default="10,100", help="fixed send rates (msg/s)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--held", type=int, default=10_000, help="connections to hold")
+    parser.add_argument("--hold-seconds", type=float, default=60.0)
+    parser.add_argument("--storm", type=int, default=5_000, help="clients disconnecting at once")
     parser.add_argument("--chat-seconds", type=float, default=3.0)
     parser.add_argument(
         "--yjs-rates", default="20,40", help="keystrokes/s in all, among 10 typists of 100"
@@ -64,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             sizes=tuple(int(size) for size in args.sizes.split(",")),
             rates=tuple(int(rate) for rate in args.rates.split(",")),
             repeats=args.repeats,
+            held=args.held,
+            hold_seconds=args.hold_seconds,
+            storm=args.storm,
             chat_seconds=args.chat_seconds,
             yjs_rates=tuple(int(rate) for rate in args.yjs_rates.split(",")),
             yjs_seconds=args.yjs_seconds,
@@ -91,6 +100,9 @@ async def run(
     sizes: tuple[int, ...],
     rates: tuple[int, ...],
     repeats: int,
+    held: int,
+    hold_seconds: float,
+    storm: int,
     chat_seconds: float,
     yjs_rates: tuple[int, ...],
     yjs_seconds: float,
@@ -111,6 +123,20 @@ async def run(
             )
             fanout_results.append(result)
         sections.append(report.fanout_section(fanout_results, rates, plots))
+    if "connections" in only:
+        connection_results = []
+        variants: list[tuple[str, connections.TargetFactory, bool]] = [
+            ("roomserver", ours, True),
+            ("roomserver, WEBSOCKET_COMPRESSION=true", partial(ours, settings=COMPRESSION), False),
+            ("roomserver, GC_FREEZE=false", partial(ours, settings=NO_GC_FREEZE), True),
+            ("Node socket.io 4", node_baseline, True),
+        ]
+        async for connection_result in connections.run(
+            variants, held_count=held, hold_seconds=hold_seconds, storm_count=storm
+        ):
+            print(f"connections: {connection_result}", flush=True)
+            connection_results.append(connection_result)
+        sections.append(report.connections_section(connection_results))
     if "chat" in only:
         chat_results = []
         async for chat_result in chat.run(

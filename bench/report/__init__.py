@@ -1,9 +1,17 @@
 """Render results as docs/benchmarks.md with PNG plots beside it: one module per
-section (rooms, documents, assistant), the file around them (file.py)."""
+section (rooms, connections, documents, assistant), the file around them (file.py)."""
 
 from bench.report.assistant import assistant_section
+from bench.report.connections import connections_section
 from bench.report.documents import documents_section
 from bench.report.file import write
 from bench.report.rooms import chat_section, fanout_section
 
-__all__ = ["assistant_section", "chat_section", "documents_section", "fanout_section", "write"]
+__all__ = [
+    "assistant_section",
+    "chat_section",
+    "connections_section",
+    "documents_section",
+    "fanout_section",
+    "write",
+]
