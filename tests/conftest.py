@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import asyncpg
 import pytest
@@ -31,6 +31,9 @@ from storage.migrate import upgrade
 from storage.models import Base
 from tests.fake_anthropic import FakeAnthropic
 from tests.helpers import Api, User
+
+if TYPE_CHECKING:
+    from tests.js_client import NodeProgram
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 POSTGRES_ADMIN_DSN = os.environ.get(
@@ -303,6 +306,35 @@ def open_document(
         return await open_document_on(client, user, document_id)
 
     return open_client
+
+
+# --- Node processes running the official JavaScript clients (tests/js_client.py) -------
+
+P = TypeVar("P", bound="NodeProgram")
+
+
+class NodePrograms(Protocol):
+    async def __call__(self, kind: type[P], url: str) -> P: ...
+
+
+@pytest.fixture
+async def node_programs(tmp_path: Path) -> AsyncIterator[NodePrograms]:
+    """``await node_programs(JsClient, url)``: a Node client process (not connected yet)
+    for the server at ``url``, ended when the test ends."""
+    from tests.js_client import node_with_modules  # it imports this module
+
+    node = node_with_modules()
+    started: list[NodeProgram] = []
+
+    async def start(kind: type[P], url: str) -> P:
+        name = f"{kind.__name__}{len(started) + 1}"
+        program = await kind.start(node, name, url, tmp_path / f"{name}.stderr")
+        started.append(program)
+        return program
+
+    yield start
+    for program in started:
+        await program.close()
 
 
 # --- the local stand-in for the Anthropic Messages API (tests/fake_anthropic.py) ------

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,9 +19,9 @@ from aiohttp.test_utils import TestClient
 
 from realtime.engine.server import EngineServer
 from realtime.engine.socket import EngineSocket
-from tests.conftest import AppFactory, ConnectOn, OpenDocumentOn
+from tests.conftest import AppFactory, ConnectOn, NodePrograms, OpenDocumentOn
 from tests.helpers import Api, equal, eventually
-from tests.js_client import JsClient, NodeProgram, node_with_modules
+from tests.js_client import JsClient
 from tests.raw_socketio import RawClient
 from tests.test_ops import metric_samples
 from tests.yjs_js import YjsJsClient
@@ -174,33 +172,16 @@ async def test_a_slow_reader_gets_the_latest_presence_and_typing_not_their_histo
 # --- the official JavaScript clients, paused --------------------------------------------
 
 
-@pytest.fixture
-async def node_programs(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
-    """``await node_programs(JsClient, url)``: a Node client process, ended after the test."""
-    node = node_with_modules()
-    started: list[NodeProgram] = []
-
-    async def start(kind: type[NodeProgram], url: str) -> NodeProgram:
-        name = f"{kind.__name__}{len(started) + 1}"
-        program = await kind.start(node, name, url, tmp_path / f"{name}.stderr")
-        started.append(program)
-        return program
-
-    yield start
-    for program in started:
-        await program.close()
-
-
 @pytest.mark.slow
 async def test_a_paused_socket_io_client_is_closed_reconnects_and_misses_nothing(
     start_app: AppFactory,
     connect_on: ConnectOn,
-    node_programs: Callable[..., Awaitable[Any]],
+    node_programs: NodePrograms,
 ) -> None:
     client = await start_app(delivery_max_buffered_bytes=MAX_BUFFERED)
     api = Api(client)
     owner, member, doc = await api.room()
-    js: JsClient = await node_programs(JsClient, str(client.make_url("/")).rstrip("/"))
+    js = await node_programs(JsClient, str(client.make_url("/")).rstrip("/"))
     assert (await js.connect(member.access_token))["connected"]
     await js.command("join", {"document_id": doc["id"]})
     [connection] = websockets_of(client)
@@ -231,7 +212,7 @@ async def test_a_paused_socket_io_client_is_closed_reconnects_and_misses_nothing
 async def test_a_paused_y_socket_io_provider_gets_merged_updates_and_converges(
     start_app: AppFactory,
     open_document_on: OpenDocumentOn,
-    node_programs: Callable[..., Awaitable[Any]],
+    node_programs: NodePrograms,
 ) -> None:
     client = await start_app(yjs_message_burst=1000)
     api = Api(client)

@@ -5,8 +5,7 @@ party where one is needed. See tests/js_client.py for how the Node process is dr
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -14,43 +13,29 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from roomclient import RoomClient
-from tests.conftest import ClientFactory
+from tests.conftest import ClientFactory, NodePrograms
 from tests.helpers import Api, User, eventually
-from tests.js_client import POLLING_THEN_UPGRADE, WEBSOCKET, JsClient, node_with_modules
+from tests.js_client import POLLING_THEN_UPGRADE, WEBSOCKET, JsClient
 
 pytestmark = pytest.mark.slow
 
 JsFactory = Callable[..., Awaitable[JsClient]]
 
 
-@pytest.fixture(scope="session")
-def node() -> str:
-    """``node``, with tests/js/node_modules installed; a skip (or a failure with
-    REQUIRE_SERVICES=1) when Node is missing."""
-    return node_with_modules()
-
-
 @pytest.fixture
-async def js(
-    node: str, client: TestClient[web.Request, web.Application], tmp_path: Path
-) -> AsyncIterator[JsFactory]:
+def js(node_programs: NodePrograms, client: TestClient[web.Request, web.Application]) -> JsFactory:
     """``await js(user)``: a JS client connected as ``user`` (``None``: not connected);
     every Node process is ended when the test ends."""
-    started: list[JsClient] = []
     url = str(client.make_url("/")).rstrip("/")
 
     async def open_js(user: User | None, *, transports: list[str] | None = None) -> JsClient:
-        name = f"js{len(started) + 1}" + (f"-{user.username}" if user else "")
-        js_client = await JsClient.start(node, name, url, tmp_path / f"{name}.stderr")
-        started.append(js_client)
+        js_client = await node_programs(JsClient, url)
         if user is not None:
             result = await js_client.connect(user.access_token, transports)
             assert result["connected"] is True, result
         return js_client
 
-    yield open_js
-    for js_client in started:
-        await js_client.close()
+    return open_js
 
 
 async def room_with(api: Api, member_role: str = "editor") -> tuple[User, User, str]:
@@ -176,7 +161,8 @@ async def test_two_js_tabs_of_one_user_are_one_presence(
         {"document_id": doc_id, "user": {"user_id": ben.id, "username": "ben"}}
     ]
 
-    await tab1.disconnect()  # ben is still here in tab2: only tab1's state goes
+    await observed_after(py, tab1, doc_id, mark=0)  # tab1 has a state...
+    await tab1.disconnect()  # ...and ben is still here in tab2: only tab1's state goes
     cleared = await eventually(lambda: states(py, None))
     assert cleared == [
         {"document_id": doc_id, "user_id": ben.id, "connection_id": tab1_id, "state": None}

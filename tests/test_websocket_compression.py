@@ -7,8 +7,6 @@ import base64
 import json
 import os
 import zlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +15,9 @@ from aiohttp.test_utils import TestClient
 
 from realtime.delivery.encoding import COMPRESS_FROM_BYTES, encode_event
 from realtime.engine.compression import negotiate
-from tests.conftest import AppFactory, ConnectOn
+from tests.conftest import AppFactory, ConnectOn, NodePrograms
 from tests.helpers import Api, User, eventually, truthy
-from tests.js_client import JsClient, node_with_modules
+from tests.js_client import JsClient
 from tests.raw_socketio import RawClient, _masked
 from tests.test_delivery_slow import websockets_of
 
@@ -57,27 +55,18 @@ def test_a_broadcast_is_compressed_once_and_small_ones_not_at_all() -> None:
 
 
 @pytest.fixture
-async def node_js(
-    client: TestClient[web.Request, web.Application], tmp_path: Path
-) -> AsyncIterator[JsClient]:
-    node = node_with_modules()
-    js = await JsClient.start(
-        node, "js", str(client.make_url("/")).rstrip("/"), tmp_path / "js.stderr"
-    )
-    yield js
-    await js.close()
-
-
-@pytest.fixture
 async def client(start_app: AppFactory) -> TestClient[web.Request, web.Application]:
     return await start_app(websocket_compression=True)
 
 
 @pytest.mark.slow
 async def test_socket_io_client_negotiates_it_and_large_messages_flow_both_ways(
-    client: TestClient[web.Request, web.Application], node_js: JsClient, connect_on: ConnectOn
+    client: TestClient[web.Request, web.Application],
+    node_programs: NodePrograms,
+    connect_on: ConnectOn,
 ) -> None:
     api = Api(client)
+    node_js = await node_programs(JsClient, str(client.make_url("/")).rstrip("/"))
     owner, member, doc = await api.room()
     assert (await node_js.connect(member.access_token))["connected"]  # offers it by default
     await node_js.command("join", {"document_id": doc["id"]})

@@ -25,9 +25,8 @@ from pycrdt import Doc, Text
 from roomclient import DocumentClient
 from storage.db import create_engine, create_sessionmaker
 from storage.repositories import crdt as crdt_repo
-from tests.conftest import TEST_JWT_SECRET, AppFactory, DocumentFactory
+from tests.conftest import TEST_JWT_SECRET, AppFactory, DocumentFactory, NodePrograms
 from tests.helpers import Api, User, eventually
-from tests.js_client import node_with_modules
 from tests.test_cli import ROOT, free_port, wait_until_up
 from tests.yjs_js import YjsJsClient
 
@@ -45,28 +44,15 @@ async def client(start_app: AppFactory) -> TestClient[web.Request, web.Applicati
     return await start_app(yjs_snapshot_debounce_seconds=3600, yjs_snapshot_max_delay_seconds=3600)
 
 
-@pytest.fixture(scope="session")
-def node() -> str:
-    """``node``, with tests/js/node_modules installed; a skip (or a failure with
-    REQUIRE_SERVICES=1) when Node is missing."""
-    return node_with_modules()
-
-
 @pytest.fixture
-async def providers(node: str, tmp_path: Path) -> AsyncIterator[ProviderFactory]:
+def providers(node_programs: NodePrograms) -> ProviderFactory:
     """``await providers(url)``: a Node process with a provider for the server at
     ``url`` (not connected yet); every one is ended when the test ends."""
-    started: list[YjsJsClient] = []
 
     async def start(url: str) -> YjsJsClient:
-        name = f"yjs{len(started) + 1}"
-        js = await YjsJsClient.start(node, name, url, tmp_path / f"{name}.stderr")
-        started.append(js)
-        return js
+        return await node_programs(YjsJsClient, url)
 
-    yield start
-    for js in started:
-        await js.close()
+    return start
 
 
 @pytest.fixture
