@@ -114,9 +114,10 @@ def write(
         "bench/node/loadgen.mjs, with `yjs` in bench/node/yjsgen.mjs for the Yjs documents, "
         "bench/node/aigen.mjs for the assistant, whose stand-in upstream shares their core) "
         "to core 1; the *load CPU* column shows the generators were not the limit when it "
-        "stays well under 100%. Every server runs with its library defaults; roomserver "
+        "stays well under 100%. Every server runs with its library defaults (roomserver: "
+        "no permessage-deflate, the baselines: their libraries' choice); roomserver "
         "relays with `presence:update` → `presence:state` (validated, per-connection state "
-        "kept), the baselines with a bare `broadcast`.",
+        "kept), the baselines with a `broadcast` that sends each client the same envelope.",
         "",
         f"{RUNS_MARKER}{json.dumps(runs)} -->",
         "",

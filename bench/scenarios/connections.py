@@ -3,8 +3,8 @@
 *Held*: the clients connect (websocket, offering permessage-deflate as socket.io-client
 does) and join one room, then stay idle for a minute while Engine.IO heartbeats run
 (a ping every 25 s on every server here). Reported: the time to connect and join them
-all, the server's memory per connection once they are in, its CPU over the minute, and
-how its memory moved during it.
+all and the server's CPU for it, its memory per connection once they are in, its CPU
+over the minute, and how its memory moved during it.
 
 *Storm*: clients connected and joined, then every one disconnects at once (a Socket.IO
 disconnect each). Reported: the server's CPU time from the first close until it is idle
@@ -32,6 +32,7 @@ class HeldResult:
     server: str
     connections: int
     connect_s: float
+    connect_cpu_per_connection: float  # the server's CPU seconds to connect and join one
     memory_per_connection: float  # bytes
     cpu_share: float  # of one core, over the hold
     growth_per_connection: float  # bytes, during the hold
@@ -66,7 +67,8 @@ async def _connected(target: Target, count: int) -> tuple[list[LoadWorker], floa
 async def held(target: Target, label: str, count: int, seconds: float) -> HeldResult:
     pid = target.server.pid
     before = rss_bytes(pid)
-    workers, connect_s = await _connected(target, count)
+    with CpuMeter([pid]) as connecting:
+        workers, connect_s = await _connected(target, count)
     try:
         await asyncio.sleep(1)  # let the server settle before reading its memory
         connected = rss_bytes(pid)
@@ -77,6 +79,7 @@ async def held(target: Target, label: str, count: int, seconds: float) -> HeldRe
             server=label,
             connections=count,
             connect_s=connect_s,
+            connect_cpu_per_connection=connecting.cpu / count,
             memory_per_connection=(connected - before) / count,
             cpu_share=meter.share,
             growth_per_connection=(rss_bytes(pid) - connected) / count,
