@@ -134,7 +134,12 @@ async def run(
         async for connection_result in connections.run(
             variants, held_count=held, hold_seconds=hold_seconds, storm_count=storm
         ):
-            print(f"connections: {connection_result}", flush=True)
+            r = connection_result
+            if isinstance(r, connections.HeldResult):
+                done = f"{r.connections:,} held, {r.memory_per_connection / 1024:.1f} KiB each"
+            else:
+                done = f"{r.connections:,} disconnecting, {r.cpu_seconds:.2f} s of CPU"
+            print(f"connections {r.server}: {done}", flush=True)
             connection_results.append(connection_result)
         sections.append(report.connections_section(connection_results))
     if "chat" in only:
