@@ -148,21 +148,56 @@ async def test_the_latest_state_keeps_its_place_among_the_other_events() -> None
     wire = Wire(outbox, high_water=0)
     outbox.attach(wire.write)
     sent(outbox, chat(0))  # pauses
-    user, connection = ("user", "u"), ("connection", "c")
-    send(outbox, Event("presence:joined", {"u": 1}, EventClass.PRESENCE, key=user))
+    joined, left, connection = ("joined", "u"), ("left", "u"), ("connection", "c")
+    send(outbox, Event("presence:left", {"u": 0}, EventClass.PRESENCE, key=left))
+    send(outbox, Event("presence:joined", {"u": 1}, EventClass.PRESENCE, key=joined))
     send(outbox, Event("presence:state", {"c": 1}, EventClass.PRESENCE, key=connection))
     send(outbox, chat(1))
     send(outbox, Event("presence:state", {"c": 2}, EventClass.PRESENCE, key=connection))
-    send(outbox, Event("presence:left", {"u": 2}, EventClass.PRESENCE, key=user))
-    assert outbox.waiting == 3
+    send(outbox, Event("presence:left", {"u": 2}, EventClass.PRESENCE, key=left))
+    assert outbox.waiting == 4
     wire.high_water = None
     wire.drain()
     assert decoded(wire.written[1:]) == [
+        ["presence:joined", {"u": 1}],
         ["chat:message", {"n": 1}],
         ["presence:state", {"c": 2}],
         ["presence:left", {"u": 2}],
     ]
     assert outbox.waiting == 0 and outbox.buffered_bytes == 0
+
+
+async def test_what_was_written_through_goes_before_what_waits_on_resume() -> None:
+    # A: written through (corked for this turn); the transport then pauses (a pong
+    # written meanwhile passed its high-water mark); B waits; the transport drains in
+    # the same turn, before the Flusher runs: A must still go first.
+    outbox = Recorder().outbox()
+    wire = Wire(outbox)
+    outbox.attach(wire.write)
+    send(outbox, chat(0))
+    outbox.pause()
+    send(outbox, chat(1))
+    outbox.resume()
+    outbox._flusher.flush()
+    assert decoded(wire.written) == [["chat:message", {"n": 0}], ["chat:message", {"n": 1}]]
+
+
+async def test_a_failed_write_does_not_stall_the_other_connections() -> None:
+    recorder = Recorder()
+    broken, healthy = recorder.outbox(), recorder.outbox()
+    wire = Wire(healthy)
+
+    def fail(frames: bytes) -> None:
+        raise OSError("gone")
+
+    broken.attach(fail)
+    healthy.attach(wire.write)
+    send(broken, chat(0))
+    send(healthy, chat(0))
+    recorder.flusher.flush()  # logs the failure, writes the rest
+    send(healthy, chat(1))
+    recorder.flusher.flush()
+    assert decoded(wire.written) == [["chat:message", {"n": 0}], ["chat:message", {"n": 1}]]
 
 
 async def test_superseded_entries_do_not_pile_up() -> None:

@@ -13,6 +13,7 @@ import base64
 import inspect
 import json
 import os
+import uuid
 from typing import Any
 
 import engineio
@@ -25,7 +26,7 @@ from realtime.delivery.manager import DeliveryManager
 from realtime.engine.server import EngineServer, _WebSocketUpgrade
 from realtime.engine.socket import EngineSocket
 from realtime.server import RoomServer
-from tests.conftest import ConnectOn
+from tests.conftest import AppFactory, ConnectOn
 from tests.helpers import Api, equal, eventually
 from tests.raw_socketio import RawClient, _masked
 from tests.test_delivery_slow import engine_of
@@ -85,6 +86,13 @@ def test_the_library_calls_what_we_replace() -> None:
     )
     for name in ("pre_connect", "is_connected", "sid_from_eio_sid", "trigger_callback"):
         assert f"manager.{name}(" in inspect.getsource(socketio.AsyncServer), name
+    # DeliveryManager.connect calls this one when the transport left during a connect.
+    assert parameters(socketio.AsyncServer._handle_disconnect) == [
+        "self",
+        "eio_sid",
+        "namespace",
+        "reason",
+    ]
 
 
 async def test_connections_are_ours_on_both_transports(
@@ -183,3 +191,57 @@ async def test_handshake_errors_are_answered_by_http(
         headers={"Upgrade": "websocket", "Connection": "Upgrade"},
     )
     assert response.status == 400  # no key, no version: not an upgrade
+
+
+# --- connections that end at awkward moments --------------------------------------------
+
+
+async def test_a_transport_gone_during_the_namespace_connect_leaves_nothing_behind(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    """python-socketio skips a namespace that is still connecting when its transport
+    closes; DeliveryManager.connect runs its disconnect once the handler is done."""
+    api = Api(client)
+    user = await api.user("ann")
+    doc = await api.document(user)
+    engine = engine_of(client)
+    for namespace in ("/", f"/yjs|{doc['id']}"):
+        raw = await RawClient.connect(client.port, user.access_token)
+        prefix = "" if namespace == "/" else f"{namespace},"
+        # The connect and the end of the TCP connection in one go: the handler is still
+        # reading the database when the transport closes.
+        raw.writer.write(
+            _masked(0x1, f"40{prefix}{json.dumps({'token': user.access_token})}".encode())
+        )
+        raw.writer.close()
+        await eventually(lambda: equal(len(engine.sockets), 0))
+    sio = next(
+        h.__self__
+        for h in engine.handlers.values()
+        if isinstance(getattr(h, "__self__", None), RoomServer)
+    )
+    manager: DeliveryManager = sio.manager
+    await eventually(
+        lambda: equal((manager._sids, manager._by_eio, manager._connecting), ({}, {}, set()))
+    )
+    assert manager.delivery.members(("user", uuid.UUID(user.id))) == []
+
+
+async def test_a_vanished_long_polling_client_is_forgotten(start_app: AppFactory) -> None:
+    """No monitor task: a polling socket that stops polling is closed by its ping
+    timer and dropped from the server's table once its close packet is not collected."""
+    client = await start_app(socket_ping_interval_seconds=0.2, socket_ping_timeout_seconds=0.2)
+    api = Api(client)
+    user = await api.user("ann")
+    response = await client.get("/socket.io/", params={"EIO": "4", "transport": "polling"})
+    opened = json.loads((await response.text())[1:])
+    engine = engine_of(client)
+    assert opened["sid"] in engine.sockets
+    posted = await client.post(
+        "/socket.io/",
+        params={"EIO": "4", "transport": "polling", "sid": opened["sid"]},
+        data="40" + json.dumps({"token": user.access_token}),
+    )
+    assert posted.status == 200
+    # It never polls again: no pong, so the ping timeout closes it; then it is dropped.
+    await eventually(lambda: equal(engine.sockets, {}), timeout=5)

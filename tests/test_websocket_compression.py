@@ -31,6 +31,8 @@ from tests.test_delivery_slow import websockets_of
         ("permessage-deflate; server_max_window_bits=10", False),  # one window for all
         ("permessage-deflate; server_max_window_bits=10, permessage-deflate", True),
         ("x-webkit-deflate-frame", False),
+        ("permessage-deflate; client_max_window_bits=x", False),  # malformed
+        ("permessage-deflate; server_max_window_bits=15; server_max_window_bits=9", False),
     ],
 )
 def test_negotiation_asks_for_no_context_takeover_both_ways(offer: str, accepted: bool) -> None:

@@ -39,29 +39,45 @@ class ExpiringCache(Generic[K, V]):
 
     async def get_or_load(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         """The cached value, or ``load()``'s (shared by callers missing ``key`` meanwhile;
-        a failed load is not cached and fails each of them)."""
-        value = self.get(key)
-        if value is not None:
-            return value
-        loading = self._loading.get(key)
-        if loading is None:
-            loading = asyncio.get_running_loop().create_future()
-            self._loading[key] = loading
+        a failed load is not cached and fails each of them; a cancelled one is made
+        again by the next of them)."""
+        while True:
+            value = self.get(key)
+            if value is not None:
+                return value
+            loading = self._loading.get(key)
+            if loading is None:
+                return await self._load(key, load)
             try:
-                value = await load()
-            except BaseException as exc:
-                if self._loading.get(key) is loading:
-                    del self._loading[key]
-                loading.set_exception(exc)
-                loading.exception()  # retrieved: the waiters (if any) re-raise it
+                return await asyncio.shield(loading)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if loading.cancelled() and task is not None and not task.cancelling():
+                    continue  # the caller that was loading it was cancelled, not this one
                 raise
-            # Dropped while it loaded: what it read may be stale, so it is not kept.
+
+    async def _load(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        loading: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._loading[key] = loading
+        try:
+            value = await load()
+        except asyncio.CancelledError:
             if self._loading.get(key) is loading:
                 del self._loading[key]
-                self.put(key, value)
-            loading.set_result(value)
-            return value
-        return await asyncio.shield(loading)
+            loading.cancel()
+            raise
+        except BaseException as exc:
+            if self._loading.get(key) is loading:
+                del self._loading[key]
+            loading.set_exception(exc)
+            loading.exception()  # retrieved: the waiters (if any) re-raise it
+            raise
+        # Dropped while it loaded: what it read may be stale, so it is not kept.
+        if self._loading.get(key) is loading:
+            del self._loading[key]
+            self.put(key, value)
+        loading.set_result(value)
+        return value
 
     def put(self, key: K, value: V) -> None:
         self._entries.pop(key, None)

@@ -54,6 +54,15 @@ class DeliveryManager(socketio.AsyncManager):  # type: ignore[misc]
 
     async def connect(self, sid: str, namespace: str) -> str:
         self._connecting.discard(sid)
+        eio_sid = self.eio_sid_from_sid(sid, namespace)
+        socket = self.server.eio.sockets.get(eio_sid)
+        if eio_sid is not None and (socket is None or socket.closed):
+            # The transport went away while the connect handler ran: its disconnect
+            # passed this namespace by (it was still connecting), so it runs now, and
+            # the application forgets what the handler set up.
+            await self.server._handle_disconnect(
+                eio_sid, namespace, self.server.reason.TRANSPORT_CLOSE
+            )
         return sid
 
     def is_pre_connected(self, sid: str, namespace: str) -> bool:

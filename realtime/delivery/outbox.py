@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from realtime.delivery.encoding import Encoded
 from realtime.delivery.events import Event
 from realtime.delivery.merging import merge
 from realtime.delivery.metrics import DeliveryMetrics
+
+log = logging.getLogger(__name__)
 
 
 class Policy(enum.Enum):
@@ -102,7 +105,10 @@ class Flusher:
     def flush(self) -> None:
         dirty, self._dirty = self._dirty, []
         for outbox in dirty:
-            outbox.uncork()
+            try:
+                outbox.uncork()
+            except Exception:  # one broken transport must not stall the others
+                log.exception("could not write to a connection")
 
 
 class Outbox:
@@ -183,6 +189,8 @@ class Outbox:
             self._corked.append(frames)
 
     def uncork(self) -> None:
+        # Cleared first: a failed write must not leave this outbox corked for good (the
+        # Flusher would never be asked again, and every later write would pile up here).
         corked, self._corked = self._corked, None
         if corked and self.attached:
             self._transport_write(corked[0] if len(corked) == 1 else b"".join(corked))
@@ -304,6 +312,8 @@ class Outbox:
         write = self._transport_write
         if not self.attached:
             return
+        # What was written through this turn came before anything that waits.
+        self.uncork()
         # A write can pause the outbox (the transport passed its high-water mark).
         while queue and not self._paused:
             waiting = queue.popleft()

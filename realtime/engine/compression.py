@@ -61,13 +61,20 @@ def negotiate(offers: str, max_message_bytes: int) -> tuple[BoundedDeflate, str]
         name, _, parameters = offer.partition(";")
         if name.strip().lower() != "permessage-deflate":
             continue
+        values = [p.strip().partition("=") for p in parameters.split(";") if p.strip()]
+        names = [key.strip().lower() for key, _, _ in values]
+        if len(set(names)) != len(names):
+            continue  # a parameter given twice: the offer is declined (RFC 7692 §7)
         # A client that wants a smaller window than everyone's gets no compression:
         # a broadcast is compressed once, with one window.
-        window = [p.strip() for p in parameters.split(";") if "server_max_window_bits" in p]
-        if window and window[0].partition("=")[2].strip() not in ("", str(WINDOW_BITS)):
+        window = dict((key.strip().lower(), value.strip()) for key, _, value in values)
+        if window.get("server_max_window_bits", str(WINDOW_BITS)) != str(WINDOW_BITS):
             continue
         extension = BoundedDeflate(max_message_bytes)
-        answer = extension.accept(offer)
+        try:
+            answer = extension.accept(offer)
+        except ValueError:  # a malformed value (wsproto parses them with int())
+            continue
         if isinstance(answer, str):
             return extension, f"permessage-deflate; {answer}"
     return None

@@ -89,10 +89,12 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
             return self._unauthorized(accepted or None)
         socket.schedule_ping()
         if transport == "websocket":
-            response = await socket.handle_get_request(environ)
-            if not socket.connected:  # the handshake failed: there is no connection
-                self.sockets.pop(sid, None)
-                await socket.close(wait=False, abort=True)
+            try:
+                response = await socket.handle_get_request(environ)
+            finally:
+                if not socket.connected:  # the handshake failed: there is no connection
+                    self.sockets.pop(sid, None)
+                    await socket.close(wait=False, abort=True)
             return response
         socket.connected = True
         try:

@@ -210,8 +210,15 @@ class EngineSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         if self.upgraded:
             self.outbox.resume()
 
-    def on_closed(self) -> None:
-        """The websocket's TCP connection is gone."""
+    def on_closing(self, ws: WebSocketConnection) -> None:
+        """``ws`` is sending its close frame: nothing is written to it from now on."""
+        if ws is self.websocket and self.upgraded:
+            self.outbox.detach()
+
+    def on_closed(self, ws: WebSocketConnection) -> None:
+        """The TCP connection of ``ws`` is gone."""
+        if ws is not self.websocket:  # a probe given up on earlier
+            return
         if not self.upgraded:  # a probe that never completed: long-polling goes on
             self._give_up_upgrade()
             return
@@ -254,10 +261,23 @@ class EngineSocket(async_socket.AsyncSocket):  # type: ignore[misc]
             ending = self.server.spawn(self._close_websocket(self.websocket))
             if wait:
                 await asyncio.shield(ending)
-        elif wait and not abort:
-            await self.outbox.drained()  # the client's next GET collects the close packet
+        else:
+            # Long-polling: the client's next GET collects the close packet; then (or
+            # if it never comes) nothing refers to this socket any more.
+            forgotten = self.server.spawn(self._forget_when_drained())
+            if wait and not abort:
+                await asyncio.shield(forgotten)
         if self.websocket is not None and not self.upgraded:
             self.websocket.close()
+
+    async def _forget_when_drained(self) -> None:
+        try:
+            async with asyncio.timeout(self.server.ping_timeout):
+                await self.outbox.drained()
+        except TimeoutError:
+            pass
+        if self.server.sockets.get(self.sid) is self:
+            del self.server.sockets[self.sid]
 
     async def _close_websocket(self, ws: WebSocketConnection) -> None:
         try:

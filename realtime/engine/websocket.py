@@ -38,7 +38,9 @@ class Listener(Protocol):
 
     def on_message(self, data: str | bytes) -> None: ...
 
-    def on_closed(self) -> None: ...
+    def on_closing(self, connection: WebSocketConnection) -> None: ...
+
+    def on_closed(self, connection: WebSocketConnection) -> None: ...
 
     def pause_writing(self) -> None: ...
 
@@ -59,6 +61,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._size = 0
         self._early = b""  # what arrived before anyone listened
         self._abort: asyncio.TimerHandle | None = None
+        self._closing = False  # our close frame is sent (or the transport is closing)
 
     def listen(self, listener: Listener) -> None:
         self.listener = listener
@@ -99,7 +102,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.transport = None
         if self.listener is not None:
             listener, self.listener = self.listener, None
-            listener.on_closed()
+            listener.on_closed(self)
 
     def pause_writing(self) -> None:
         if self.listener is not None:
@@ -134,7 +137,8 @@ class WebSocketConnection(asyncio.Protocol):
                 return
             message, self._binary = b"".join(self._binary), []
         self._size = 0
-        if self.listener is not None:
+        # Nothing more is taken once we closed (a failed upgrade, a slow consumer...).
+        if self.listener is not None and not self._closing:
             self.listener.on_message(message)
 
     def _send(self, event: CloseConnection | Pong) -> None:
@@ -148,8 +152,11 @@ class WebSocketConnection(asyncio.Protocol):
     def close(self, code: int = CloseReason.NORMAL_CLOSURE, reason: str = "") -> None:
         """Send a close frame (or answer the peer's), close the TCP connection once
         what is buffered went out, abort it if that takes too long."""
-        if self.transport is None or self._abort is not None:
+        if self.transport is None or self._closing:
             return
+        self._closing = True
+        if self.listener is not None:
+            self.listener.on_closing(self)  # nothing may follow the close frame
         if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
             self._send(CloseConnection(code=code, reason=reason))
         self.transport.close()

@@ -53,7 +53,9 @@ def joined_rooms(rt: Realtime, sid: str) -> list[uuid.UUID]:
 
 def presence_event(name: ServerEvent, data: dict[str, Any], key: tuple[str, Any]) -> Event:
     """Presence is state: a late reader needs the latest per user (joined, left) or per
-    connection (its state), not the history."""
+    connection (its state), not the history. A user's joined and left have keys of
+    their own: a reader behind a leave and a return gets both, in that order, and so
+    drops the departed tabs' states."""
     return Event(name, data, EventClass.PRESENCE, key=key)
 
 
@@ -83,7 +85,7 @@ async def join(call: Call, payload: Join) -> dict[str, Any]:
                 "document_id": str(document_id),
                 "user": {"user_id": str(principal.user_id), "username": principal.username},
             },
-            ("user", principal.user_id),
+            ("joined", principal.user_id),
         )
         rt.delivery.to_room(room_of(document_id), joined_event, skip=call.sid)
     return {
@@ -128,7 +130,7 @@ async def leave_room(rt: Realtime, connection: Connection, document_id: uuid.UUI
             presence_event(
                 ServerEvent.PRESENCE_LEFT,
                 {"document_id": str(document_id), "user_id": user_id},
-                ("user", connection.user_id),
+                ("left", connection.user_id),
             ),
         )
     elif departure is Departure.STATE:
