@@ -16,6 +16,16 @@ from app.logs import configure_logging
 log = logging.getLogger("app")
 
 
+def without_inputs(exc: ValidationError) -> str:
+    """pydantic's errors, one a line, without the values that caused them: those can
+    be secrets (an API key in the settings, a password)."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False, include_context=False):
+        where = ".".join(str(part) for part in error["loc"]).upper()
+        lines.append(f"  {where or '(settings)'}: {error['msg']}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     commands = parser.add_subparsers(dest="command")
@@ -33,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        print(f"configuration error:\n{exc}", file=sys.stderr)
+        print(f"configuration error:\n{without_inputs(exc)}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.resolved_log_format)
 
@@ -93,7 +103,7 @@ async def _create_user(settings: Settings, username: str, password: str, role: s
             {"username": username, "password": password}
         )
     except ValidationError as exc:
-        print(f"invalid user: {exc}", file=sys.stderr)
+        print(f"invalid user:\n{without_inputs(exc)}", file=sys.stderr)
         return 2
     engine = create_engine(settings.resolved_database_url)
     try:

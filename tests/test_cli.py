@@ -95,13 +95,24 @@ def test_serving_an_unmigrated_database_is_refused(app_env: dict[str, str]) -> N
 
 
 def test_production_refuses_missing_or_placeholder_secrets(app_env: dict[str, str]) -> None:
+    api_key = "sk-ant-api03-" + "s3cr3t" * 8
     for secret in (None, "changeme", "short"):
-        env = {**app_env, "ENV": "production"}
+        env = {**app_env, "ENV": "production", "ANTHROPIC_API_KEY": api_key}
         if secret is not None:
             env["JWT_SECRET"] = secret
         result = run_app(env)
         assert result.returncode == 2, result.stderr
         assert "set JWT_SECRET" in result.stderr
+        # pydantic's own message quotes the settings it was given: no part of a secret.
+        assert "s3cr3t" not in result.stderr and "changeme" not in result.stderr
+        assert "input_value" not in result.stderr
+
+
+def test_a_bad_setting_is_named_without_its_value(app_env: dict[str, str]) -> None:
+    result = run_app({**app_env, "PORT": "eighty-eighty"})
+    assert result.returncode == 2
+    assert "PORT: Input should be a valid integer" in result.stderr
+    assert "eighty-eighty" not in result.stderr
 
 
 def test_migrate_then_create_user(app_env: dict[str, str]) -> None:
@@ -116,8 +127,9 @@ def test_migrate_then_create_user(app_env: dict[str, str]) -> None:
     duplicate = run_app(app_env, "create-user", "admin", "--password-stdin", stdin=PASSWORD)
     assert duplicate.returncode == 1
     assert "username_taken" in duplicate.stderr
-    weak = run_app(app_env, "create-user", "bob", "--password-stdin", stdin="short")
+    weak = run_app(app_env, "create-user", "bob", "--password-stdin", stdin="shrt1")
     assert weak.returncode == 2
+    assert "PASSWORD" in weak.stderr and "shrt1" not in weak.stderr  # no password printed
 
 
 async def test_serve_then_sigterm_drains_and_exits_cleanly(
