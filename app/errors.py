@@ -74,6 +74,13 @@ class InvalidUpdate(BadRequest):
     default_message = "not a Yjs update (v1 encoding)"
 
 
+class UnappliableUpdate(InvalidUpdate):
+    """Well-formed, but the CRDT library fails applying it to this document's content
+    (a crafted update can make yrs panic): refused, and kept out of the log."""
+
+    default_message = "the update cannot be applied to this document"
+
+
 class Unauthorized(AppError):
     status = 401
     code = "unauthorized"

@@ -184,8 +184,9 @@ class Assistant:
                     "question": reply.question,
                 },
             )
-            prompt = await self._prompt(reply)
+            # The deadline covers building the prompt too (it opens the document).
             async with asyncio.timeout(self.limits.deadline) as deadline:
+                prompt = await self._prompt(reply)
                 await self._stream(reply, prompt, deadline, batched=flusher is not None)
         except asyncio.CancelledError:
             status = "cancelled"

@@ -2,7 +2,10 @@
 
 The invariant: the in-memory document is exactly what the database holds. An update
 is checked, appended to the log, and only then applied and broadcast; a client that
-joins at any moment is sent nothing the database could lose. Updates that arrive
+joins at any moment is sent nothing the database could lose. An update that yrs
+cannot apply to the document's content (a crafted one can make it panic) is taken
+back out of the log, the document is rebuilt from the log, and its sender is refused;
+a stored update that cannot be applied is left out at load (``build_document``). Updates that arrive
 while a write is in flight are committed together in the next one (group commit),
 so a busy document costs one transaction per round trip, not one per keystroke.
 
@@ -30,7 +33,7 @@ from typing import Any
 from pycrdt import Doc, Text, TransactionEvent, merge_updates
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.errors import DocumentTooLarge, InvalidUpdate, UpdateTooLarge
+from app.errors import DocumentTooLarge, InvalidUpdate, UnappliableUpdate, UpdateTooLarge
 from app.events import Broadcaster
 from app.services.text_edits import TextEdit, apply_edit
 from storage.db import read_session
@@ -115,9 +118,7 @@ class LiveDocument:
         changes: list[bytes] = []
         subscription = copy.observe(lambda event: changes.append(event.update))
         try:
-            copy.apply_update(update)
-        except ValueError as exc:
-            raise InvalidUpdate() from exc
+            apply_contained(copy, update)
         finally:
             copy.unobserve(subscription)
         return bool(changes)
@@ -137,10 +138,50 @@ class LiveDocument:
 
         subscription = self.doc.observe(seen)
         try:
-            self.doc.apply_update(update)
+            apply_contained(self.doc, update)
         finally:
             self.doc.unobserve(subscription)
         return changed
+
+
+def apply_contained(doc: Doc[Any], update: bytes) -> None:
+    """``doc.apply_update``, with a panic of yrs turned into ``UnappliableUpdate``.
+
+    pycrdt raises a panic as pyo3's ``PanicException``, a ``BaseException`` that
+    ``except Exception`` lets through: a crafted update (well formed, so it passes
+    ``check_update``) can panic when it meets real content. The document it panicked
+    in may be half changed: callers rebuild it.
+    """
+    try:
+        doc.apply_update(update)
+    except ValueError as exc:
+        raise InvalidUpdate() from exc
+    except (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit):
+        raise
+    except BaseException as exc:
+        raise UnappliableUpdate() from exc
+
+
+def build_document(stored: crdt_repo.StoredDocument) -> tuple[Doc[Any], list[int]]:
+    """A document from its stored state, and the ids of the stored updates that could
+    not be applied (left out: nothing stored may make a document unloadable)."""
+    skipped: set[int] = set()
+    while True:
+        doc: Doc[Any] = Doc()
+        current: int | None = None
+        try:
+            with doc.transaction():
+                if stored.snapshot is not None:
+                    apply_contained(doc, stored.snapshot)
+                for current, update in stored.updates:
+                    if current not in skipped:
+                        apply_contained(doc, update)
+        except UnappliableUpdate:
+            if current is None or current in skipped:
+                raise  # the snapshot itself: nothing to leave out
+            skipped.add(current)  # and start again: the half-changed doc is dropped
+            continue
+        return doc, sorted(skipped)
 
 
 def check_update(update: bytes, limits: Limits) -> None:
@@ -224,11 +265,14 @@ class LiveDocuments:
         try:
             async with read_session(self._sessions) as session:
                 stored = await crdt_repo.load(session, live.id)
-            with live.doc.transaction():
-                if stored.snapshot is not None:
-                    live.doc.apply_update(stored.snapshot)
-                for _, update in stored.updates:
-                    live.doc.apply_update(update)
+            live.doc, skipped = build_document(stored)
+            if skipped:
+                log.error(
+                    "document %s: stored update(s) %s cannot be applied; left out (the "
+                    "next snapshot drops them from the log)",
+                    live.id,
+                    skipped,
+                )
             live.last_update_id = stored.last_update_id
             live.size = len(live.doc.get_update())
             if stored.updates:
@@ -240,12 +284,14 @@ class LiveDocuments:
             self._documents.pop(live.id, None)
             live._loaded.cancel()
             raise
-        except Exception as exc:
+        except BaseException as exc:  # a panic of yrs too: waiters must not hang
             # The callers waiting now all see the error; the next open tries again.
             log.exception("could not load document %s", live.id)
             self._documents.pop(live.id, None)
-            live._loaded.set_exception(exc)
+            live._loaded.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
             live._loaded.exception()  # retrieved: no "never retrieved" warning
+            if not isinstance(exc, Exception):
+                raise
             return
         live._loaded.set_result(None)
         if live.users == 0:  # everyone who asked gave up while it loaded
@@ -347,7 +393,18 @@ class LiveDocuments:
                 live.last_update_id = update_id
                 if live.unsaved_since is None:
                     live.unsaved_since = time.monotonic()
-                changed = [p for p in batch if live._apply(p.update)]
+                changed: list[_Pending] = []
+                unappliable: tuple[_Pending, UnappliableUpdate] | None = None
+                for pending in batch:
+                    try:
+                        if live._apply(pending.update):
+                            changed.append(pending)
+                    except UnappliableUpdate as exc:
+                        unappliable = (pending, exc)
+                        break
+                if unappliable is not None:
+                    await self._take_back(live, update_id, batch, *unappliable)
+                    continue
                 for pending in batch:
                     pending.done.set_result(pending in changed)
                 for pending in changed:
@@ -357,6 +414,39 @@ class LiveDocuments:
                 self._schedule_snapshot(live)
         finally:
             live._writer = None
+
+    async def _take_back(
+        self,
+        live: LiveDocument,
+        update_id: int,
+        batch: list[_Pending],
+        bad: _Pending,
+        error: UnappliableUpdate,
+    ) -> None:
+        """``bad`` was stored (in log row ``update_id`` with the rest of ``batch``) but
+        cannot be applied: take the row back, rebuild the document from the log, refuse
+        ``bad``, and queue the rest of the batch to be stored again, first."""
+        log.warning("document %s: an update (%d bytes) cannot be applied", live.id, len(bad.update))
+        try:
+            async with self._sessions.begin() as session:
+                await crdt_repo.delete_update(session, live.id, update_id)
+                stored = await crdt_repo.load(session, live.id)
+            live.doc, _ = build_document(stored)
+        except Exception as exc:
+            # The copy in memory may be half changed and the log could not be read:
+            # the batch fails and the next open loads the document afresh.
+            log.exception("could not rebuild document %s", live.id)
+            self.forget(live.id)
+            waiting, live._pending = [*batch, *live._pending], []
+            for pending in waiting:
+                pending.done.set_exception(exc)
+                pending.done.exception()
+            return
+        live.last_update_id = stored.last_update_id
+        live.size = len(live.doc.get_update())
+        bad.done.set_exception(error)
+        bad.done.exception()
+        live._pending = [p for p in batch if p is not bad] + live._pending
 
     async def _settle(self, live: LiveDocument) -> None:
         """Wait until no write is in flight."""

@@ -37,6 +37,15 @@ async def append_update(session: AsyncSession, document_id: uuid.UUID, data: byt
     return row.id
 
 
+async def delete_update(session: AsyncSession, document_id: uuid.UUID, update_id: int) -> None:
+    """Take one update out of the log (one that cannot be applied to the document)."""
+    await session.execute(
+        delete(DocumentUpdate).where(
+            DocumentUpdate.document_id == document_id, DocumentUpdate.id == update_id
+        )
+    )
+
+
 async def load(session: AsyncSession, document_id: uuid.UUID) -> StoredDocument:
     snapshot = await session.scalar(
         select(DocumentSnapshot)
