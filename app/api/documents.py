@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import uuid
 from datetime import datetime
 
@@ -31,6 +32,9 @@ from app.errors import ValidationFailed
 from app.keys import CHAT_SERVICE, DOCUMENT_SERVICE
 from app.services.documents import DocumentView, MemberView
 from app.wire import MessagePage
+
+# Bodies past this go out as a stream (aiohttp's own threshold for its warning).
+LARGE_BODY_BYTES = 1024 * 1024
 
 
 def document_out(view: DocumentView) -> DocumentOut:
@@ -162,12 +166,19 @@ async def get_content(
         principal, path_uuid(request, "document_id")
     )
     if query.format == "text":
-        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+        return web.Response(body=_body(text.encode()), content_type="text/plain", charset="utf-8")
     if query.format == "yjs":
-        return web.Response(body=update, content_type="application/octet-stream")
+        return web.Response(body=_body(update), content_type="application/octet-stream")
     return web.Response(
-        body=ContentOut(text=text).model_dump_json(), content_type="application/json"
+        body=_body(ContentOut(text=text).model_dump_json().encode()),
+        content_type="application/json",
     )
+
+
+def _body(data: bytes) -> bytes | io.BytesIO:
+    """A response body; a large one as a stream, which aiohttp writes in chunks (it
+    warns that one large write can hold up the event loop)."""
+    return io.BytesIO(data) if len(data) > LARGE_BODY_BYTES else data
 
 
 @api.route(
