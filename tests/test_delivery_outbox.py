@@ -200,6 +200,21 @@ async def test_a_failed_write_does_not_stall_the_other_connections() -> None:
     assert decoded(wire.written) == [["chat:message", {"n": 0}], ["chat:message", {"n": 1}]]
 
 
+async def test_one_turn_cannot_cork_past_the_bound() -> None:
+    # Large events in one turn (answers to a flood of sync requests): once the turn
+    # has corked CORK_BYTES they go to the transport at once, it pauses, and the rest
+    # queue under the bound, which closes the connection.
+    recorder = Recorder()
+    outbox = recorder.outbox(max_bytes=100_000)
+    wire = Wire(outbox, high_water=64 * 1024)
+    outbox.attach(wire.write)
+    big = Event("sync-update", b"\x00" * 50_000, EventClass.CONTROL)
+    for _ in range(20):  # no flush in between: one turn
+        send(outbox, big)
+    assert outbox.closed and recorder.overflows == 1
+    assert wire.buffered < 200_000  # not all 20 (a million bytes) were corked
+
+
 async def test_superseded_entries_do_not_pile_up() -> None:
     outbox = Recorder().outbox(max_events=10)
     wire = Wire(outbox, high_water=0)

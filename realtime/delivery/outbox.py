@@ -32,6 +32,11 @@ from realtime.delivery.metrics import DeliveryMetrics
 log = logging.getLogger(__name__)
 
 
+# What one turn of the event loop may give a connection before it is written at once
+# (asyncio's default high-water mark): corked data is not bounded by ``Limits``.
+CORK_BYTES = 64 * 1024
+
+
 class Policy(enum.Enum):
     KEEP = "keep"  # never dropped, never reordered
     REPLACE = "replace"  # the newest with the same key replaces the one waiting
@@ -117,6 +122,7 @@ class Outbox:
     __slots__ = (
         "_bytes",
         "_corked",
+        "_corked_bytes",
         "_dead",
         "_drained",
         "_flusher",
@@ -153,6 +159,7 @@ class Outbox:
         self.attached = False
         self.deflate = False  # the websocket negotiated permessage-deflate
         self._corked: list[bytes] | None = None  # written this turn, sent at its end
+        self._corked_bytes = 0
         self.closed = False
         self._paused = False
         self._queue: deque[_Waiting] = deque()
@@ -181,12 +188,18 @@ class Outbox:
             self.enqueue(encoded, event, namespace)
 
     def write(self, frames: bytes) -> None:
-        """The fast path of ``push`` (only while ``direct``): out at the end of this turn."""
+        """The fast path of ``push`` (only while ``direct``): out at the end of this turn,
+        or now once the turn has given this connection ``CORK_BYTES`` (the transport then
+        says whether it is full, and what follows is queued and bounded)."""
         if self._corked is None:
             self._corked = [frames]
+            self._corked_bytes = len(frames)
             self._flusher.add(self)
         else:
             self._corked.append(frames)
+            self._corked_bytes += len(frames)
+        if self._corked_bytes > CORK_BYTES:
+            self.uncork()
 
     def uncork(self) -> None:
         # Cleared first: a failed write must not leave this outbox corked for good (the
