@@ -17,15 +17,16 @@ class TokenBucket:
         self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
         self._updated = now
 
-    def take(self) -> bool:
-        """Spend one token if there is one."""
+    def take(self, tokens: float = 1) -> bool:
+        """Spend ``tokens`` (at most ``burst`` are ever asked) if there are that many."""
+        tokens = min(tokens, self.burst)
         self._refill()
-        if self._tokens >= 1:
-            self._tokens -= 1
+        if self._tokens >= tokens:
+            self._tokens -= tokens
             return True
         return False
 
-    def wait(self) -> float:
-        """Seconds until a token is available."""
+    def wait(self, tokens: float = 1) -> float:
+        """Seconds until ``tokens`` are available."""
         self._refill()
-        return max(0.0, (1 - self._tokens) / self.rate)
+        return max(0.0, (min(tokens, self.burst) - self._tokens) / self.rate)

@@ -20,9 +20,9 @@ from aiohttp.test_utils import TestClient
 from realtime.engine.server import EngineServer
 from realtime.engine.socket import EngineSocket
 from tests.conftest import AppFactory, ConnectOn, NodePrograms, OpenDocumentOn
-from tests.helpers import Api, equal, eventually
+from tests.helpers import Api, equal, eventually, truthy
 from tests.js_client import JsClient
-from tests.raw_socketio import RawClient
+from tests.raw_socketio import RawClient, _masked
 from tests.test_ops import metric_samples
 from tests.yjs_js import YjsJsClient
 
@@ -251,3 +251,35 @@ async def test_a_paused_y_socket_io_provider_gets_merged_updates_and_converges(
 async def _equal_text(api: Api, user: Any, document_id: str, expected: str) -> None:
     body = await api.call("GET", f"/api/v1/documents/{document_id}/content", user=user)
     assert body["text"] == expected
+
+
+async def test_sync_requests_from_a_reader_that_stops_are_bounded(
+    start_app: AppFactory, open_document_on: OpenDocumentOn
+) -> None:
+    """Each answer is the whole document; a client asking again and again without
+    reading is closed rather than holding them all (issue 11, finding 2)."""
+    client = await start_app()
+    api = Api(client)
+    owner, member, doc = await api.room()
+    writer = await open_document_on(client, owner, doc["id"])
+    for _ in range(3):
+        writer.edit(lambda text: text.insert(len(text), "z" * 450_000))
+    await eventually(lambda: _equal_text(api, owner, doc["id"], writer.text), timeout=20)
+
+    namespace = f"/yjs|{doc['id']}"
+    raw = await RawClient.connect(client.port, member.access_token)
+    await raw.connect_namespace(namespace, member.access_token)
+    [connection] = [c for c in websockets_of(client) if c.sid == raw.eio_sid]
+    peak = 0
+    for ack_id in range(1, 61):  # a binary event: the packet, then its attachment
+        placeholder = '{"_placeholder":true,"num":0}'
+        await raw.send_text(f'451-{namespace},{ack_id}["sync-step-1",{placeholder}]')
+        raw.writer.write(_masked(0x2, b"\x00"))
+        await raw.writer.drain()
+        await asyncio.sleep(0.005)
+        peak = max(peak, held_for(connection))
+    await eventually(lambda: truthy(connection.outbox.closed))
+    await raw.close()
+    assert await metric(client, "delivery_slow_consumers_total") == 1
+    # At most the answer being written, the bound, and the transport's share.
+    assert peak < 2 * 1_400_000 + (1 << 20) + HIGH_WATER, peak

@@ -288,3 +288,24 @@ async def test_malformed_awareness_is_refused(api: Api, open_document: DocumentF
     await eventually(lambda: equal(codes(a), ["invalid_update"]))
     a.set_awareness({"ok": True})
     await eventually(lambda: equal(b.awareness.states.get(a.doc.client_id), {"ok": True}))
+
+
+async def test_sync_requests_are_charged_by_what_they_return(
+    api: Api, open_document: DocumentFactory
+) -> None:
+    """A one-byte state vector asks for the whole document (issue 11, finding 2)."""
+    ann, ben, doc = await api.room("editor")
+    a = await open_document(ann, doc["id"])
+    for _ in range(3):  # ~1.35 MB (in updates under YJS_MAX_UPDATE_BYTES): 21 tokens
+        append(a, "y" * 450_000)  # an answer, of the 200 in the bucket
+    b = await open_document(ben, doc["id"])
+    await eventually(lambda: equal(len(b.text), 1_350_000), timeout=10)
+
+    answers = [
+        await b.sio.call("sync-step-1", b"\x00", namespace=b.namespace, timeout=10)
+        for _ in range(12)
+    ]
+    whole = [answer for answer in answers if len(answer) > 1_000_000]
+    assert 5 <= len(whole) < 12, [len(answer) for answer in answers]
+    assert answers[-1] == b"\x00\x00"  # refused: a no-op the provider can apply
+    await eventually(lambda: truthy("rate_limited" in codes(b)))

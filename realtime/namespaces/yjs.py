@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/yjs|"
 METRICS_NAMESPACE = "/yjs"
+# A client's sync-step-1 costs a rate token per this many bytes of its answer.
+SYNC_BYTES_PER_TOKEN = 64 * 1024
 
 
 class YjsEvent:
@@ -247,7 +249,16 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         try:
             if not isinstance(state_vector, bytes):
                 raise InvalidUpdate("send the state vector as binary")
-            return connection.live.missing_for(state_vector)
+            answer = connection.live.missing_for(state_vector)
+            # Charged by what it returns (a one-byte state vector asks for the whole
+            # document): a token, plus one for each SYNC_BYTES_PER_TOKEN, at most the
+            # whole burst (what a client's first sync of the largest document costs).
+            cost = 1 + len(answer) // SYNC_BYTES_PER_TOKEN
+            if not connection.bucket.take(cost):
+                raise RateLimited(
+                    "too many sync requests", retry_after=round(connection.bucket.wait(cost), 3)
+                )
+            return answer
         except AppError as exc:
             await self.tell(connection, YjsEvent.SYNC_STEP_1, exc)
             # The provider applies whatever the ack carries: give it a valid no-op.
