@@ -11,6 +11,9 @@ from pydantic import BaseModel, TypeAdapter
 
 from storage.models import AuthorKind, ChatMessage
 
+# The largest seq a client may name (a BIGINT column; past it the database driver fails).
+MAX_SEQ = 2**63 - 1
+
 
 class ServerEvent(enum.StrEnum):
     """Events the server emits on the default namespace."""

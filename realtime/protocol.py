@@ -19,8 +19,10 @@ from pydantic import (
     model_validator,
 )
 
+from app.wire import MAX_SEQ
+
 ClientMsgId = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
-Seq = Annotated[StrictInt, Field(ge=0)]
+Seq = Annotated[StrictInt, Field(ge=0, le=MAX_SEQ)]
 
 
 class Command(BaseModel):
@@ -50,7 +52,7 @@ class ChatHistory(RoomCommand):
     """Either the page before ``before_seq`` (the newest page when neither is given),
     or the page after ``after_seq`` (catching up)."""
 
-    before_seq: Annotated[StrictInt, Field(ge=1)] | None = None
+    before_seq: Annotated[StrictInt, Field(ge=1, le=MAX_SEQ)] | None = None
     after_seq: Seq | None = None
     limit: Annotated[StrictInt, Field(ge=1, le=100)] = 50
 

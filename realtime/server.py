@@ -9,6 +9,7 @@ python-socketio's own emit and rooms.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any, NoReturn
 
@@ -41,7 +42,14 @@ class _OrjsonModule:
     def dumps(obj: Any, **_options: Any) -> str:
         return orjson.dumps(obj).decode()
 
-    loads = staticmethod(orjson.loads)
+    @staticmethod
+    def loads(data: str | bytes, **_options: Any) -> Any:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            # orjson refuses what the stdlib takes (integers past 64 bits, lone
+            # surrogates): decoded here, the payload's validation answers with a code.
+            return json.loads(data)
 
 
 class RoomServer(socketio.AsyncServer):  # type: ignore[misc]

@@ -3,14 +3,19 @@ handler crashes, and nothing about a room leaks to someone outside it."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Callable
 from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 
 from app.keys import SETTINGS
 from roomclient import RoomClient
 from tests.conftest import AppFactory, ClientFactory
 from tests.helpers import Api, User, eventually
+from tests.raw_socketio import RawClient
 
 COMMANDS = [
     "join",
@@ -313,3 +318,49 @@ async def test_reserved_event_names_from_a_client_are_refused(
     await still_works(b, doc, "ben is still here")
     await until(lambda: texts(a, doc) == ["ben is still here"], lambda: a.events)
     assert [e for e, _ in a.events if e == "presence:left"] == []
+
+
+async def test_out_of_range_numbers_and_dates_are_validation_errors(
+    api: Api, client: TestClient[web.Request, web.Application]
+) -> None:
+    """Issue 11, finding 11: each of these answered 500 `internal`."""
+    ann, _, doc = await api.room("editor")
+    huge = 2**70
+    messages = f"/api/v1/documents/{doc['id']}/messages"
+    await api.error(
+        "GET", f"{messages}?after={huge}", expect=422, code="validation_failed", user=ann
+    )
+    await api.error(
+        "GET", f"{messages}?before={huge}", expect=422, code="validation_failed", user=ann
+    )
+    year_0_in_utc = "0001-01-01T00:00:00+14:00"
+    cursor = base64.urlsafe_b64encode(f"{year_0_in_utc}|{uuid.uuid4()}".encode()).decode()
+    await api.error(
+        "GET",
+        f"/api/v1/documents?cursor={cursor.rstrip('=')}",
+        expect=422,
+        code="validation_failed",
+        user=ann,
+    )
+    await api.error(
+        "GET",
+        "/api/v1/usage?since=0001-01-01T00:00%2B14:00",
+        expect=422,
+        code="validation_failed",
+        user=ann,
+    )
+
+    # Over the socket: a raw client, since orjson and python-socketio's client refuse
+    # to encode such integers at all.
+    raw = await RawClient.connect(client.port, ann.access_token)
+    try:
+        ack, _ = await raw.call("join", {"document_id": doc["id"], "since_seq": huge})
+        assert ack["error"]["code"] == "validation_failed", ack
+        assert ack["error"]["details"][0]["field"] == "since_seq"
+        ack, _ = await raw.call("join", {"document_id": doc["id"]})
+        assert ack["ok"] is True
+        for field in ("after_seq", "before_seq"):
+            ack, _ = await raw.call("chat:history", {"document_id": doc["id"], field: huge})
+            assert ack["error"]["code"] == "validation_failed", ack
+    finally:
+        await raw.close()

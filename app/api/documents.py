@@ -6,7 +6,7 @@ import base64
 import binascii
 import io
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -65,8 +65,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         moment = datetime.fromisoformat(created_at)
         if moment.tzinfo is None:
             raise ValueError("cursor time without a zone")
+        moment.astimezone(UTC)  # in range in UTC too (OverflowError otherwise)
         return moment, uuid.UUID(document_id)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as exc:
         raise ValidationFailed(
             details=[{"field": "cursor", "message": "not a cursor from this API", "type": "cursor"}]
         ) from exc

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from app.wire import MAX_SEQ
 from storage.models import DocumentRole, GlobalRole
 
 Username = Annotated[
@@ -165,12 +166,14 @@ class MemberPut(Input):
 
 
 class MessageListQuery(Query):
-    before: Annotated[int, Field(ge=1, description="only messages with seq below this")] | None = (
-        None
-    )
-    after: Annotated[int, Field(ge=0, description="only messages with seq above this")] | None = (
-        None
-    )
+    before: (
+        Annotated[int, Field(ge=1, le=MAX_SEQ, description="only messages with seq below this")]
+        | None
+    ) = None
+    after: (
+        Annotated[int, Field(ge=0, le=MAX_SEQ, description="only messages with seq above this")]
+        | None
+    ) = None
     limit: Limit = 50
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from aiohttp import web
 
 from app.api.schemas import UsageList, UsageOut, UsageQuery
@@ -21,6 +23,13 @@ async def get_usage(request: web.Request, principal: Principal, query: UsageQuer
         raise ValidationFailed(
             details=[{"field": "since", "message": "give a time zone", "type": "timezone"}]
         )
+    if query.since is not None:
+        try:
+            query.since.astimezone(UTC)
+        except OverflowError as exc:  # 0001-01-01T00:00+14:00 is in year 0 in UTC
+            raise ValidationFailed(
+                details=[{"field": "since", "message": "out of range", "type": "range"}]
+            ) from exc
     since, totals = await request.app[ASSISTANT].usage(
         principal, since=query.since, user_id=query.user_id
     )
