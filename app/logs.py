@@ -16,6 +16,21 @@ TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(correlation_id)s] %(messa
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(correlation_id)s %(message)s"
 
 
+# Control characters as escapes (\n, \x1b...): a value a client chose (a path, an
+# event name) must not start a forged line in a text log or drive a terminal.
+_ESCAPES = {
+    code: ascii(chr(code))[1:-1] for code in (*range(0x20), 0x7F, 0x85, 0x2028, 0x2029)
+}
+
+
+class TextFormatter(logging.Formatter):
+    """One record, one line: the message and its fields with control characters
+    escaped; a traceback (ours, not a client's) keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        return super().formatMessage(record).translate(_ESCAPES)
+
+
 class CorrelationFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.correlation_id = correlation_id.get()
@@ -31,7 +46,7 @@ def configure_logging(level: str, fmt: Literal["json", "text"]) -> None:
             JsonFormatter(JSON_FIELDS, rename_fields={"levelname": "level", "asctime": "time"})
         )
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(TextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)

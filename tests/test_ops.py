@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.api.v1 import api as route_table
 from app.keys import DRAINING
+from app.logs import configure_logging
 from tests.conftest import AppFactory
 from tests.helpers import Api
 
@@ -235,3 +238,25 @@ async def test_no_cors_headers_without_cors_origins(client: Client) -> None:
     for response in (preflight, plain):
         for header in CORS_HEADERS:
             assert header not in response.headers
+
+
+def test_a_text_log_line_cannot_be_forged(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 11, finding 10: a path with %0a or an event name with a newline wrote a
+    line of its own into text logs."""
+    configure_logging("INFO", "text")
+    try:
+        chosen = "/api/v1/x\n2026-12-04 00:00:00,000 ERROR   app [-] forged\x1b[2J"
+        logging.getLogger("app.test").warning("unknown route %s", chosen)
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            logging.getLogger("app.test").exception("failed at %s", "a\rb")
+    finally:
+        configure_logging("WARNING", "text")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith(
+        "unknown route /api/v1/x\\n2026-12-04 00:00:00,000 ERROR   app [-] forged\\x1b[2J"
+    )
+    assert lines[1].endswith("failed at a\\rb")
+    assert lines[2] == "Traceback (most recent call last):"  # ours keeps its lines
+    assert not any(line.startswith("2026-12-04 00:00:00,000") for line in lines)
