@@ -27,7 +27,7 @@ class TextFormatter(logging.Formatter):
     """One record, one line: the message and its fields with control characters
     escaped; a traceback (ours, not a client's) keeps its lines."""
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+    def formatMessage(self, record: logging.LogRecord) -> str:
         return super().formatMessage(record).translate(_ESCAPES)
 
 

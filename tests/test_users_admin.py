@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 import pytest
+from sqlalchemy import func, update
 
+from app.keys import SESSIONS
 from storage.models import GlobalRole
+from storage.models import User as UserRow
 from tests.helpers import Api, User
 
 USERS = "/api/v1/users"
@@ -272,3 +276,17 @@ async def test_create_key_errors(api: Api) -> None:
         await api.error("POST", KEYS, user=root, json=payload, expect=status, code=code)
     await api.error("DELETE", f"{KEYS}/{uuid.uuid4()}", user=root, expect=404, code="not_found")
     assert (await api.call("GET", KEYS, user=root))["items"] == []
+
+
+async def test_a_made_up_key_is_refused_while_a_writer_holds_the_database(api: Api) -> None:
+    """Issue 11, finding 13: the check took SQLite's write lock, so bogus keys queued
+    behind every writer (and an unknown key needs no write at all)."""
+    root = await api.user("root", GlobalRole.ADMIN)
+    real = (await new_key(api, root, "ci"))["key"]
+    async with api.client.app[SESSIONS].begin() as session:
+        await session.execute(update(UserRow).values(updated_at=func.now()))  # holds the lock
+        refused = api.error(
+            "GET", ME, expect=401, code="invalid_token", headers=key_header("rsk_" + "x" * 43)
+        )
+        await asyncio.wait_for(refused, 10)  # before the writer commits
+    assert (await api.call("GET", ME, headers=key_header(real)))["username"] == "root"

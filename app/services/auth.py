@@ -205,19 +205,19 @@ class AuthService:
         return Account.of(user)
 
     async def authenticate_api_key(self, key: str) -> Principal:
-        async with self._sessions.begin() as session:
+        # A read beside any writer: a made-up key must not wait for SQLite's write lock.
+        async with read_session(self._sessions) as session:
             stored = await users_repo.get_api_key_by_hash(session, hash_api_key(key))
-            if stored is None:
-                raise InvalidToken("unknown API key")
-            user = await users_repo.get_user(session, stored.user_id)
-            if user is None:
-                raise InvalidToken("unknown API key")
-            _check_usable(user, issued_at=None)
-            now = datetime.now(UTC)
-            # Coarse on purpose: a write per request would serialise SQLite.
-            if stored.last_used_at is None or now - stored.last_used_at > timedelta(minutes=1):
-                stored.last_used_at = now
-            return Principal(user_id=user.id, username=user.username, role=user.role, via="api_key")
+            user = await users_repo.get_user(session, stored.user_id) if stored else None
+        if stored is None or user is None:
+            raise InvalidToken("unknown API key")
+        _check_usable(user, issued_at=None)
+        now = datetime.now(UTC)
+        # Coarse on purpose: a write per request would serialise SQLite.
+        if stored.last_used_at is None or now - stored.last_used_at > timedelta(minutes=1):
+            async with self._sessions.begin() as session:
+                await users_repo.touch_api_key(session, stored.id, now)
+        return Principal(user_id=user.id, username=user.username, role=user.role, via="api_key")
 
     @staticmethod
     def new_api_key() -> tuple[str, str]:

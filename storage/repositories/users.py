@@ -133,6 +133,10 @@ async def get_api_key_by_hash(session: AsyncSession, key_hash: str) -> ApiKey | 
     )
 
 
+async def touch_api_key(session: AsyncSession, key_id: uuid.UUID, at: datetime) -> None:
+    await session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=at))
+
+
 async def get_api_key(session: AsyncSession, key_id: uuid.UUID) -> ApiKey | None:
     return await session.get(ApiKey, key_id)
 
