@@ -18,9 +18,7 @@ JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(correlation_id)s %(message)s
 
 # Control characters as escapes (\n, \x1b...): a value a client chose (a path, an
 # event name) must not start a forged line in a text log or drive a terminal.
-_ESCAPES = {
-    code: ascii(chr(code))[1:-1] for code in (*range(0x20), 0x7F, 0x85, 0x2028, 0x2029)
-}
+_ESCAPES = {code: ascii(chr(code))[1:-1] for code in (*range(0x20), 0x7F, 0x85, 0x2028, 0x2029)}
 
 
 class TextFormatter(logging.Formatter):

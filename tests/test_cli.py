@@ -176,6 +176,21 @@ async def test_serve_then_sigterm_drains_and_exits_cleanly(
     assert access and all(len(line["correlation_id"]) == 32 for line in access)
 
 
+async def test_sigterm_with_no_connection_exits_without_a_traceback(
+    app_env: dict[str, str], start_server: Callable[..., object]
+) -> None:
+    """Issue 11, finding 16: shutdown waited on an empty set of connections."""
+    assert run_app(app_env, "migrate").returncode == 0
+    process = await start_server(SHUTDOWN_GRACE_SECONDS="0")  # type: ignore[misc]
+    assert isinstance(process, asyncio.subprocess.Process)
+    await wait_until_up(f"http://127.0.0.1:{app_env['PORT']}")
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), timeout=20) == 0
+    assert process.stdout is not None
+    output = (await process.stdout.read()).decode()
+    assert "stopped" in output and "Traceback" not in output, output
+
+
 async def test_development_secret_is_generated_once_and_kept(
     app_env: dict[str, str], start_server: Callable[..., object]
 ) -> None:

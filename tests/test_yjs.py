@@ -13,6 +13,7 @@ import pycrdt
 import pytest
 import socketio
 
+from realtime.namespaces.yjs import encode_awareness
 from roomclient import DocumentClient
 from tests.conftest import AppFactory, DocumentFactory, OpenDocumentOn
 from tests.helpers import Api, equal, eventually, truthy
@@ -309,3 +310,32 @@ async def test_sync_requests_are_charged_by_what_they_return(
     assert 5 <= len(whole) < 12, [len(answer) for answer in answers]
     assert answers[-1] == b"\x00\x00"  # refused: a no-op the provider can apply
     await eventually(lambda: truthy("rate_limited" in codes(b)))
+
+
+async def test_an_entry_for_another_connections_client_id_is_dropped(
+    api: Api, open_document: DocumentFactory
+) -> None:
+    """Issue 11, finding 9: a viewer overwrote an editor's cursor and name."""
+    ann, ben, doc = await api.room("viewer")
+    editor = await open_document(ann, doc["id"])
+    viewer = await open_document(ben, doc["id"])
+    editor.set_awareness({"user": {"name": "ann"}, "cursor": 3})
+    await eventually(
+        lambda: equal(viewer.awareness.states.get(editor.doc.client_id), a_state(editor))
+    )
+
+    # One update: a forged entry for the editor's client id (a newer clock) and the
+    # viewer's own entry. Only the viewer's own is applied and relayed.
+    forged = encode_awareness(
+        [
+            (editor.doc.client_id, 99, {"user": {"name": "mallory"}, "cursor": 0}),
+            (viewer.doc.client_id, 1, {"user": {"name": "ben"}}),
+        ]
+    )
+    await viewer.sio.emit("awareness-update", forged, namespace=viewer.namespace)
+    await eventually(
+        lambda: equal(editor.awareness.states.get(viewer.doc.client_id), {"user": {"name": "ben"}})
+    )
+    late = await open_document(ann, doc["id"])  # what the server holds, sent on connect
+    for client in (editor, late):
+        assert client.awareness.states.get(editor.doc.client_id) == a_state(editor)

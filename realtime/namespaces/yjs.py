@@ -28,7 +28,7 @@ import uuid
 from typing import Any
 
 import socketio
-from pycrdt import Awareness, Decoder
+from pycrdt import Awareness, Decoder, Encoder
 
 from app.errors import (
     AppError,
@@ -98,6 +98,17 @@ def parse_awareness(update: bytes) -> list[tuple[int, int, Any]]:
         return entries
     except (IndexError, RuntimeError, UnicodeDecodeError, ValueError) as exc:
         raise InvalidUpdate("not a Yjs awareness update") from exc
+
+
+def encode_awareness(entries: list[tuple[int, int, Any]]) -> bytes:
+    """An awareness update of ``entries`` (``parse_awareness``'s form)."""
+    encoder = Encoder()
+    encoder.write_var_uint(len(entries))
+    for client_id, clock, state in entries:
+        encoder.write_var_uint(client_id)
+        encoder.write_var_uint(clock)
+        encoder.write_var_string(json.dumps(state, separators=(",", ":")))
+    return encoder.to_bytes()
 
 
 def newer(awareness: Awareness, client_id: int, clock: int, state: Any) -> bool:
@@ -332,9 +343,19 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             limit = self.rt.settings.yjs_max_awareness_bytes
             if len(update) > limit:
                 raise PayloadTooLarge(f"awareness updates are limited to {limit} bytes")
-            fresh = [entry for entry in parse_awareness(update) if newer(room.awareness, *entry)]
+            entries = parse_awareness(update)
+            fresh = [
+                entry
+                for entry in entries
+                if newer(room.awareness, *entry)
+                # Another connection's client id is not this one's to set (a viewer
+                # overwriting an editor's cursor and name): such entries are dropped.
+                and room.owners.get(entry[0], connection.sid) == connection.sid
+            ]
             if not fresh:
                 return
+            if len(fresh) != len(entries):
+                update = encode_awareness(fresh)
             if not connection.bucket.take():
                 # Latest wins: the next one supersedes it; no need to re-sync.
                 raise RateLimited(retry_after=round(connection.bucket.wait(), 3))
