@@ -8,9 +8,11 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from app.keys import CHAT_SERVICE
 from roomclient import CommandError, RoomClient, RoomView
 from storage.models import GlobalRole
 from tests.conftest import AppFactory, ClientFactory
@@ -275,3 +277,38 @@ async def start_frozen_client(url: str, user: User, document_id: str) -> asyncio
     line = await asyncio.wait_for(process.stdout.readline(), timeout=20)
     assert line.strip() == b"joined", json.dumps(line.decode())
     return process
+
+
+async def test_a_removal_while_a_join_is_under_way_is_not_missed(
+    api: Api, connect: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11, finding 14: membership was checked before entering the room, and a
+    removal in between reached the room's members, not the joining connection."""
+    ann, ben, doc = await api.room("editor")
+    joiner = await connect(ben)
+    chat = api.client.app[CHAT_SERVICE]
+    reading, removed = asyncio.Event(), asyncio.Event()
+    last_seq = chat.last_seq
+
+    async def slow_last_seq(document_id: Any) -> int:  # the join, between check and entry
+        reading.set()
+        await removed.wait()
+        return await last_seq(document_id)
+
+    monkeypatch.setattr(chat, "last_seq", slow_last_seq)
+    joining = asyncio.create_task(joiner.command("join", {"document_id": doc["id"]}))
+    await reading.wait()
+    await api.call(
+        "DELETE", f"/api/v1/documents/{doc['id']}/members/{ben.id}", user=ann, expect=204
+    )
+    removed.set()
+    with pytest.raises(CommandError) as refused:
+        await joining
+    assert refused.value.code == "not_found"
+    monkeypatch.undo()
+    owner = await connect(ann)
+    await owner.join(doc["id"])
+    await owner.send(doc["id"], "not for ben")
+    with pytest.raises(CommandError) as not_joined:  # it never stayed in the room
+        await joiner.command("chat:history", {"document_id": doc["id"]})
+    assert not_joined.value.code == "not_joined"

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from app.errors import Forbidden, PayloadTooLarge, ValidationFailed
+from app.errors import Forbidden, NotFound, PayloadTooLarge, ValidationFailed
 from app.events import EventClass
 from app.wire import ServerEvent, dump, iso
 from realtime.commands import Commands
@@ -77,6 +77,14 @@ async def join(call: Call, payload: Join) -> dict[str, Any]:
         rt.delivery.join(room_of(document_id), call.sid)
         # Read right after entering: each later chunk is sent to this connection.
         replies = [reply.so_far() for reply in rt.assistant.active(document_id)]
+    # A removal or a new role between the check above and entering the room reached
+    # the room's members, not this connection: checked again now that it is in (the
+    # services forget what they cached on a change, so this reads the change).
+    try:
+        access = await rt.chat.access(principal, document_id)
+    except NotFound:
+        rt.delivery.leave(room_of(document_id), call.sid)
+        raise
     first = await rt.presence.join(document_id, principal.user_id, principal.username, call.sid)
     if first:
         joined_event = presence_event(
