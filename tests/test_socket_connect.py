@@ -12,7 +12,9 @@ import socketio
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.exc import OperationalError
 
+from app.keys import AUTH_SERVICE
 from storage.models import GlobalRole
 from tests.conftest import TEST_JWT_SECRET
 from tests.helpers import Api, User, claims, eventually, unsigned_token
@@ -167,3 +169,25 @@ async def test_disabled_user_is_refused(api: Api, client: Client) -> None:
     alice = await api.user("alice")
     await api.call("PATCH", f"/api/v1/users/{alice.id}", user=root, json={"disabled": True})
     await assert_refused(client, {"token": alice.access_token}, "user_disabled")
+
+
+async def test_a_failure_on_our_side_refuses_with_unavailable(
+    api: Api, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11, finding 15: a database error inside the connect handler left the
+    client with neither a connect nor a connect_error."""
+    user = await api.user("ann")
+    auth = client.app[AUTH_SERVICE]
+
+    async def locked(token: str) -> Any:
+        raise OperationalError("SELECT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(auth, "authenticate_token", locked)
+    await assert_refused(client, {"token": user.access_token}, "unavailable")
+    monkeypatch.undo()
+    probe = Probe(client)
+    try:
+        await probe.connect({"token": user.access_token})  # and it was only that
+        assert probe.sio.connected
+    finally:
+        await probe.close()

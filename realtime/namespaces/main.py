@@ -10,9 +10,10 @@ from typing import Any
 import socketio
 
 from app.auth.principal import Principal
-from app.errors import AppError, Forbidden, Unauthorized
+from app.errors import AppError, Forbidden, ServiceUnavailable, Unauthorized
 from app.keys import METRICS
 from app.logs import correlation_id
+from app.metrics import Metrics
 from app.wire import ServerEvent, iso
 from realtime.commands import ack_requested
 from realtime.connections import Connection
@@ -79,6 +80,17 @@ async def end_connection(rt: Realtime, sid: str, code: str, message: str) -> Non
     await rt.sio.disconnect(sid)
 
 
+def refused_unavailable(metrics: Metrics) -> socketio.exceptions.ConnectionRefusedError:
+    """The refusal for a connect that failed on our side: retryable, and logged (the
+    client used to get no answer at all)."""
+    log.exception("could not check a connection")
+    metrics.socket_refused.labels(ServiceUnavailable.code).inc()
+    return socketio.exceptions.ConnectionRefusedError(
+        "the server could not check the connection; try again",
+        {"code": ServiceUnavailable.code},
+    )
+
+
 class MainNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     def __init__(self, rt: Realtime) -> None:
         super().__init__(NAMESPACE)
@@ -98,6 +110,8 @@ class MainNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 raise socketio.exceptions.ConnectionRefusedError(
                     exc.message, {"code": exc.code}
                 ) from exc
+            except Exception as exc:  # the database failed: say so, do not leave it hanging
+                raise refused_unavailable(metrics) from exc
             connection = Connection(sid, principal)
             self.rt.connections.add(connection)
             self.rt.delivery.join(user_room_of(principal.user_id), sid)

@@ -47,7 +47,7 @@ from app.services.live_documents import EMPTY_UPDATE, LiveDocuments
 from app.wire import ServerEvent
 from realtime.commands import ack_requested
 from realtime.delivery import Event
-from realtime.namespaces.main import authenticate
+from realtime.namespaces.main import authenticate, refused_unavailable
 from realtime.ratelimit import TokenBucket
 from realtime.state import Realtime, yjs_room_of
 from realtime.yjs_connections import YjsConnection, YjsConnections, YjsRoom
@@ -164,6 +164,8 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.message, {"code": exc.code}
             ) from exc
+        except Exception as exc:  # the database failed: say so, do not leave it hanging
+            raise refused_unavailable(metrics) from exc
         settings = self.rt.settings
         connection = YjsConnection(
             sid,
