@@ -25,6 +25,8 @@ class YjsConnection:
     # Error codes already reported since the last accepted update.
     told: set[str] = field(default_factory=set)
     resync: asyncio.TimerHandle | None = None
+    # Ends the connection once its access token has expired (plus the grace).
+    expiry: asyncio.TimerHandle | None = None
 
     @property
     def user_id(self) -> uuid.UUID:

@@ -339,3 +339,24 @@ async def test_an_entry_for_another_connections_client_id_is_dropped(
     late = await open_document(ann, doc["id"])  # what the server holds, sent on connect
     for client in (editor, late):
         assert client.awareness.states.get(editor.doc.client_id) == a_state(editor)
+
+
+async def test_a_document_connection_ends_when_its_token_expires(
+    start_app: AppFactory, open_document_on: OpenDocumentOn
+) -> None:
+    """Issue 11, finding 8: after expiry (and logout) `/` ended the session, but a Yjs
+    connection stayed and its edits landed. It cannot renew over the socket (the
+    provider has no such message): it ends at expiry plus the grace."""
+    client = await start_app(access_token_ttl_seconds=2, token_renew_grace_seconds=0.5)
+    api = Api(client)
+    ann = await api.user("ann")
+    doc = await api.document(ann)
+    editor = await open_document_on(client, ann, doc["id"])
+    append(editor, "before")
+    await eventually(lambda: truthy(editor.ended), timeout=10)
+    assert editor.ended is not None and editor.ended["code"] == "token_expired"
+    await eventually(lambda: truthy(not editor.sio.connected))
+    fresh = (await api.login("ann"))["access_token"]
+    path = f"/api/v1/documents/{doc['id']}/content"
+    body = await api.call("GET", path, headers={"Authorization": f"Bearer {fresh}"})
+    assert body["text"] == "before"

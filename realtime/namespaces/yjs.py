@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -193,6 +194,7 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             awareness.set_local_state(None)  # the server itself is nobody
             room = self.connections.rooms[document_id] = YjsRoom(awareness)
         self.rt.delivery.join(yjs_room_of(document_id), sid)
+        self._expire_with_token(connection)
         metrics.socket_connections.labels(METRICS_NAMESPACE).inc()
         log.info(
             "yjs connected",
@@ -218,8 +220,25 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             update = awareness.encode_awareness_update(list(awareness.states))
             delivery.to_connection(connection.sid, awareness_event(live.id, update))
 
+    def _expire_with_token(self, connection: YjsConnection) -> None:
+        """The provider cannot renew its token over the socket (y-socket.io has no such
+        message): the connection ends when the token expires, after the same grace as
+        on ``/``; the application reconnects the provider with a fresh token."""
+        expires_at = connection.principal.expires_at
+        if expires_at is None:
+            return
+        delay = expires_at.timestamp() - time.time() + self.rt.settings.token_renew_grace_seconds
+
+        def expire() -> None:
+            message = "the access token expired; reconnect with a fresh one"
+            self.rt.spawn(end_yjs_connection(self.rt, connection, "token_expired", message))
+
+        connection.expiry = asyncio.get_running_loop().call_later(max(delay, 0), expire)
+
     async def disconnect(self, sid: str) -> None:
         connection = self.connections.by_sid.pop(sid, None)
+        if connection is not None and connection.expiry is not None:
+            connection.expiry.cancel()
         if connection is None or connection.live is None:
             return
         if connection.resync is not None:
