@@ -2,12 +2,14 @@
 
 The invariant: the in-memory document is exactly what the database holds. An update
 is checked, appended to the log, and only then applied and broadcast; a client that
-joins at any moment is sent nothing the database could lose. An update that yrs
-cannot apply to the document's content (a crafted one can make it panic) is taken
-back out of the log, the document is rebuilt from the log, and its sender is refused;
-a stored update that cannot be applied is left out at load (``build_document``). Updates that arrive
+joins at any moment is sent nothing the database could lose. Updates that arrive
 while a write is in flight are committed together in the next one (group commit),
 so a busy document costs one transaction per round trip, not one per keystroke.
+
+An update that yrs cannot apply to the document's content (a crafted one can make it
+panic) is taken back out of the log, the document is rebuilt from the log, and its
+sender is refused; a stored update that cannot be applied is left out at load
+(``build_document``): nothing stored makes a document unloadable.
 
 Snapshots compact the log: written when the document has been quiet for
 ``snapshot_debounce`` seconds, and no later than ``snapshot_max_delay`` after the
