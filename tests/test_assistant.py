@@ -81,6 +81,11 @@ async def test_cancel_closes_the_upstream_stream_and_keeps_the_partial_text(
     assert done["message"]["metadata"]["status"] == "cancelled"
     assert done["message"]["text"] == streamed(a, reply_id)
     assert 0 < len(done["message"]["text"]) < len("tick " * 400)
+    # What streamed is paid for (issue 11, finding 7): the service's count (1, from
+    # message_start) never arrived; at least a token per four characters is recorded.
+    at_least = (len(done["message"]["text"]) + 3) // 4
+    assert done["usage"]["output_tokens"] >= at_least > 1
+    assert done["message"]["metadata"]["usage"]["output_tokens"] >= at_least
 
 
 async def test_a_client_joining_mid_reply_gets_the_text_so_far_then_the_tail(

@@ -274,6 +274,12 @@ class Assistant:
         self._emit(reply, ServerEvent.AI_CHUNK, {"seq": reply.seq, "text": chunk})
 
     async def _finish(self, reply: Reply, status: str, error: AppError | None) -> None:
+        if status != "completed":
+            # The service reports output tokens in its last event, which a cancelled
+            # or failed stream never gets (message_start says 1): what streamed is
+            # counted instead, so that stopping a reply early does not make it free.
+            usage = reply.outcome.usage
+            usage.output_tokens = max(usage.output_tokens, estimate_tokens(reply.text))
         usage = reply.outcome.usage
         meta = {
             "reply_id": str(reply.id),
