@@ -113,3 +113,40 @@ async def test_a_document_whose_log_holds_a_poison_still_loads(
 
 def uuid_of(doc: dict[str, Any]) -> uuid.UUID:
     return uuid.UUID(doc["id"])
+
+
+async def test_whether_an_update_changes_the_document_is_decided_without_a_copy() -> None:
+    """Issue 11, finding 3: a viewer's update cost a copy of the whole document."""
+    from app.services.live_documents import LiveDocument
+
+    server: Doc[Any] = Doc()
+    text = server.get("content", type=Text)
+    text += "hello world"
+    del text[0:1]  # the document has a delete set of its own
+    live = LiveDocument(uuid.uuid4(), doc=server)
+    viewer: Doc[Any] = Doc()
+    viewer.apply_update(server.get_update())
+
+    assert not live.would_change(viewer.get_update())  # a sync answer: nothing new
+    assert not live.would_change(viewer.get_update(server.get_state()))  # its delete set
+
+    inserting: Doc[Any] = Doc()
+    inserting.apply_update(server.get_update())
+    before = inserting.get_state()
+    inserting.get("content", type=Text).insert(0, "x")
+    assert live.would_change(inserting.get_update(before))
+
+    deleting: Doc[Any] = Doc()
+    deleting.apply_update(server.get_update())
+    del deleting.get("content", type=Text)[0:4]  # deletes what the document still has
+    assert live.would_change(deleting.get_update(server.get_state()))
+
+    # A deletion of items the document has yet to receive (yrs would keep it pending).
+    ahead: Doc[Any] = Doc()
+    ahead.apply_update(server.get_update())
+    ahead_text = ahead.get("content", type=Text)
+    ahead_text += "!!!"
+    del ahead_text[len(ahead_text) - 3 :]
+    deletes_only = ahead.get_update(ahead.get_state())  # no structs, its delete set
+    assert live.would_change(deletes_only)
+    assert text_of(server) == "ello world"  # and none of this touched the document

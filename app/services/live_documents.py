@@ -28,11 +28,11 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycrdt import Doc, Text, TransactionEvent, merge_updates
+from pycrdt import Decoder, Doc, Text, TransactionEvent, get_update, merge_updates
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.errors import DocumentTooLarge, InvalidUpdate, UnappliableUpdate, UpdateTooLarge
@@ -108,22 +108,35 @@ class LiveDocument:
             raise InvalidUpdate("not a Yjs state vector") from exc
 
     def would_change(self, update: bytes) -> bool:
-        """Whether applying ``update`` would change the document (tried on a copy).
+        """Whether applying ``update`` would change the document, decided from the
+        update and the document's state vector and delete set (a copy of the document
+        per update made a viewer's keystrokes cost its whole size).
 
         A client always answers a sync request with its whole delete set, so even a
-        viewer's answer is rarely empty; only what it adds is an edit.
+        viewer's answer is rarely empty; only what it adds is an edit: structs the
+        document lacks, or deletions it has not made (of its items, or of items it
+        has yet to receive, which yrs would keep and apply on their arrival).
         """
         if update == EMPTY_UPDATE:
             return False
-        copy: Doc[Any] = Doc()
-        copy.apply_update(self.doc.get_update())
-        changes: list[bytes] = []
-        subscription = copy.observe(lambda event: changes.append(event.update))
         try:
-            apply_contained(copy, update)
-        finally:
-            copy.unobserve(subscription)
-        return bool(changes)
+            new = get_update(update, self.doc.get_state())
+            decoder = Decoder(new)
+            if decoder.read_var_uint() > 0:
+                return True  # structs the document lacks
+            deletes = _read_delete_set(decoder)
+        except (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit):
+            raise
+        except BaseException as exc:  # ValueError, IndexError, or a panic of yrs
+            raise InvalidUpdate() from exc
+        if not deletes:
+            return False
+        have = _read_delete_set(Decoder(self.doc.get_update(self.doc.get_state())[1:]))
+        return any(
+            not _covered(start, length, have.get(client, ()))
+            for client, ranges in deletes.items()
+            for start, length in ranges
+        )
 
     def cancel_timers(self) -> None:
         for timer in (self._snapshot_timer, self._unload_timer):
@@ -144,6 +157,29 @@ class LiveDocument:
         finally:
             self.doc.unobserve(subscription)
         return changed
+
+
+def _read_delete_set(decoder: Decoder) -> dict[int, list[tuple[int, int]]]:
+    """A Yjs v1 delete set: client -> [(clock, length)]."""
+    deletes: dict[int, list[tuple[int, int]]] = {}
+    for _ in range(decoder.read_var_uint()):
+        client = decoder.read_var_uint()
+        ranges = deletes.setdefault(client, [])
+        for _ in range(decoder.read_var_uint()):
+            ranges.append((decoder.read_var_uint(), decoder.read_var_uint()))
+    return deletes
+
+
+def _covered(start: int, length: int, ranges: Iterable[tuple[int, int]]) -> bool:
+    """Whether ``[start, start + length)`` lies within the union of ``ranges``."""
+    end = start + length
+    for clock, size in sorted(ranges):
+        if clock > start:
+            return False
+        start = max(start, clock + size)
+        if start >= end:
+            return True
+    return start >= end
 
 
 def apply_contained(doc: Doc[Any], update: bytes) -> None:
