@@ -1,6 +1,7 @@
-"""An update that makes yrs panic (issue 11, finding 1) never bricks a document.
+"""Crafted Yjs updates: one that makes yrs panic never bricks a document (issue 11,
+finding 1), and a viewer's update is judged without copying the document (finding 3).
 
-tests/data/yjs_poison.json holds a real one: well formed (it applies to an empty
+tests/data/yjs_poison.json holds a real poison: well formed (it applies to an empty
 document, so it passes ``check_update``) but yrs panics applying it to the content
 ``target`` describes. pycrdt raises that panic as a ``BaseException``.
 """
