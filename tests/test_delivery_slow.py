@@ -23,7 +23,7 @@ from tests.conftest import AppFactory, ConnectOn, NodePrograms, OpenDocumentOn
 from tests.helpers import Api, equal, eventually, truthy
 from tests.js_client import JsClient
 from tests.raw_socketio import RawClient, _masked
-from tests.test_ops import metric_samples
+from tests.test_socket_connect import metric
 from tests.yjs_js import YjsJsClient
 
 MAX_BUFFERED = 32 * 1024
@@ -72,13 +72,6 @@ async def slow_reader(
     assert ack["ok"], ack
     [connection] = [c for c in websockets_of(client) if c.sid == raw.eio_sid]
     return raw, connection
-
-
-async def metric(
-    client: TestClient[web.Request, web.Application], name: str, **labels: str
-) -> float:
-    samples = await metric_samples(client)
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def chat_seqs(events: list[tuple[str, Any]]) -> list[int]:
