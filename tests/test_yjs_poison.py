@@ -20,7 +20,8 @@ from pycrdt import Doc, Text
 
 from app.errors import UnappliableUpdate
 from app.keys import LIVE_DOCUMENTS, SESSIONS
-from app.services.live_documents import apply_contained, build_document
+from app.services.live_documents import LiveDocument
+from app.services.yjs_updates import apply_contained, build_document
 from storage.repositories import crdt as crdt_repo
 from tests.conftest import OpenDocumentOn
 from tests.helpers import Api, eventually, truthy
@@ -118,8 +119,6 @@ def uuid_of(doc: dict[str, Any]) -> uuid.UUID:
 
 async def test_whether_an_update_changes_the_document_is_decided_without_a_copy() -> None:
     """Issue 11, finding 3: a viewer's update cost a copy of the whole document."""
-    from app.services.live_documents import LiveDocument
-
     server: Doc[Any] = Doc()
     text = server.get("content", type=Text)
     text += "hello world"

@@ -28,16 +28,23 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycrdt import Decoder, Doc, Text, TransactionEvent, get_update, merge_updates
+from pycrdt import Doc, Text, TransactionEvent, merge_updates
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.errors import DocumentTooLarge, InvalidUpdate, UnappliableUpdate, UpdateTooLarge
+from app.errors import DocumentTooLarge, InvalidUpdate, UnappliableUpdate
 from app.events import Broadcaster
 from app.services.text_edits import TextEdit, apply_edit
+from app.services.yjs_updates import (
+    EMPTY_UPDATE,
+    apply_contained,
+    build_document,
+    check_update,
+    would_change,
+)
 from storage.db import read_session
 from storage.repositories import crdt as crdt_repo
 from storage.repositories.crdt import StorageInfo
@@ -47,8 +54,6 @@ log = logging.getLogger(__name__)
 # The shared type that holds a document's plain text (REST, the assistant).
 # Editors bind to it with ``ydoc.getText("content")``.
 TEXT_NAME = "content"
-# A Yjs v1 update with no structs and an empty delete set.
-EMPTY_UPDATE = b"\x00\x00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,35 +113,8 @@ class LiveDocument:
             raise InvalidUpdate("not a Yjs state vector") from exc
 
     def would_change(self, update: bytes) -> bool:
-        """Whether applying ``update`` would change the document, decided from the
-        update and the document's state vector and delete set (a copy of the document
-        per update made a viewer's keystrokes cost its whole size).
-
-        A client always answers a sync request with its whole delete set, so even a
-        viewer's answer is rarely empty; only what it adds is an edit: structs the
-        document lacks, or deletions it has not made (of its items, or of items it
-        has yet to receive, which yrs would keep and apply on their arrival).
-        """
-        if update == EMPTY_UPDATE:
-            return False
-        try:
-            new = get_update(update, self.doc.get_state())
-            decoder = Decoder(new)
-            if decoder.read_var_uint() > 0:
-                return True  # structs the document lacks
-            deletes = _read_delete_set(decoder)
-        except (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit):
-            raise
-        except BaseException as exc:  # ValueError, IndexError, or a panic of yrs
-            raise InvalidUpdate() from exc
-        if not deletes:
-            return False
-        have = _read_delete_set(Decoder(self.doc.get_update(self.doc.get_state())[1:]))
-        return any(
-            not _covered(start, length, have.get(client, ()))
-            for client, ranges in deletes.items()
-            for start, length in ranges
-        )
+        """Whether applying ``update`` would change the document (``would_change``)."""
+        return would_change(self.doc, update)
 
     def cancel_timers(self) -> None:
         for timer in (self._snapshot_timer, self._unload_timer):
@@ -157,83 +135,6 @@ class LiveDocument:
         finally:
             self.doc.unobserve(subscription)
         return changed
-
-
-def _read_delete_set(decoder: Decoder) -> dict[int, list[tuple[int, int]]]:
-    """A Yjs v1 delete set: client -> [(clock, length)]."""
-    deletes: dict[int, list[tuple[int, int]]] = {}
-    for _ in range(decoder.read_var_uint()):
-        client = decoder.read_var_uint()
-        ranges = deletes.setdefault(client, [])
-        for _ in range(decoder.read_var_uint()):
-            ranges.append((decoder.read_var_uint(), decoder.read_var_uint()))
-    return deletes
-
-
-def _covered(start: int, length: int, ranges: Iterable[tuple[int, int]]) -> bool:
-    """Whether ``[start, start + length)`` lies within the union of ``ranges``."""
-    end = start + length
-    for clock, size in sorted(ranges):
-        if clock > start:
-            return False
-        start = max(start, clock + size)
-        if start >= end:
-            return True
-    return start >= end
-
-
-def apply_contained(doc: Doc[Any], update: bytes) -> None:
-    """``doc.apply_update``, with a panic of yrs turned into ``UnappliableUpdate``.
-
-    pycrdt raises a panic as pyo3's ``PanicException``, a ``BaseException`` that
-    ``except Exception`` lets through: a crafted update (well formed, so it passes
-    ``check_update``) can panic when it meets real content. The document it panicked
-    in may be half changed: callers rebuild it.
-    """
-    try:
-        doc.apply_update(update)
-    except ValueError as exc:
-        raise InvalidUpdate() from exc
-    except (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit):
-        raise
-    except BaseException as exc:
-        raise UnappliableUpdate() from exc
-
-
-def build_document(stored: crdt_repo.StoredDocument) -> tuple[Doc[Any], list[int]]:
-    """A document from its stored state, and the ids of the stored updates that could
-    not be applied (left out: nothing stored may make a document unloadable)."""
-    skipped: set[int] = set()
-    while True:
-        doc: Doc[Any] = Doc()
-        current: int | None = None
-        try:
-            with doc.transaction():
-                if stored.snapshot is not None:
-                    apply_contained(doc, stored.snapshot)
-                for current, update in stored.updates:
-                    if current not in skipped:
-                        apply_contained(doc, update)
-        except UnappliableUpdate:
-            if current is None or current in skipped:
-                raise  # the snapshot itself: nothing to leave out
-            skipped.add(current)  # and start again: the half-changed doc is dropped
-            continue
-        return doc, sorted(skipped)
-
-
-def check_update(update: bytes, limits: Limits) -> None:
-    """Refuse what is not a well-formed Yjs v1 update within the size limit."""
-    if len(update) > limits.max_update_bytes:
-        raise UpdateTooLarge(
-            f"the update has {len(update)} bytes; the limit is {limits.max_update_bytes}"
-        )
-    try:
-        # Decoding happens entirely before integration: a scratch document is
-        # enough to tell a well-formed update (its dependencies may be missing).
-        Doc().apply_update(update)
-    except ValueError as exc:
-        raise InvalidUpdate() from exc
 
 
 class LiveDocuments:
@@ -378,7 +279,7 @@ class LiveDocuments:
         Returns whether it changed the document. Refuses (``AppError``) what is
         malformed or over a limit; a refused update touches nothing.
         """
-        check_update(update, self.limits)
+        check_update(update, self.limits.max_update_bytes)
         if update == EMPTY_UPDATE:
             return False
         if live.size + len(update) > self.limits.max_document_bytes:

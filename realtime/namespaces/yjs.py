@@ -44,7 +44,8 @@ from app.errors import (
 from app.events import EventClass
 from app.keys import DOCUMENT_SERVICE, LIVE_DOCUMENTS, METRICS
 from app.logs import correlation_id
-from app.services.live_documents import EMPTY_UPDATE, LiveDocuments
+from app.services.live_documents import LiveDocuments
+from app.services.yjs_updates import EMPTY_UPDATE
 from app.wire import ServerEvent
 from realtime.commands import ack_requested
 from realtime.delivery import Event

@@ -1,0 +1,125 @@
+"""What a Yjs update is and does, decided without a live document's bookkeeping: is it
+well formed, would it change a document, apply it without letting yrs take the
+process down, build a document from what is stored."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from pycrdt import Decoder, Doc, get_update
+
+from app.errors import InvalidUpdate, UnappliableUpdate, UpdateTooLarge
+from storage.repositories.crdt import StoredDocument
+
+# A Yjs v1 update with no structs and an empty delete set.
+EMPTY_UPDATE = b"\x00\x00"
+
+
+@contextlib.contextmanager
+def contained(panic: type[InvalidUpdate]) -> Iterator[None]:
+    """yrs' failures as coded errors: malformed input as ``InvalidUpdate``, a panic as
+    ``panic``. pycrdt raises a panic as pyo3's ``PanicException``, a ``BaseException``
+    that ``except Exception`` lets through."""
+    try:
+        yield
+    except (ValueError, IndexError) as exc:
+        raise InvalidUpdate() from exc
+    except (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit):
+        raise
+    except BaseException as exc:
+        raise panic() from exc
+
+
+def check_update(update: bytes, max_bytes: int) -> None:
+    """Refuse what is not a well-formed Yjs v1 update within the size limit."""
+    if len(update) > max_bytes:
+        raise UpdateTooLarge(f"the update has {len(update)} bytes; the limit is {max_bytes}")
+    # Decoding happens entirely before integration: a scratch document is enough to
+    # tell a well-formed update (its dependencies may be missing).
+    with contained(InvalidUpdate):
+        Doc().apply_update(update)
+
+
+def apply_contained(doc: Doc[Any], update: bytes) -> None:
+    """``doc.apply_update``, with a panic turned into ``UnappliableUpdate``: a crafted
+    update (well formed, so it passes ``check_update``) can make yrs panic when it
+    meets real content. The document it panicked in may be half changed: callers
+    rebuild it."""
+    with contained(UnappliableUpdate):
+        doc.apply_update(update)
+
+
+def build_document(stored: StoredDocument) -> tuple[Doc[Any], list[int]]:
+    """A document from its stored state, and the ids of the stored updates that could
+    not be applied (left out: nothing stored may make a document unloadable)."""
+    skipped: set[int] = set()
+    while True:
+        doc: Doc[Any] = Doc()
+        current: int | None = None
+        try:
+            with doc.transaction():
+                if stored.snapshot is not None:
+                    apply_contained(doc, stored.snapshot)
+                for current, update in stored.updates:
+                    if current not in skipped:
+                        apply_contained(doc, update)
+        except UnappliableUpdate:
+            if current is None or current in skipped:
+                raise  # the snapshot itself: nothing to leave out
+            skipped.add(current)  # and start again: the half-changed doc is dropped
+            continue
+        return doc, sorted(skipped)
+
+
+def would_change(doc: Doc[Any], update: bytes) -> bool:
+    """Whether applying ``update`` would change ``doc``, decided from the update and
+    the document's state vector and delete set (a copy of the document per update made
+    a viewer's keystrokes cost its whole size).
+
+    A client always answers a sync request with its whole delete set, so even a
+    viewer's answer is rarely empty; only what it adds is an edit: structs the
+    document lacks, or deletions it has not made (of its items, or of items it has yet
+    to receive, which yrs would keep and apply on their arrival).
+    """
+    if update == EMPTY_UPDATE:
+        return False
+    with contained(InvalidUpdate):
+        decoder = Decoder(get_update(update, doc.get_state()))
+        if decoder.read_var_uint() > 0:
+            return True  # structs the document lacks
+        deletes = _read_delete_set(decoder)
+    if not deletes:
+        return False
+    # The document's own delete set: an update of no structs ("00") and then it.
+    have = _read_delete_set(Decoder(doc.get_update(doc.get_state())[1:]))
+    return any(
+        not _covered(start, length, have.get(client, ()))
+        for client, ranges in deletes.items()
+        for start, length in ranges
+    )
+
+
+def _read_delete_set(decoder: Decoder) -> dict[int, list[tuple[int, int]]]:
+    """A Yjs v1 delete set: client -> [(clock, length)]."""
+    deletes: dict[int, list[tuple[int, int]]] = {}
+    for _ in range(decoder.read_var_uint()):
+        client = decoder.read_var_uint()
+        ranges = deletes.setdefault(client, [])
+        for _ in range(decoder.read_var_uint()):
+            ranges.append((decoder.read_var_uint(), decoder.read_var_uint()))
+    return deletes
+
+
+def _covered(start: int, length: int, ranges: Iterable[tuple[int, int]]) -> bool:
+    """Whether ``[start, start + length)`` lies within the union of ``ranges``."""
+    end = start + length
+    for clock, size in sorted(ranges):
+        if clock > start:
+            return False
+        start = max(start, clock + size)
+        if start >= end:
+            return True
+    return start >= end
