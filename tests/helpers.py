@@ -9,10 +9,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.keys import AUTH_SERVICE
 from storage.models import GlobalRole
@@ -172,3 +175,20 @@ def unsigned_token(payload: dict[str, Any], header: dict[str, Any] | None = None
     """``header.payload.`` (``alg: none`` by default), bypassing PyJWT's safety checks."""
     header = header or {"alg": "none", "typ": "JWT"}
     return f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}."
+
+
+@cache
+def rsa_pems(name: str) -> tuple[str, str]:
+    """A (private PEM, public PEM) pair, one per ``name`` per test run."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return private, public

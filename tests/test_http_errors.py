@@ -11,19 +11,16 @@ import json
 import re
 import time
 import uuid
-from functools import cache
 from typing import Any
 
 import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from storage.models import GlobalRole
 from tests.conftest import TEST_JWT_SECRET, AppFactory
-from tests.helpers import PASSWORD, Api, User, b64url, claims, unsigned_token
+from tests.helpers import PASSWORD, Api, User, b64url, claims, rsa_pems, unsigned_token
 
 ME = "/api/v1/auth/me"
 REGISTER = "/api/v1/auth/register"
@@ -47,23 +44,6 @@ def hs256_with_raw_key(payload: dict[str, Any], key: bytes) -> str:
     signing_input = unsigned_token(payload, {"alg": "HS256", "typ": "JWT"})[:-1]
     signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{b64url(signature)}"
-
-
-@cache
-def rsa_pems(name: str) -> tuple[str, str]:
-    """A (private PEM, public PEM) pair, one per ``name`` per test run."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    return private, public
 
 
 def error_fields(error: dict[str, Any]) -> list[str]:

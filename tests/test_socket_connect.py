@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,12 +13,15 @@ import socketio
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
-from app.keys import AUTH_SERVICE
+from app.keys import AUTH_SERVICE, SESSIONS
+from storage.db import read_session
 from storage.models import GlobalRole
-from tests.conftest import TEST_JWT_SECRET
-from tests.helpers import Api, User, claims, eventually, unsigned_token
+from storage.models import User as UserRow
+from tests.conftest import TEST_JWT_SECRET, AppFactory
+from tests.helpers import Api, User, claims, eventually, rsa_pems, unsigned_token
 
 Client = TestClient[web.Request, web.Application]
 WEBSOCKET = ["websocket"]
@@ -189,5 +193,64 @@ async def test_a_failure_on_our_side_refuses_with_unavailable(
     try:
         await probe.connect({"token": user.access_token})  # and it was only that
         assert probe.sio.connected
+    finally:
+        await probe.close()
+
+
+# --- an external identity provider -----------------------------------------------------
+
+
+async def test_many_first_connects_of_external_users_at_once(start_app: AppFactory) -> None:
+    """Issue 11, finding 15: with an external provider, first-time users connecting at
+    once failed (`database is locked` on SQLite: every connect took the write lock to
+    look its user up), and the same new subject connecting twice at once raced on
+    the unique key. All connect now, with one user per subject."""
+    private_pem, public_pem = rsa_pems("provider")
+    client = await start_app(jwt_secret=None, jwt_public_key=public_pem)
+
+    def token(subject: str, name: str) -> str:
+        return jwt.encode(claims(subject, preferred_username=name), private_pem, algorithm="RS256")
+
+    subjects = [(f"sub-{i}", f"member{i}") for i in range(60)]
+    subjects += [(f"sam-{i}", "sam") for i in range(4)]  # one name wanted by four
+    tokens = [token(subject, name) for subject, name in subjects]
+    tokens += [token("twin", "twin")] * 5  # one new subject, five tabs at once
+    probes = [Probe(client) for _ in tokens]
+    try:
+        await asyncio.gather(
+            *(probe.connect({"token": t}) for probe, t in zip(probes, tokens, strict=True))
+        )
+        assert [probe.errors for probe in probes if probe.errors] == []
+        assert all(probe.sio.connected for probe in probes)
+    finally:
+        await asyncio.gather(*(probe.close() for probe in probes))
+    async with read_session(client.app[SESSIONS]) as session:
+        rows = (await session.execute(select(UserRow.external_subject, UserRow.username))).all()
+    by_subject = dict(rows)
+    assert len(rows) == len(by_subject) == len(subjects) + 1
+    assert by_subject["twin"] == "twin" and by_subject["sub-7"] == "member7"
+    sams = sorted(by_subject[f"sam-{i}"] for i in range(4))
+    assert sams[-1] == "sam" and all(name.startswith("ext-") for name in sams[:-1])
+
+
+async def test_a_known_external_user_connects_while_a_writer_holds_the_database(
+    start_app: AppFactory,
+) -> None:
+    """Most connects are not a first sight: they read the user beside any writer
+    instead of queueing for SQLite's write lock."""
+    private_pem, public_pem = rsa_pems("provider")
+    client = await start_app(jwt_secret=None, jwt_public_key=public_pem)
+    token = jwt.encode(claims("known", preferred_username="known"), private_pem, algorithm="RS256")
+    first = Probe(client)
+    try:
+        await first.connect({"token": token})
+    finally:
+        await first.close()
+    probe = Probe(client)
+    try:
+        async with client.app[SESSIONS].begin() as session:
+            await session.execute(update(UserRow).values(updated_at=func.now()))  # the lock
+            await asyncio.wait_for(probe.connect({"token": token}), 10)  # before it commits
+            assert probe.sio.connected
     finally:
         await probe.close()

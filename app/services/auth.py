@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -87,6 +88,8 @@ class AuthService:
         self._passwords = passwords
         # Dropped by UserService when it changes a user.
         self._accounts = accounts
+        # First-sight creations of an external provider's users, one at a time.
+        self._first_sight = asyncio.Lock()
         # Access tokens whose signature and claims were checked: a client presents the
         # same one on every connect (and every tab); their expiry is checked each time.
         self._verified: ExpiringCache[str, dict[str, Any]] = ExpiringCache(
@@ -186,8 +189,7 @@ class AuthService:
             user_id = _claim_uuid(claims, "sub")
             account = await self._accounts.get_or_load(user_id, lambda: self._account(user_id))
         else:
-            async with self._sessions.begin() as session:  # may create the user
-                account = Account.of(await self._external_user(session, claims))
+            account = await self._external_account(claims)
         _check_usable(account, issued_at=float(claims["iat"]))
         return Principal(
             user_id=account.id,
@@ -243,26 +245,53 @@ class AuthService:
             expires_in=int(self._tokens.access_ttl.total_seconds()),
         )
 
-    async def _external_user(self, session: AsyncSession, claims: dict[str, Any]) -> User:
-        """The local user for an external provider's subject, created on first sight."""
+    async def _external_account(self, claims: dict[str, Any]) -> Account:
+        """The local user for an external provider's subject, created on first sight.
+
+        Every connect comes here and almost none is a first sight: the user is read
+        beside any writer, and only a subject not found takes a write transaction.
+        """
         subject = str(claims["sub"])
-        user = await users_repo.get_user_by_external_subject(session, subject)
-        if user is not None:
-            return user
-        # The provider's name, held to local username rules; otherwise a neutral one.
-        username = str(claims.get("preferred_username") or "").strip().lower()
-        if not USERNAME_PATTERN.fullmatch(username):
-            username = f"ext-{uuid.uuid4().hex[:12]}"
-        async with session.begin_nested():
-            if await users_repo.get_user_by_username(session, username) is not None:
-                username = f"ext-{uuid.uuid4().hex[:12]}"
-            return await users_repo.create_user(
-                session,
-                username=username,
-                password_hash=None,
-                role=GlobalRole.USER,
-                external_subject=subject,
-            )
+        async with read_session(self._sessions) as session:
+            user = await users_repo.get_user_by_external_subject(session, subject)
+        if user is None:
+            user = await self._create_external_user(subject, claims)
+        return Account.of(user)
+
+    async def _create_external_user(self, subject: str, claims: dict[str, Any]) -> User:
+        # One at a time in this process: a burst of new users (a team's first morning)
+        # queued that many writers on SQLite's lock, some past its busy timeout
+        # ("database is locked"), and the same subject's concurrent first connects
+        # raced on its unique key. The one waiting finds the user made meanwhile.
+        async with self._first_sight, self._sessions.begin() as session:
+            user = await users_repo.get_user_by_external_subject(session, subject)
+            if user is not None:
+                return user
+            # The provider's name, held to local username rules; otherwise (or if it
+            # is taken) a neutral one.
+            preferred = str(claims.get("preferred_username") or "").strip().lower()
+            names = [preferred] if USERNAME_PATTERN.fullmatch(preferred) else []
+            names += [f"ext-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+            for username in names[:-1]:
+                try:
+                    return await self._add_external_user(session, subject, username)
+                except AlreadyExists:
+                    # The name is taken, or another process created this subject
+                    # (PostgreSQL: its insert committed while ours waited on the key).
+                    user = await users_repo.get_user_by_external_subject(session, subject)
+                    if user is not None:
+                        return user
+            return await self._add_external_user(session, subject, names[-1])
+
+    @staticmethod
+    async def _add_external_user(session: AsyncSession, subject: str, username: str) -> User:
+        return await users_repo.create_user(
+            session,
+            username=username,
+            password_hash=None,
+            role=GlobalRole.USER,
+            external_subject=subject,
+        )
 
     def _require_local_login(self) -> None:
         if not self._tokens.keys.can_issue:

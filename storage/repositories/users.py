@@ -29,9 +29,11 @@ async def create_user(
         external_subject=external_subject,
         disabled=False,
     )
-    session.add(user)
     try:
+        # Added inside the savepoint: begin_nested() flushes what is pending first,
+        # so a conflict there would fail the caller's whole transaction.
         async with session.begin_nested():
+            session.add(user)
             await session.flush()
     except IntegrityError as exc:
         raise AlreadyExists(f"user {username!r} exists") from exc
