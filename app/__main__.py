@@ -93,6 +93,7 @@ async def _create_user(settings: Settings, username: str, password: str, role: s
     from app.auth.passwords import Passwords
     from app.auth.tokens import token_codec
     from app.errors import AppError
+    from app.events import NullBroadcaster
     from app.services.auth import AuthService
     from app.services.cache import ExpiringCache
     from storage.db import create_engine, create_sessionmaker
@@ -112,6 +113,7 @@ async def _create_user(settings: Settings, username: str, password: str, role: s
             token_codec(settings),
             Passwords(),
             ExpiringCache(ttl=0, max_entries=1),
+            NullBroadcaster(),
             allow_registration=True,
         )
         user = await service.create_user(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Hashable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from storage.models import DocumentRole
 
@@ -38,6 +38,11 @@ class EventClass(enum.StrEnum):
     AI_CHUNK = "ai_chunk"  # chunks of one assistant reply: joined into one
     DOCUMENT = "document"  # Yjs updates of one document: merged into one
     AWARENESS = "awareness"  # Yjs awareness of one document: latest per client id
+
+
+# Why a sign-in session was revoked: its holder signed out, or a spent refresh token
+# of it was presented again (it leaked).
+RevokedBecause = Literal["logout", "token_reused"]
 
 
 class Broadcaster(Protocol):
@@ -73,6 +78,11 @@ class Broadcaster(Protocol):
     async def user_disabled(self, user_id: uuid.UUID) -> None:
         """End every connection of the user."""
 
+    async def session_revoked(
+        self, user_id: uuid.UUID, session_id: uuid.UUID, because: RevokedBecause
+    ) -> None:
+        """End every connection opened with an access token of the sign-in session."""
+
 
 class NullBroadcaster:
     def to_room(
@@ -101,4 +111,9 @@ class NullBroadcaster:
         return None
 
     async def user_disabled(self, user_id: uuid.UUID) -> None:
+        return None
+
+    async def session_revoked(
+        self, user_id: uuid.UUID, session_id: uuid.UUID, because: RevokedBecause
+    ) -> None:
         return None

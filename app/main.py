@@ -94,6 +94,7 @@ def create_app(settings: Settings) -> web.Application:
                 codec,
                 Passwords(),
                 accounts,
+                broadcaster,
                 allow_registration=settings.allow_registration,
             )
             app[USER_SERVICE] = UserService(sessions, broadcaster, accounts)

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Hashable
 from typing import Any
 
-from app.events import EventClass
+from app.events import EventClass, RevokedBecause
 from app.wire import ServerEvent
 from realtime.delivery import Event
 from realtime.namespaces.main import end_connection
@@ -15,6 +15,12 @@ from realtime.namespaces.yjs import YjsEvent, end_yjs_connection
 from realtime.state import Realtime, room_of, user_room_of, yjs_room_of
 from realtime.yjs_connections import YjsConnection
 from storage.models import DocumentRole
+
+SESSION_REVOKED = "session_revoked"
+REVOKED_MESSAGES: dict[RevokedBecause, str] = {
+    "logout": "this session was signed out",
+    "token_reused": "this session was revoked: its refresh token was used twice; sign in again",
+}
 
 
 class SocketBroadcaster:
@@ -72,6 +78,20 @@ class SocketBroadcaster:
             await end_yjs_connection(self.rt, yjs, "user_disabled", "the account was disabled")
         for sid in self.rt.delivery.members(user_room_of(user_id)):
             await end_connection(self.rt, sid, "user_disabled", "the account was disabled")
+
+    async def session_revoked(
+        self, user_id: uuid.UUID, session_id: uuid.UUID, because: RevokedBecause
+    ) -> None:
+        # The user's other sessions (another device, a second sign-in) stay open.
+        message = REVOKED_MESSAGES[because]
+        for yjs in self.rt.yjs.of_user(user_id):
+            if yjs.principal.session_id == session_id:
+                await end_yjs_connection(self.rt, yjs, SESSION_REVOKED, message)
+        for sid in self.rt.delivery.members(user_room_of(user_id)):
+            connection = self.rt.connections.get(sid)
+            # The session of the token it holds now (auth:refresh may replace it).
+            if connection is not None and connection.principal.session_id == session_id:
+                await end_connection(self.rt, sid, SESSION_REVOKED, message)
 
     def _documents(self, document_id: uuid.UUID) -> list[YjsConnection]:
         by_sid = self.rt.yjs.by_sid

@@ -18,6 +18,11 @@ class Principal:
     via: Literal["token", "api_key"]
     # When the presented access token stops being valid (None for API keys).
     expires_at: datetime | None = None
+    # The sign-in session (refresh-token family) the access token was issued in:
+    # revoking it (logout, refresh-token reuse) ends the connections opened with it.
+    # None for API keys, an external provider's tokens and tokens issued before the
+    # claim existed.
+    session_id: uuid.UUID | None = None
 
     @property
     def is_admin(self) -> bool:

@@ -27,6 +27,7 @@ from app.errors import (
     UserDisabled,
     UsernameTaken,
 )
+from app.events import Broadcaster, RevokedBecause
 from app.services.cache import ExpiringCache
 from storage.db import read_session
 from storage.errors import AlreadyExists
@@ -42,6 +43,8 @@ USERNAME_PATTERN = re.compile(r"[a-z0-9_.-]{3,32}")
 
 # Verified access tokens kept (each is a few hundred bytes).
 VERIFIED_TOKENS = 10_000
+# The clock leeway TokenCodec.decode allows on `exp`.
+EXPIRY_LEEWAY = timedelta(seconds=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +56,20 @@ class Account:
     role: GlobalRole
     disabled: bool
     tokens_valid_after: datetime | None
+    # Sign-in sessions revoked recently enough for access tokens of theirs to be
+    # unexpired: those tokens are refused.
+    revoked_sessions: frozenset[uuid.UUID] = frozenset()
 
     @classmethod
-    def of(cls, user: User) -> Account:
-        return cls(user.id, user.username, user.role, user.disabled, user.tokens_valid_after)
+    def of(cls, user: User, revoked_sessions: frozenset[uuid.UUID] = frozenset()) -> Account:
+        return cls(
+            user.id,
+            user.username,
+            user.role,
+            user.disabled,
+            user.tokens_valid_after,
+            revoked_sessions,
+        )
 
 
 Accounts = ExpiringCache[uuid.UUID, Account]
@@ -80,14 +93,17 @@ class AuthService:
         tokens: TokenCodec,
         passwords: Passwords,
         accounts: Accounts,
+        broadcaster: Broadcaster,
         *,
         allow_registration: bool,
     ) -> None:
         self._sessions = sessions
         self._tokens = tokens
         self._passwords = passwords
-        # Dropped by UserService when it changes a user.
+        # Dropped by UserService when it changes a user, and here when one of the
+        # user's sessions is revoked.
         self._accounts = accounts
+        self._broadcaster = broadcaster
         # First-sight creations of an external provider's users, one at a time.
         self._first_sight = asyncio.Lock()
         # Access tokens whose signature and claims were checked: a client presents the
@@ -145,7 +161,7 @@ class AuthService:
         claims = self._tokens.decode(refresh_token, "refresh")
         token_id = _claim_uuid(claims, "jti")
         now = datetime.now(UTC)
-        refusal: Unauthorized | UserDisabled
+        refusal: TokenReused
         async with self._sessions.begin() as session:
             stored = await users_repo.get_refresh_token_for_update(session, token_id)
             if stored is None:
@@ -167,6 +183,7 @@ class AuthService:
                     raise UserDisabled()
                 stored.used_at = now
                 return await self._issue_pair(session, user.id, family_id=stored.family_id)
+        await self._revoked(stored.user_id, stored.family_id, "token_reused")
         raise refusal
 
     async def logout(self, refresh_token: str) -> None:
@@ -176,35 +193,57 @@ class AuthService:
             stored = await users_repo.get_refresh_token_for_update(
                 session, _claim_uuid(claims, "jti")
             )
-            if stored is not None:
-                await users_repo.revoke_family(session, stored.family_id, datetime.now(UTC))
+            if stored is None:
+                return
+            await users_repo.revoke_family(session, stored.family_id, datetime.now(UTC))
+        await self._revoked(stored.user_id, stored.family_id, "logout")
+
+    async def _revoked(
+        self, user_id: uuid.UUID, session_id: uuid.UUID, because: RevokedBecause
+    ) -> None:
+        """After a session's revocation committed: its access tokens are refused from
+        now on in this process (others re-read the account within its cache's ttl),
+        and the connections opened with them end."""
+        self._accounts.drop(user_id)
+        await self._broadcaster.session_revoked(user_id, session_id, because)
 
     async def authenticate_token(self, token: str) -> Principal:
         claims = self._verified.get(token)
         if claims is None or claims["exp"] <= time.time():
             claims = self._tokens.decode(token, "access")
             self._verified.put(token, claims)
+        session_id = None
         if self._tokens.keys.can_issue:
             # Every request and connection comes here: cached, or a read beside any writer.
             user_id = _claim_uuid(claims, "sub")
             account = await self._accounts.get_or_load(user_id, lambda: self._account(user_id))
+            # Access tokens name their session (`fam`) so that revoking it refuses
+            # them; those issued before the claim existed stay valid until they expire.
+            if "fam" in claims:
+                session_id = _claim_uuid(claims, "fam")
         else:
             account = await self._external_account(claims)
         _check_usable(account, issued_at=float(claims["iat"]))
+        if session_id is not None and session_id in account.revoked_sessions:
+            raise Unauthorized("this session was revoked; sign in again")
         return Principal(
             user_id=account.id,
             username=account.username,
             role=account.role,
             via="token",
             expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+            session_id=session_id,
         )
 
     async def _account(self, user_id: uuid.UUID) -> Account:
+        # Sessions revoked before this could only have expired access tokens.
+        since = datetime.now(UTC) - self._tokens.access_ttl - EXPIRY_LEEWAY
         async with read_session(self._sessions) as session:
             user = await users_repo.get_user(session, user_id)
-        if user is None:
-            raise InvalidToken("the token's user does not exist")
-        return Account.of(user)
+            if user is None:
+                raise InvalidToken("the token's user does not exist")
+            revoked = await users_repo.revoked_families(session, user_id, since=since)
+        return Account.of(user, frozenset(revoked))
 
     async def authenticate_api_key(self, key: str) -> Principal:
         # A read beside any writer: a made-up key must not wait for SQLite's write lock.
@@ -230,7 +269,7 @@ class AuthService:
     async def _issue_pair(
         self, session: AsyncSession, user_id: uuid.UUID, *, family_id: uuid.UUID
     ) -> TokenPair:
-        access = self._tokens.issue(user_id, "access")
+        access = self._tokens.issue(user_id, "access", family_id=family_id)
         refresh = self._tokens.issue(user_id, "refresh", family_id=family_id)
         await users_repo.add_refresh_token(
             session,

@@ -109,6 +109,18 @@ async def revoke_family(session: AsyncSession, family_id: uuid.UUID, at: datetim
     )
 
 
+async def revoked_families(
+    session: AsyncSession, user_id: uuid.UUID, *, since: datetime
+) -> Sequence[uuid.UUID]:
+    """The user's sessions (families) revoked after ``since``."""
+    query = (
+        select(RefreshToken.family_id)
+        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at > since)
+        .distinct()
+    )
+    return (await session.scalars(query)).all()
+
+
 async def revoke_user_tokens(session: AsyncSession, user_id: uuid.UUID, at: datetime) -> None:
     await session.execute(
         update(RefreshToken)

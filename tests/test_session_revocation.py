@@ -1,0 +1,174 @@
+"""Revoking a sign-in session (logout, refresh-token reuse) ends its connections.
+
+Issue 11, finding 8: after logout a Yjs connection stayed open and its edits landed.
+Access tokens name their session (``fam``); when it is revoked, the connections
+opened with them end with ``session:ended`` ``session_revoked``, on ``/`` and on
+every ``/yjs|<id>``, and the tokens stop authenticating. The user's other sessions
+are untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jwt
+import pytest
+import socketio
+
+from roomclient import DocumentClient, RoomClient
+from tests.conftest import TEST_JWT_SECRET, ClientFactory, DocumentFactory
+from tests.helpers import Api, User, claims, eventually
+from tests.yjs_support import append, stored_text
+
+LOGOUT = "/api/v1/auth/logout"
+REFRESH = "/api/v1/auth/refresh"
+ME = "/api/v1/auth/me"
+
+
+async def second_session(api: Api, user: User) -> User:
+    """The same user signed in again (another device): a session of its own."""
+    tokens = await api.login(user.username)
+    return User(user.id, user.username, tokens["access_token"], tokens["refresh_token"])
+
+
+def ended(client: RoomClient | DocumentClient, code: str) -> None:
+    """``session:ended`` with ``code`` arrived, and then the connection closed."""
+    assert client.ended is not None and client.ended["code"] == code, client.ended
+    assert client.ended["message"]
+    assert not client.sio.connected
+
+
+def still_open(client: RoomClient | DocumentClient) -> None:
+    assert client.ended is None and client.sio.connected
+
+
+async def assert_refused_everywhere(api: Api, token: str, document_id: str) -> None:
+    """A revoked session's access token opens nothing: REST, ``/`` or a document."""
+    await api.error(
+        "GET",
+        ME,
+        headers={"Authorization": f"Bearer {token}"},
+        expect=401,
+        code="unauthorized",
+    )
+    url = str(api.client.make_url("/")).rstrip("/")
+    refused: list[Any] = []
+    probe = socketio.AsyncClient(reconnection=False)
+    probe.on("connect_error", refused.append)
+    try:
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await probe.connect(url, auth={"token": token}, transports=["websocket"])
+    finally:
+        await probe.shutdown()
+    assert [error["data"]["code"] for error in refused] == ["unauthorized"]
+    document = DocumentClient(url, token, document_id, reconnection=False)
+    try:
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await document.connect()
+    finally:
+        await document.close()
+    assert document.refused is not None and document.refused["code"] == "unauthorized"
+
+
+async def test_access_tokens_name_their_session(api: Api) -> None:
+    ann = await api.user("ann")
+    rotated = await api.call("POST", REFRESH, json={"refresh_token": ann.refresh_token})
+    unverified: dict[str, Any] = {"verify_signature": False}
+    family = jwt.decode(ann.refresh_token, options=unverified)["fam"]
+    for token in (ann.access_token, rotated["access_token"], rotated["refresh_token"]):
+        assert jwt.decode(token, options=unverified)["fam"] == family
+    other = await api.login("ann")
+    assert jwt.decode(other["access_token"], options=unverified)["fam"] != family
+
+
+async def test_logout_ends_the_sessions_connections_and_no_others(
+    api: Api, connect: ClientFactory, open_document: DocumentFactory
+) -> None:
+    ann = await api.user("ann")
+    phone = await second_session(api, ann)
+    doc = await api.document(ann)
+    main, document = await connect(ann, reconnection=False), await open_document(ann, doc["id"])
+    other_main = await connect(phone, reconnection=False)
+    other_document = await open_document(phone, doc["id"])
+
+    await api.call("POST", LOGOUT, json={"refresh_token": ann.refresh_token}, expect=204)
+
+    for client in (main, document):
+        await eventually(lambda c=client: ended(c, "session_revoked"))  # type: ignore[misc]
+    assert document.ended is not None and document.ended["message"] == (
+        "this session was signed out"
+    )
+    await assert_refused_everywhere(api, ann.access_token, doc["id"])
+    # The other session (same user) is untouched, and its edits still land.
+    still_open(other_main)
+    still_open(other_document)
+    append(other_document, "still editing")
+
+    async def landed() -> None:
+        assert await stored_text(api, phone, doc) == "still editing"
+
+    await eventually(landed)
+    await other_main.join(doc["id"])
+
+
+async def test_refresh_token_reuse_ends_the_sessions_connections_and_no_others(
+    api: Api, connect: ClientFactory, open_document: DocumentFactory
+) -> None:
+    """A spent refresh token presented again means it leaked: the whole session is
+    revoked, so the thief's connections and the holder's alike end."""
+    ann = await api.user("ann")
+    phone = await second_session(api, ann)
+    doc = await api.document(ann)
+    rotated = await api.call("POST", REFRESH, json={"refresh_token": ann.refresh_token})
+    # A connection on the rotated token and one on the first: the same session.
+    newer = User(ann.id, "ann", rotated["access_token"], rotated["refresh_token"])
+    main, document = await connect(newer, reconnection=False), await open_document(ann, doc["id"])
+    other_main = await connect(phone, reconnection=False)
+    other_document = await open_document(phone, doc["id"])
+
+    await api.error(
+        "POST", REFRESH, json={"refresh_token": ann.refresh_token}, expect=401, code="token_reused"
+    )
+
+    for client in (main, document):
+        await eventually(lambda c=client: ended(c, "session_revoked"))  # type: ignore[misc]
+    assert main.ended is not None and "used twice" in main.ended["message"]
+    await assert_refused_everywhere(api, rotated["access_token"], doc["id"])
+    still_open(other_main)
+    still_open(other_document)
+    assert (await api.call("GET", ME, user=phone))["id"] == ann.id
+
+
+async def test_a_connection_renewed_into_another_session_outlives_the_first(
+    api: Api, connect: ClientFactory
+) -> None:
+    """What counts is the session of the token a connection holds now: ``auth:refresh``
+    may hand it one of another session."""
+    ann = await api.user("ann")
+    phone = await second_session(api, ann)
+    main = await connect(ann, reconnection=False)
+    await main.command("auth:refresh", {"token": phone.access_token})
+    await api.call("POST", LOGOUT, json={"refresh_token": ann.refresh_token}, expect=204)
+    await main.command("auth:refresh", {"token": phone.access_token})  # a round trip
+    still_open(main)
+    await api.call("POST", LOGOUT, json={"refresh_token": phone.refresh_token}, expect=204)
+    await eventually(lambda: ended(main, "session_revoked"))
+
+
+async def test_tokens_issued_without_a_session_keep_working_until_they_expire(
+    api: Api, connect: ClientFactory, open_document: DocumentFactory
+) -> None:
+    """Access tokens issued before they named their session cannot be tied to one:
+    they stay valid until ``exp``, as before."""
+    ann = await api.user("ann")
+    doc = await api.document(ann)
+    legacy = User(ann.id, "ann", jwt.encode(claims(ann.id), TEST_JWT_SECRET), ann.refresh_token)
+    main, document = (
+        await connect(legacy, reconnection=False),
+        await open_document(legacy, doc["id"]),
+    )
+    await api.call("POST", LOGOUT, json={"refresh_token": ann.refresh_token}, expect=204)
+    await main.join(doc["id"])  # a round trip after the logout: nothing ended meanwhile
+    still_open(main)
+    still_open(document)
+    assert (await api.call("GET", ME, user=legacy))["id"] == ann.id
