@@ -165,6 +165,72 @@ class Settings(BaseSettings):
         1024 * 1024, ge=1024, description="Largest accepted REST request body."
     )
 
+    max_documents_per_user: int = Field(
+        10_000,
+        ge=1,
+        description="Documents one user may own; more are refused (too_many_documents).",
+    )
+
+    # --- connections and socket rate limits (docs/protocol.md §5.11) -------------------
+    max_connections: int = Field(
+        10_000,
+        ge=1,
+        description="Engine.IO connections (transports) per process; past it a handshake "
+        "is answered 503 server_full.",
+    )
+    max_connections_per_user: int = Field(
+        5,
+        ge=1,
+        description="Connections (transports) one user may hold on this process; past it "
+        "a namespace connect is refused too_many_connections.",
+    )
+    max_namespaces_per_connection: int = Field(
+        20, ge=2, description="Namespaces (/ and /yjs|<id>) one connection may open."
+    )
+    max_rooms_per_connection: int = Field(
+        50, ge=1, description="Rooms one connection may have joined at once."
+    )
+    socket_connect_timeout_seconds: float = Field(
+        20,
+        gt=0,
+        description="A connection with no namespace connected this long after its "
+        "handshake (or after leaving its last namespace) is closed.",
+    )
+    rate_room_per_second: float = Field(
+        5, gt=0, description="join and leave per connection per second..."
+    )
+    rate_room_burst: int = Field(20, ge=1, description="...and at once.")
+    rate_chat_per_second: float = Field(
+        5, gt=0, description="chat:send, chat:edit and chat:delete per connection per second..."
+    )
+    rate_chat_burst: int = Field(20, ge=1, description="...and at once.")
+    rate_history_per_second: float = Field(
+        5, gt=0, description="chat:history per connection per second..."
+    )
+    rate_history_burst: int = Field(20, ge=1, description="...and at once.")
+    rate_presence_per_second: float = Field(
+        20, gt=0, description="presence:update per connection per second..."
+    )
+    rate_presence_burst: int = Field(40, ge=1, description="...and at once.")
+    rate_typing_per_second: float = Field(
+        4, gt=0, description="typing per connection per second (either value)..."
+    )
+    rate_typing_burst: int = Field(8, ge=1, description="...and at once.")
+    rate_ai_per_second: float = Field(
+        1, gt=0, description="ai:ask and ai:cancel per connection per second..."
+    )
+    rate_ai_burst: int = Field(5, ge=1, description="...and at once.")
+    rate_session_per_second: float = Field(
+        1, gt=0, description="auth:refresh per connection per second..."
+    )
+    rate_session_burst: int = Field(5, ge=1, description="...and at once.")
+    rate_user_factor: float = Field(
+        2,
+        ge=1,
+        description="Each user also has one bucket per class, this many times a "
+        "connection's, shared by all their connections (more tabs, no more rate).",
+    )
+
     # --- realtime ------------------------------------------------------------------
     socket_ping_interval_seconds: float = Field(
         25,

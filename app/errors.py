@@ -15,7 +15,12 @@ Anything else that escapes reaches the client as ``internal`` with no detail.
      │    └── InvalidCredentials (401 invalid_credentials)
      ├── Forbidden (403 forbidden)
      │    ├── UserDisabled (403 user_disabled)
-     │    └── ReadOnly (403 read_only)
+     │    ├── ReadOnly (403 read_only)
+     │    └── LimitReached: a cap on what one user or connection may hold
+     │         ├── TooManyConnections (403 too_many_connections)
+     │         ├── TooManyNamespaces (403 too_many_namespaces)
+     │         ├── TooManyRooms (403 too_many_rooms)
+     │         └── TooManyDocuments (403 too_many_documents)
      ├── NotFound (404 not_found)
      ├── Conflict (409 conflict)
      │    └── UsernameTaken (409 username_taken)
@@ -28,6 +33,7 @@ Anything else that escapes reaches the client as ``internal`` with no detail.
      │    ├── AiBusy (429 ai_busy)
      │    └── AiBudgetExceeded (429 ai_budget_exceeded)
      ├── ServiceUnavailable (503 unavailable)
+     │    └── ServerFull (503 server_full)
      └── AiUnavailable (503 ai_unavailable)
 """
 
@@ -123,6 +129,30 @@ class ReadOnly(Forbidden):
     default_message = "viewers cannot edit this document"
 
 
+class LimitReached(Forbidden):
+    """Holding more than a cap allows; closing or leaving something makes room."""
+
+
+class TooManyConnections(LimitReached):
+    code = "too_many_connections"
+    default_message = "you have too many connections open; close one"
+
+
+class TooManyNamespaces(LimitReached):
+    code = "too_many_namespaces"
+    default_message = "this connection has too many namespaces open; close one"
+
+
+class TooManyRooms(LimitReached):
+    code = "too_many_rooms"
+    default_message = "this connection is in too many rooms; leave one"
+
+
+class TooManyDocuments(LimitReached):
+    code = "too_many_documents"
+    default_message = "you own as many documents as you may; delete one"
+
+
 class NotFound(AppError):
     status = 404
     code = "not_found"
@@ -195,6 +225,11 @@ class ServiceUnavailable(AppError):
     status = 503
     code = "unavailable"
     default_message = "the service is unavailable"
+
+
+class ServerFull(ServiceUnavailable):
+    code = "server_full"
+    default_message = "the server has as many connections as it takes; try another or later"
 
 
 class AiBusy(RateLimited):

@@ -111,7 +111,11 @@ def create_app(settings: Settings) -> web.Application:
             )
             app[LIVE_DOCUMENTS] = live_documents
             app[DOCUMENT_SERVICE] = DocumentService(
-                sessions, broadcaster, live_documents, memberships
+                sessions,
+                broadcaster,
+                live_documents,
+                memberships,
+                max_owned=settings.max_documents_per_user,
             )
             app[CHAT_SERVICE] = chat = ChatService(
                 sessions, broadcaster, memberships, page_size=settings.history_page_size

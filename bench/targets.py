@@ -77,6 +77,19 @@ def _relay_target(name: str, server: ServerProcess) -> Target:
     )
 
 
+LOAD_GENERATOR_LIMITS = {
+    "MAX_CONNECTIONS": "100000",
+    "MAX_CONNECTIONS_PER_USER": "100000",
+    # Many editors share a few users: only the per-connection Yjs rate applies.
+    "RATE_USER_FACTOR": "100000",
+    **{
+        f"RATE_{kind}_{what}": "1000000"
+        for kind in ("ROOM", "CHAT", "HISTORY", "PRESENCE", "TYPING", "AI", "SESSION")
+        for what in ("PER_SECOND", "BURST")
+    },
+}
+
+
 @asynccontextmanager
 async def ours(
     *, database_url: str | None = None, users: int = 10, settings: dict[str, str] | None = None
@@ -91,6 +104,9 @@ async def ours(
         "JWT_SECRET": BENCH_JWT_SECRET,
         "LOG_LEVEL": "WARNING",
         "ACCESS_TOKEN_TTL_SECONDS": "86400",
+        # A load generator is a handful of users sending as fast as acks come back:
+        # the caps and rates meant for people are lifted (the baselines have none).
+        **LOAD_GENERATOR_LIMITS,
     }
     if database_url:
         env["DATABASE_URL"] = database_url

@@ -11,7 +11,7 @@ import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -25,7 +25,13 @@ ack_requested: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
     "ack_requested", default=None
 )
 
-Ctx = TypeVar("Ctx")
+
+class Admits(Protocol):
+    def admit(self, rate: str) -> None:
+        """Spend a token of the rate class ``rate`` or raise ``RateLimited``."""
+
+
+Ctx = TypeVar("Ctx", bound=Admits)
 Payload = TypeVar("Payload", bound=BaseModel)
 Handler = Callable[[Ctx, Any], Awaitable[Any]]
 
@@ -39,6 +45,7 @@ class UnknownEvent(BadRequest):
 class Command(Generic[Ctx]):
     name: str
     model: type[BaseModel]
+    rate: str  # the rate limit class it is counted in
     handler: Handler[Ctx]
 
 
@@ -47,12 +54,12 @@ class Commands(Generic[Ctx]):
         self._commands: dict[str, Command[Ctx]] = {}
 
     def __call__(
-        self, name: str, model: type[Payload]
+        self, name: str, model: type[Payload], *, rate: str
     ) -> Callable[[Callable[[Ctx, Payload], Awaitable[Any]]], Callable[[Ctx, Payload], Any]]:
         def register(
             handler: Callable[[Ctx, Payload], Awaitable[Any]],
         ) -> Callable[[Ctx, Payload], Any]:
-            self._commands[name] = Command(name, model, handler)
+            self._commands[name] = Command(name, model, rate, handler)
             return handler
 
         return register
@@ -67,6 +74,8 @@ class Commands(Generic[Ctx]):
             command = self._commands.get(event)
             if command is None:
                 raise UnknownEvent(f"no such event: {event!r}")
+            # Counted before anything is parsed: a flood of bad payloads costs little.
+            ctx.admit(command.rate)
             if len(args) != 1:
                 raise BadRequest("send exactly one payload object")
             payload = parse(command.model, args[0])

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.auth.principal import Principal
+from realtime.ratelimit import TokenBucket
 
 
 @dataclass(eq=False)
 class Connection:
     sid: str
     principal: Principal
+    # Its own rate limit bucket per command class (CommandLimits.connection_buckets).
+    buckets: dict[str, TokenBucket] = field(default_factory=dict)
     renewal: asyncio.TimerHandle | None = None
 
     @property

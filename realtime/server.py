@@ -18,8 +18,10 @@ import socketio
 from aiohttp import web
 
 from app.config import Settings
+from app.errors import ServerFull
 from app.metrics import Metrics
 from app.wire import ServerEvent
+from realtime.admission import Admission
 from realtime.commands import ack_requested
 from realtime.delivery import Delivery, Limits
 from realtime.delivery.encoding import Encoded, encode_event
@@ -56,8 +58,19 @@ class RoomServer(socketio.AsyncServer):  # type: ignore[misc]
     manager: DeliveryManager
 
     def __init__(
-        self, delivery: Delivery, *, outbox_limits: Limits, metrics: DeliveryMetrics, **options: Any
+        self,
+        delivery: Delivery,
+        *,
+        admission: Admission,
+        connect_timeout: float,
+        outbox_limits: Limits,
+        metrics: DeliveryMetrics,
+        **options: Any,
     ) -> None:
+        self.admission = admission
+        self.connect_timeout = connect_timeout
+        # Engine.IO connections that have no namespace yet: closed when it fires.
+        self._deadlines: dict[str, asyncio.TimerHandle] = {}
         super().__init__(
             client_manager=DeliveryManager(delivery),
             json=_OrjsonModule,
@@ -84,12 +97,38 @@ class RoomServer(socketio.AsyncServer):  # type: ignore[misc]
         durable = {key: environ[key] for key in DURABLE_ENVIRON if key in environ}
         durable["REMOTE_ADDR"] = request.remote or ""
         await super()._handle_eio_connect(eio_sid, durable)
+        self._expect_namespace(eio_sid)
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
         # python-socketio's visits every namespace of the server (one per open document).
         for namespace in self.manager.namespaces_of(eio_sid):
             await self._handle_disconnect(eio_sid, namespace, reason)
         self.environ.pop(eio_sid, None)
+        deadline = self._deadlines.pop(eio_sid, None)
+        if deadline is not None:
+            deadline.cancel()
+        self.admission.release(eio_sid)
+
+    async def _handle_disconnect(self, eio_sid: str, namespace: str, reason: Any = None) -> None:
+        await super()._handle_disconnect(eio_sid, namespace, reason)
+        if not self.manager.namespaces_of(eio_sid) and eio_sid in self.eio.sockets:
+            self._expect_namespace(eio_sid)  # its last namespace left; the transport stays
+
+    def _expect_namespace(self, eio_sid: str) -> None:
+        """Close the Engine.IO connection unless a namespace is connected in time (one
+        that answers pings but never connects would otherwise stay for ever)."""
+        if eio_sid in self._deadlines:
+            return
+
+        def check() -> None:
+            del self._deadlines[eio_sid]
+            socket = self.eio.sockets.get(eio_sid)
+            if socket is not None and not self.manager.namespaces_of(eio_sid):
+                log.info("closing a connection that connected no namespace in time")
+                self.eio.spawn(socket.close(wait=False, reason=self.reason.SERVER_DISCONNECT))
+
+        loop = asyncio.get_running_loop()
+        self._deadlines[eio_sid] = loop.call_later(self.connect_timeout, check)
 
     def _farewell(self, eio_sid: str, code: str) -> list[Encoded]:
         """``session:ended`` on each namespace of a connection about to be closed."""
@@ -117,12 +156,19 @@ class RoomServer(socketio.AsyncServer):  # type: ignore[misc]
 
 
 def create_server(
-    app: web.Application, settings: Settings, delivery: Delivery, metrics: Metrics
+    app: web.Application,
+    settings: Settings,
+    delivery: Delivery,
+    admission: Admission,
+    metrics: Metrics,
 ) -> RoomServer:
     """The Socket.IO server, attached to ``app`` (namespaces are registered by the caller)."""
     origins = settings.cors_origins
     sio = RoomServer(
         delivery,
+        admission=admission,
+        connect_timeout=settings.socket_connect_timeout_seconds,
+        max_connections=settings.max_connections,
         outbox_limits=Limits(
             max_bytes=settings.delivery_max_buffered_bytes,
             max_events=settings.delivery_max_buffered_events,
@@ -148,6 +194,7 @@ def create_server(
         engineio_logger=False,
     )
     metrics.buffered.source = delivery.buffered
+    sio.eio.on_full = metrics.socket_refused.labels(ServerFull.code).inc
     sio.attach(app, socketio_path="socket.io")
     return sio
 

@@ -18,9 +18,11 @@ from app.services.assistant import Assistant
 from app.services.auth import AuthService
 from app.services.chat import ChatService
 from app.wire import ServerEvent
+from realtime.admission import Admission
 from realtime.connections import Connection, Connections
 from realtime.delivery import Delivery, Event
 from realtime.presence import Presence
+from realtime.ratelimit import CommandLimits
 from realtime.server import RoomServer
 from realtime.typing_indicators import TypingIndicators
 from realtime.yjs_connections import YjsConnections
@@ -49,6 +51,8 @@ class Realtime:
     delivery: Delivery
     app: web.Application
     settings: Settings
+    limits: CommandLimits
+    admission: Admission
     connections: Connections = field(default_factory=Connections)
     presence: Presence = field(default_factory=Presence)
     yjs: YjsConnections = field(default_factory=YjsConnections)
@@ -116,3 +120,6 @@ class Call:
     @property
     def sid(self) -> str:
         return self.connection.sid
+
+    def admit(self, rate: str) -> None:
+        self.rt.limits.admit(self.connection.buckets, self.connection.user_id, rate)

@@ -20,7 +20,8 @@ class YjsConnection:
     namespace: str
     principal: Principal
     role: DocumentRole
-    bucket: TokenBucket
+    # Its own rate limit buckets (CommandLimits.connection_buckets); only "yjs" is used.
+    buckets: dict[str, TokenBucket]
     live: LiveDocument | None = None
     # Error codes already reported since the last accepted update.
     told: set[str] = field(default_factory=set)

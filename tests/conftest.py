@@ -185,6 +185,15 @@ async def redis_url() -> AsyncIterator[str]:
 # --- the application -------------------------------------------------------------------
 
 
+# The socket command rate limits, out of the way of tests that are not about them
+# (a test sends far faster than a person); tests of the limits pass their own values.
+UNLIMITED_COMMANDS: dict[str, Any] = {
+    name: 1_000_000
+    for name in Settings.model_fields
+    if name.startswith("rate_") and name.endswith(("_per_second", "_burst"))
+}
+
+
 def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": database_url,
@@ -194,6 +203,7 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "redis_url": None,
         "cors_origins": [],
         "log_format": "text",
+        **UNLIMITED_COMMANDS,
     }
     values.update(overrides)
     return Settings(**values)

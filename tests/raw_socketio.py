@@ -39,8 +39,11 @@ class RawClient:
     _next_ack: int = 0
 
     @classmethod
-    async def connect(cls, port: int, token: str, *, receive_buffer: int = RECEIVE_BUFFER) -> Self:
-        """Open a websocket to 127.0.0.1:``port`` and connect the default namespace."""
+    async def connect(
+        cls, port: int, token: str | None, *, receive_buffer: int = RECEIVE_BUFFER
+    ) -> Self:
+        """Open a websocket to 127.0.0.1:``port`` and connect the default namespace
+        with ``token`` (with None, no namespace)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         sock.setblocking(False)
@@ -61,7 +64,8 @@ class RawClient:
         opened = await client.receive()
         assert isinstance(opened, str) and opened.startswith("0"), opened
         client.eio_sid = json.loads(opened[1:])["sid"]
-        await client.connect_namespace("/", token)
+        if token is not None:
+            await client.connect_namespace("/", token)
         return client
 
     async def connect_namespace(self, namespace: str, token: str) -> None:
@@ -77,6 +81,11 @@ class RawClient:
 
     async def send_text(self, text: str) -> None:
         self.writer.write(_masked(0x1, text.encode()))
+        await self.writer.drain()
+
+    async def send_binary(self, data: bytes) -> None:
+        """One binary frame: an attachment of the binary packet sent just before."""
+        self.writer.write(_masked(0x2, data))
         await self.writer.drain()
 
     async def emit(self, event: str, payload: Any, *, ack: bool = True) -> int | None:

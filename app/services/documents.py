@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.principal import Principal
-from app.errors import Conflict, Forbidden, NotFound, ReadOnly
+from app.errors import Conflict, Forbidden, NotFound, ReadOnly, TooManyDocuments
 from app.events import Broadcaster
 from app.services.cache import ExpiringCache
 from app.services.live_documents import LiveDocuments
@@ -65,8 +65,11 @@ class DocumentService:
         broadcaster: Broadcaster,
         live_documents: LiveDocuments,
         memberships: Memberships,
+        *,
+        max_owned: int,
     ) -> None:
         self._sessions = sessions
+        self._max_owned = max_owned
         self._broadcaster = broadcaster
         self._live_documents = live_documents
         self._memberships = memberships
@@ -75,6 +78,9 @@ class DocumentService:
         if principal.role is GlobalRole.GUEST:
             raise Forbidden("guests cannot create documents")
         async with self._sessions.begin() as session:
+            # A quota, not a hard bound: two creations at once may pass it by one.
+            if await documents_repo.count_owned(session, principal.user_id) >= self._max_owned:
+                raise TooManyDocuments(f"you may own at most {self._max_owned} documents")
             document = await documents_repo.create_document(
                 session, title=title, owner_id=principal.user_id
             )

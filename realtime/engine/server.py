@@ -21,6 +21,7 @@ from aiohttp import hdrs, web
 from engineio import packet as eio_packet
 from wsproto.extensions import Extension
 
+from app.errors import ServerFull
 from realtime.delivery.encoding import Encoded
 from realtime.delivery.metrics import DeliveryMetrics
 from realtime.delivery.outbox import Flusher, Limits
@@ -31,6 +32,8 @@ from realtime.engine.websocket import WebSocketConnection, upgrade
 log = logging.getLogger(__name__)
 
 Farewell = Callable[[str, str], list[Encoded]]
+# How long a client refused for being one too many is asked to wait.
+FULL_RETRY_AFTER_SECONDS = 5
 
 
 class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
@@ -39,16 +42,20 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         *,
         outbox_limits: Limits,
         delivery_metrics: DeliveryMetrics,
+        max_connections: int,
         websocket_compression: bool = False,
         **options: Any,
     ) -> None:
         self.outbox_limits = outbox_limits
+        self.max_connections = max_connections
         self.delivery_metrics = delivery_metrics
         self.websocket_compression = websocket_compression
         self.flusher = Flusher()
         # What a connection closed for ``code`` is told first (set by the Socket.IO
         # layer: one notice per namespace it joined).
         self.farewell: Farewell = lambda sid, code: []
+        # Told of each handshake refused for being past max_connections.
+        self.on_full: Callable[[], None] = lambda: None
         self._tasks: set[asyncio.Task[Any]] = set()
         options["async_mode"] = "aiohttp"
         super().__init__(monitor_clients=False, **options)
@@ -65,7 +72,19 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
     async def _handle_connect(
         self, environ: dict[str, Any], transport: str, jsonp_index: int | None = None
     ) -> Any:
-        """python-engineio's, with an ``EngineSocket`` (and no monitor task)."""
+        """python-engineio's, with an ``EngineSocket`` (and no monitor task), and
+        refused with 503 ``server_full`` past ``max_connections``."""
+        if len(self.sockets) >= self.max_connections:
+            self.on_full()
+            body = {"error": ServerFull().to_body()}
+            return {
+                "status": "503 SERVICE UNAVAILABLE",
+                "headers": [
+                    ("Content-Type", "application/json"),
+                    ("Retry-After", str(FULL_RETRY_AFTER_SECONDS)),
+                ],
+                "response": eio_packet.Packet.json.dumps(body).encode(),
+            }
         sid = self.generate_id()
         socket = EngineSocket(self, sid)
         self.sockets[sid] = socket

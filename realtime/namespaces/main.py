@@ -27,6 +27,15 @@ NAMESPACE = "/"
 LIFECYCLE_EVENTS = frozenset({"connect", "disconnect"})
 
 
+def admit(rt: Realtime, sid: str, namespace: str, principal: Principal) -> None:
+    """Count the connection's transport for its user, within the caps
+    (``TooManyNamespaces``, ``TooManyConnections``)."""
+    transport = rt.sio.manager.eio_sid_from_sid(sid, namespace)
+    assert transport is not None  # registered before any connect handler runs
+    rt.admission.check_namespaces(len(rt.sio.manager.namespaces_of(transport)))
+    rt.admission.admit(transport, principal.user_id)
+
+
 async def authenticate(rt: Realtime, auth: Any) -> Principal:
     """The principal for a handshake's ``auth: {"token": ...}`` payload."""
     token = auth.get("token") if isinstance(auth, dict) else None
@@ -35,7 +44,7 @@ async def authenticate(rt: Realtime, auth: Any) -> Principal:
     return await rt.auth.authenticate_token(token)
 
 
-@commands("auth:refresh", AuthRefresh)
+@commands("auth:refresh", AuthRefresh, rate="session")
 async def auth_refresh(call: Call, payload: AuthRefresh) -> dict[str, Any]:
     """A fresh access token for this connection (answer to ``auth:expiring``)."""
     principal = await call.rt.auth.authenticate_token(payload.token)
@@ -102,6 +111,7 @@ class MainNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         try:
             try:
                 principal = await authenticate(self.rt, auth)
+                admit(self.rt, sid, NAMESPACE, principal)
             except AppError as exc:
                 metrics.socket_refused.labels(exc.code).inc()
                 log.info("connection refused: %s", exc.code)
@@ -112,7 +122,7 @@ class MainNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 ) from exc
             except Exception as exc:  # the database failed: say so, do not leave it hanging
                 raise refused_unavailable(metrics) from exc
-            connection = Connection(sid, principal)
+            connection = Connection(sid, principal, self.rt.limits.connection_buckets())
             self.rt.connections.add(connection)
             self.rt.delivery.join(user_room_of(principal.user_id), sid)
             schedule_renewal(self.rt, connection)

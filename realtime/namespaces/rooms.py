@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from app.errors import Forbidden, NotFound, PayloadTooLarge, ValidationFailed
+from app.errors import Forbidden, NotFound, PayloadTooLarge, TooManyRooms, ValidationFailed
 from app.events import EventClass
 from app.wire import ServerEvent, dump, iso
 from realtime.commands import Commands
@@ -59,10 +59,15 @@ def presence_event(name: ServerEvent, data: dict[str, Any], key: tuple[str, Any]
     return Event(name, data, EventClass.PRESENCE, key=key)
 
 
-@commands("join", Join)
+@commands("join", Join, rate="room")
 async def join(call: Call, payload: Join) -> dict[str, Any]:
     rt, connection, document_id = call.rt, call.connection, payload.document_id
     principal = connection.principal
+    cap = rt.settings.max_rooms_per_connection
+    if not rt.delivery.in_room(room_of(document_id), call.sid) and (
+        len(joined_rooms(rt, call.sid)) >= cap
+    ):
+        raise TooManyRooms(f"at most {cap} rooms per connection; leave one")
     access = await rt.chat.access(principal, document_id)
     backlog = None
     # Under the room lock no message can be stored between reading where the room
@@ -109,7 +114,7 @@ async def join(call: Call, payload: Join) -> dict[str, Any]:
     }
 
 
-@commands("leave", Leave)
+@commands("leave", Leave, rate="room")
 async def leave(call: Call, payload: Leave) -> dict[str, Any]:
     await leave_room(call.rt, call.connection, payload.document_id)
     return {}
@@ -158,7 +163,7 @@ async def leave_room(rt: Realtime, connection: Connection, document_id: uuid.UUI
         )
 
 
-@commands("chat:send", ChatSend)
+@commands("chat:send", ChatSend, rate="chat")
 async def chat_send(call: Call, payload: ChatSend) -> dict[str, Any]:
     # No await before the service takes the room lock: a client's sends keep
     # their order even when it does not wait for each ack.
@@ -178,7 +183,7 @@ async def chat_send(call: Call, payload: ChatSend) -> dict[str, Any]:
     }
 
 
-@commands("ai:ask", AiAsk)
+@commands("ai:ask", AiAsk, rate="ai")
 async def ai_ask(call: Call, payload: AiAsk) -> dict[str, Any]:
     joined(call, payload.document_id)
     check_length(call, payload.question)
@@ -188,14 +193,14 @@ async def ai_ask(call: Call, payload: AiAsk) -> dict[str, Any]:
     return {"reply_id": str(reply.id)}
 
 
-@commands("ai:cancel", AiCancel)
+@commands("ai:cancel", AiCancel, rate="ai")
 async def ai_cancel(call: Call, payload: AiCancel) -> dict[str, Any]:
     joined(call, payload.document_id)
     await call.rt.assistant.cancel(call.connection.principal, payload.document_id, payload.reply_id)
     return {}
 
 
-@commands("chat:history", ChatHistory)
+@commands("chat:history", ChatHistory, rate="history")
 async def chat_history(call: Call, payload: ChatHistory) -> dict[str, Any]:
     joined(call, payload.document_id)
     messages, has_more = await call.rt.chat.history(
@@ -208,7 +213,7 @@ async def chat_history(call: Call, payload: ChatHistory) -> dict[str, Any]:
     return {"messages": [dump(message) for message in messages], "has_more": has_more}
 
 
-@commands("chat:edit", ChatEdit)
+@commands("chat:edit", ChatEdit, rate="chat")
 async def chat_edit(call: Call, payload: ChatEdit) -> dict[str, Any]:
     joined(call, payload.document_id)
     check_length(call, payload.text)
@@ -222,7 +227,7 @@ async def chat_edit(call: Call, payload: ChatEdit) -> dict[str, Any]:
     return {"message": dump(message)}
 
 
-@commands("chat:delete", ChatDelete)
+@commands("chat:delete", ChatDelete, rate="chat")
 async def chat_delete(call: Call, payload: ChatDelete) -> dict[str, Any]:
     joined(call, payload.document_id)
     message = await call.rt.chat.delete(
@@ -231,7 +236,7 @@ async def chat_delete(call: Call, payload: ChatDelete) -> dict[str, Any]:
     return {"message": dump(message)}
 
 
-@commands("presence:update", PresenceUpdate)
+@commands("presence:update", PresenceUpdate, rate="presence")
 async def presence_update(call: Call, payload: PresenceUpdate) -> dict[str, Any]:
     joined(call, payload.document_id)
     limit = call.rt.settings.presence_state_max_bytes
@@ -253,7 +258,7 @@ async def presence_update(call: Call, payload: PresenceUpdate) -> dict[str, Any]
     return {}
 
 
-@commands("typing", Typing)
+@commands("typing", Typing, rate="typing")
 async def typing(call: Call, payload: Typing) -> dict[str, Any]:
     joined(call, payload.document_id)
     document_id, user_id = payload.document_id, call.connection.user_id

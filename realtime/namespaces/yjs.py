@@ -49,8 +49,8 @@ from app.services.yjs_updates import EMPTY_UPDATE
 from app.wire import ServerEvent
 from realtime.commands import ack_requested
 from realtime.delivery import Event
-from realtime.namespaces.main import authenticate, refused_unavailable
-from realtime.ratelimit import TokenBucket
+from realtime.namespaces.main import admit, authenticate, refused_unavailable
+from realtime.ratelimit import limited
 from realtime.state import Realtime, yjs_room_of
 from realtime.yjs_connections import YjsConnection, YjsConnections, YjsRoom
 from storage.models import DocumentRole
@@ -61,6 +61,8 @@ PREFIX = "/yjs|"
 METRICS_NAMESPACE = "/yjs"
 # A client's sync-step-1 costs a rate token per this many bytes of its answer.
 SYNC_BYTES_PER_TOKEN = 64 * 1024
+# The rate limit class of what a provider sends (CommandLimits).
+YJS_RATE = "yjs"
 
 
 class YjsEvent:
@@ -160,6 +162,7 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 raise NotFound(f"no namespace {namespace!r}; documents are at /yjs|<id>")
             principal = await authenticate(self.rt, auth)
             view = await self.rt.app[DOCUMENT_SERVICE].get(principal, document_id)
+            admit(self.rt, sid, namespace, principal)
         except AppError as exc:
             metrics.socket_refused.labels(exc.code).inc()
             log.info("yjs connection refused: %s", exc.code)
@@ -168,13 +171,12 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             ) from exc
         except Exception as exc:  # the database failed: say so, do not leave it hanging
             raise refused_unavailable(metrics) from exc
-        settings = self.rt.settings
         connection = YjsConnection(
             sid,
             namespace,
             principal,
             view.role,
-            TokenBucket(settings.yjs_messages_per_second, settings.yjs_message_burst),
+            self.rt.limits.connection_buckets(),
         )
         self.connections.by_sid[sid] = connection
         try:
@@ -287,10 +289,9 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             # document): a token, plus one for each SYNC_BYTES_PER_TOKEN, at most the
             # whole burst (what a client's first sync of the largest document costs).
             cost = 1 + len(answer) // SYNC_BYTES_PER_TOKEN
-            if not connection.bucket.take(cost):
-                raise RateLimited(
-                    "too many sync requests", retry_after=round(connection.bucket.wait(cost), 3)
-                )
+            wait = self.rt.limits.take(connection.buckets, connection.user_id, YJS_RATE, cost)
+            if wait:
+                raise limited("too many sync requests", wait)
             return answer
         except AppError as exc:
             await self.tell(connection, YjsEvent.SYNC_STEP_1, exc)
@@ -307,13 +308,11 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         try:
             if not isinstance(update, bytes):
                 raise InvalidUpdate("send the update as binary")
-            if not solicited and not connection.bucket.take():
+            wait = 0.0 if solicited else self._take(connection)
+            if wait:
                 # Nothing is lost: a re-sync asks for everything the server lacks.
                 self.resync_later(connection)
-                raise RateLimited(
-                    "too many updates; a re-sync picks them up shortly",
-                    retry_after=round(connection.bucket.wait(), 3),
-                )
+                raise limited("too many updates; a re-sync picks them up", wait)
             if connection.role is DocumentRole.VIEWER:
                 if not live.would_change(update):
                     return  # a viewer's sync answer that carries nothing new
@@ -336,6 +335,10 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             connection.told.add(refusal.code)
             await self.tell(connection, YjsEvent.SYNC_UPDATE, refusal)
 
+    def _take(self, connection: YjsConnection) -> float:
+        """A rate token of the connection and its user (0), or the seconds to wait."""
+        return self.rt.limits.take(connection.buckets, connection.user_id, YJS_RATE)
+
     def resync_later(self, connection: YjsConnection) -> None:
         """Ask the client again for what the server lacks once it may send again."""
         if connection.resync is not None:
@@ -347,7 +350,8 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 self.rt.spawn(self.start_sync(connection, with_awareness=False))
 
         loop = asyncio.get_running_loop()
-        connection.resync = loop.call_later(connection.bucket.wait() + 0.05, resync)
+        wait = self.rt.limits.wait(connection.buckets, connection.user_id, YJS_RATE)
+        connection.resync = loop.call_later(wait + 0.05, resync)
 
     async def receive_awareness(self, connection: YjsConnection, update: Any) -> None:
         """Apply what is new to the room's awareness and relay only that.
@@ -378,9 +382,10 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 return
             if len(fresh) != len(entries):
                 update = encode_awareness(fresh)
-            if not connection.bucket.take():
+            wait = self._take(connection)
+            if wait:
                 # Latest wins: the next one supersedes it; no need to re-sync.
-                raise RateLimited(retry_after=round(connection.bucket.wait(), 3))
+                raise limited("too many awareness updates", wait)
         except AppError as exc:
             await self.tell(connection, YjsEvent.AWARENESS_UPDATE, exc)
             return

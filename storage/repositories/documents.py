@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Document, DocumentMember, DocumentRole, User
@@ -19,6 +19,11 @@ async def create_document(session: AsyncSession, *, title: str, owner_id: uuid.U
     session.add(DocumentMember(document_id=document.id, user_id=owner_id, role=DocumentRole.OWNER))
     await session.flush()
     return document
+
+
+async def count_owned(session: AsyncSession, owner_id: uuid.UUID) -> int:
+    query = select(func.count()).select_from(Document).where(Document.owner_id == owner_id)
+    return (await session.execute(query)).scalar_one()
 
 
 async def get_document(session: AsyncSession, document_id: uuid.UUID) -> Document | None:
