@@ -9,6 +9,7 @@ in ``DATA_DIR``, no Redis, Qdrant in a folder, an offline AI responder), so
 from __future__ import annotations
 
 from decimal import Decimal
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -83,6 +84,38 @@ class Settings(BaseSettings):
         30 * 24 * 3600, ge=60, description="Refresh token lifetime."
     )
     allow_registration: bool = Field(True, description="Open self-registration.")
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated addresses or networks of the reverse proxies in "
+        "front of this server: from them X-Forwarded-For names the client's address; "
+        "from any other peer it is ignored.",
+    )
+    login_attempts_per_address_per_minute: float = Field(
+        20, gt=0, description="Sign-ins from one client address per minute..."
+    )
+    login_attempts_per_address_burst: int = Field(40, ge=1, description="...and at once.")
+    login_failures_per_username_per_minute: float = Field(
+        1, gt=0, description="Wrong passwords for one username per minute..."
+    )
+    login_failures_per_username_burst: int = Field(
+        5, ge=1, description="...and in a row: then 429 until the bucket refills."
+    )
+    registrations_per_address_per_hour: float = Field(
+        10, gt=0, description="Registrations from one client address per hour..."
+    )
+    registrations_per_address_burst: int = Field(10, ge=1, description="...and at once.")
+    password_hash_concurrency: int = Field(
+        2,
+        ge=1,
+        description="Password hashes computed at once (each Argon2id costs ~50 ms of a "
+        "core and 64 MiB)...",
+    )
+    password_hash_queue: int = Field(
+        32,
+        ge=0,
+        description="...and waiting for a turn; past both, sign-ins and registrations are "
+        "answered 503 unavailable with Retry-After.",
+    )
 
     # --- AI and knowledge (used by later features) ---------------------------------
     anthropic_api_key: SecretStr | None = Field(
@@ -351,6 +384,17 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            return [
+                ip_network(part, strict=False) if isinstance(part, str) else part for part in value
+            ]
         return value
 
     @field_validator("log_level")

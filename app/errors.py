@@ -51,6 +51,9 @@ class AppError(Exception):
     code: ClassVar[str] = "internal"
     default_message: ClassVar[str] = "internal error"
 
+    # Seconds a client should wait before trying again (HTTP: the Retry-After header).
+    retry_after: float | None = None
+
     def __init__(self, message: str | None = None, *, details: Any = None) -> None:
         self.message = message or self.default_message
         self.details = details

@@ -8,6 +8,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.auth.throttle import SignInThrottle
 from app.config import Settings
 from app.metrics import Metrics
 from app.services.assistant import Assistant
@@ -23,6 +24,7 @@ ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
 REDIS = web.AppKey("redis", Redis)  # present only when REDIS_URL is set
 AUTH_SERVICE = web.AppKey("auth_service", AuthService)
+SIGN_IN_THROTTLE = web.AppKey("sign_in_throttle", SignInThrottle)
 USER_SERVICE = web.AppKey("user_service", UserService)
 DOCUMENT_SERVICE = web.AppKey("document_service", DocumentService)
 CHAT_SERVICE = web.AppKey("chat_service", ChatService)

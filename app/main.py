@@ -18,7 +18,9 @@ from app.api import users as _user_routes  # noqa: F401
 from app.api.middleware import cors, errors, observe
 from app.api.v1 import api
 from app.auth.passwords import Passwords
+from app.auth.throttle import SignInThrottle
 from app.auth.tokens import token_codec
+from app.buckets import Rate
 from app.config import Settings
 from app.keys import (
     ASSISTANT,
@@ -32,6 +34,7 @@ from app.keys import (
     REDIS,
     SESSIONS,
     SETTINGS,
+    SIGN_IN_THROTTLE,
     USER_SERVICE,
 )
 from app.metrics import Metrics
@@ -66,6 +69,20 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = metrics = Metrics()
+    app[SIGN_IN_THROTTLE] = SignInThrottle(
+        per_address=Rate(
+            settings.login_attempts_per_address_per_minute / 60,
+            settings.login_attempts_per_address_burst,
+        ),
+        failures_per_username=Rate(
+            settings.login_failures_per_username_per_minute / 60,
+            settings.login_failures_per_username_burst,
+        ),
+        registrations=Rate(
+            settings.registrations_per_address_per_hour / 3600,
+            settings.registrations_per_address_burst,
+        ),
+    )
     app[DRAINING] = asyncio.Event()
     codec = token_codec(settings)
 
@@ -92,7 +109,10 @@ def create_app(settings: Settings) -> web.Application:
             app[AUTH_SERVICE] = AuthService(
                 sessions,
                 codec,
-                Passwords(),
+                Passwords(
+                    concurrency=settings.password_hash_concurrency,
+                    queue=settings.password_hash_queue,
+                ),
                 accounts,
                 broadcaster,
                 allow_registration=settings.allow_registration,

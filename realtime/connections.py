@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from app.auth.principal import Principal
-from realtime.ratelimit import TokenBucket
+from app.buckets import TokenBucket
 
 
 @dataclass(eq=False)

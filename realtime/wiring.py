@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from app.buckets import Rate
 from app.config import Settings
 from app.metrics import Metrics
 from realtime.admission import Admission
@@ -12,7 +13,7 @@ from realtime.broadcaster import SocketBroadcaster
 from realtime.delivery import Delivery
 from realtime.namespaces.main import MainNamespace
 from realtime.namespaces.yjs import YJS_RATE, YjsNamespace
-from realtime.ratelimit import CommandLimits, Rate
+from realtime.ratelimit import CommandLimits
 from realtime.server import create_server
 from realtime.state import Realtime
 

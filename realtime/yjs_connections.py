@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pycrdt import Awareness
 
 from app.auth.principal import Principal
+from app.buckets import TokenBucket
 from app.services.live_documents import LiveDocument
-from realtime.ratelimit import TokenBucket
 from storage.models import DocumentRole
 
 

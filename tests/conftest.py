@@ -185,12 +185,14 @@ async def redis_url() -> AsyncIterator[str]:
 # --- the application -------------------------------------------------------------------
 
 
-# The socket command rate limits, out of the way of tests that are not about them
-# (a test sends far faster than a person); tests of the limits pass their own values.
-UNLIMITED_COMMANDS: dict[str, Any] = {
+# The socket command rates and the sign-in throttles, out of the way of tests that
+# are not about them (a test sends and signs in far faster than a person, all from
+# 127.0.0.1); tests of the limits pass their own values.
+UNLIMITED_RATES: dict[str, Any] = {
     name: 1_000_000
     for name in Settings.model_fields
-    if name.startswith("rate_") and name.endswith(("_per_second", "_burst"))
+    if name.startswith(("rate_", "login_", "registrations_"))
+    and name.endswith(("_per_second", "_per_minute", "_per_hour", "_burst"))
 }
 
 
@@ -203,7 +205,7 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "redis_url": None,
         "cors_origins": [],
         "log_format": "text",
-        **UNLIMITED_COMMANDS,
+        **UNLIMITED_RATES,
     }
     values.update(overrides)
     return Settings(**values)

@@ -7,7 +7,18 @@ from aiohttp import web
 from app.api.schemas import Credentials, RefreshRequest, TokenResponse, UserOut
 from app.api.v1 import api
 from app.auth.principal import Principal
-from app.keys import AUTH_SERVICE, USER_SERVICE
+from app.auth.throttle import client_address
+from app.errors import InvalidCredentials
+from app.keys import AUTH_SERVICE, SETTINGS, SIGN_IN_THROTTLE, USER_SERVICE
+
+
+def address_of(request: web.Request) -> str:
+    """The client's address (``X-Forwarded-For`` counts only from ``TRUSTED_PROXIES``)."""
+    return client_address(
+        request.remote,
+        request.headers.get("X-Forwarded-For"),
+        request.app[SETTINGS].trusted_proxies,
+    )
 
 
 @api.route(
@@ -17,11 +28,12 @@ from app.keys import AUTH_SERVICE, USER_SERVICE
     response=UserOut,
     status=201,
     auth=False,
-    errors=(403, 409, 422),
+    errors=(403, 409, 422, 429, 503),
     tag="auth",
 )
 async def register(request: web.Request, body: Credentials) -> UserOut:
-    """Create an account (role `user`)."""
+    """Create an account (role `user`). Limited per client address (429)."""
+    request.app[SIGN_IN_THROTTLE].attempt_registration(address_of(request))
     user = await request.app[AUTH_SERVICE].register(body.username, body.password)
     return UserOut.model_validate(user)
 
@@ -32,12 +44,19 @@ async def register(request: web.Request, body: Credentials) -> UserOut:
     body=Credentials,
     response=TokenResponse,
     auth=False,
-    errors=(401, 403, 422),
+    errors=(401, 403, 422, 429, 503),
     tag="auth",
 )
 async def login(request: web.Request, body: Credentials) -> TokenResponse:
-    """Exchange a username and password for an access and a refresh token."""
-    pair = await request.app[AUTH_SERVICE].login(body.username, body.password)
+    """Exchange a username and password for an access and a refresh token. Attempts
+    are limited per client address and wrong passwords per username (429)."""
+    throttle = request.app[SIGN_IN_THROTTLE]
+    throttle.attempt_login(address_of(request), body.username)
+    try:
+        pair = await request.app[AUTH_SERVICE].login(body.username, body.password)
+    except InvalidCredentials:
+        throttle.login_failed(body.username)
+        raise
     return TokenResponse.model_validate(pair)
 
 
