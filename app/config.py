@@ -146,6 +146,13 @@ class Settings(BaseSettings):
     ai_daily_tokens_per_user: int = Field(
         200_000, ge=0, description="Input + output tokens a user may spend per UTC day."
     )
+    ai_daily_tokens: int = Field(
+        5_000_000,
+        ge=0,
+        description="Input + output tokens all users together may spend per UTC day on "
+        "this deployment (a ceiling on the day's bill; 0 refuses every ask, there is no "
+        "unlimited value).",
+    )
     ai_max_retries: int = Field(
         2,
         ge=0,

@@ -32,6 +32,7 @@ Anything else that escapes reaches the client as ``internal`` with no detail.
      ├── RateLimited (429 rate_limited)
      │    ├── AiBusy (429 ai_busy)
      │    └── AiBudgetExceeded (429 ai_budget_exceeded)
+     │         └── AiServerBudgetExceeded (429 ai_server_budget_exceeded)
      ├── ServiceUnavailable (503 unavailable)
      │    └── ServerFull (503 server_full)
      └── AiUnavailable (503 ai_unavailable)
@@ -243,6 +244,24 @@ class AiBusy(RateLimited):
 class AiBudgetExceeded(RateLimited):
     code = "ai_budget_exceeded"
     default_message = "your daily token budget is spent"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retry_after: float | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        if details:  # what is spent, held and left, beside the retry_after
+            self.details = {**details, **(self.details or {})}
+
+
+class AiServerBudgetExceeded(AiBudgetExceeded):
+    """The deployment's daily budget (``AI_DAILY_TOKENS``), shared by all users."""
+
+    code = "ai_server_budget_exceeded"
+    default_message = "the server's daily token budget for the assistant is spent"
 
 
 class AiUnavailable(AppError):

@@ -201,6 +201,7 @@ def assistant_limits(settings: Settings) -> AssistantLimits:
         replies_per_room=settings.ai_replies_per_room,
         replies_per_user=settings.ai_replies_per_user,
         daily_tokens_per_user=settings.ai_daily_tokens_per_user,
+        daily_tokens=settings.ai_daily_tokens,
         deadline=settings.ai_deadline_seconds,
         max_retries=settings.ai_max_retries,
         retry_max_wait=settings.ai_retry_max_wait_seconds,

@@ -223,7 +223,11 @@ class AiUsage(Base):
     """Tokens and cost of one assistant reply."""
 
     __tablename__ = "ai_usage"
-    __table_args__ = (Index("ix_ai_usage_user_id_created_at", "user_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_ai_usage_user_id_created_at", "user_id", "created_at"),
+        # Every ask sums the whole server's usage today (AI_DAILY_TOKENS).
+        Index("ix_ai_usage_created_at", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))

@@ -26,9 +26,9 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.principal import Principal
-from app.errors import AiBudgetExceeded, AiBusy, AiUnavailable, AppError, Forbidden, NotFound
+from app.errors import AiBusy, AiUnavailable, AppError, Forbidden, NotFound
 from app.events import Broadcaster, EventClass
-from app.services.ai_limits import FREE, AssistantLimits, CircuitBreaker, Prices
+from app.services.ai_limits import FREE, AssistantLimits, CircuitBreaker, Hold, Prices, TokenBudgets
 from app.services.chat import CAN_WRITE, ChatService
 from app.services.documents import membership
 from app.services.live_documents import LiveDocuments
@@ -61,6 +61,7 @@ class Reply:
     document_id: uuid.UUID
     asked_by: Principal
     question: str
+    hold: Hold  # its worst case, held against the daily budgets until its usage is recorded
     # What the room has been sent: the text and the seq of its last chunk.
     text: str = ""
     seq: int = 0
@@ -90,6 +91,11 @@ class Assistant:
         self.responder = responder
         self.limits = limits
         self.breaker = CircuitBreaker(limits.breaker_failures, limits.breaker_reset)
+        self.budgets = TokenBudgets(
+            per_user=limits.daily_tokens_per_user,
+            server=limits.daily_tokens,
+            holds_end_within=limits.deadline,
+        )
         self._replies: dict[uuid.UUID, Reply] = {}
         self._closed = False
 
@@ -106,14 +112,27 @@ class Assistant:
         """Start a reply; returns at once (the answer streams to the room)."""
         async with read_session(self._sessions) as session:
             view = await membership(session, principal, document_id)
-            if view.role not in CAN_WRITE:
-                raise Forbidden("viewers cannot ask the assistant")
-            spent = await usage_repo.tokens_used_since(session, principal.user_id, _start_of_day())
+        if view.role not in CAN_WRITE:
+            raise Forbidden("viewers cannot ask the assistant")
+        # Held before what was spent is read, so that an ask at the same time counts it
+        # (TokenBudgets says why); dropped if this ask is refused.
+        worst = self.limits.most_tokens(principal.username + question)
+        hold = self.budgets.hold(principal.user_id, worst)
+        try:
+            async with read_session(self._sessions) as session:
+                today = _start_of_day()
+                by_me = await usage_repo.tokens_used_since(session, principal.user_id, today)
+                by_all = await usage_repo.all_tokens_used_since(session, today)
+            self.budgets.check(hold, spent_by_user=by_me, spent=by_all)
+            return self._start(principal, document_id, question, hold)
+        except BaseException:
+            self.budgets.release(hold)
+            raise
+
+    def _start(
+        self, principal: Principal, document_id: uuid.UUID, question: str, hold: Hold
+    ) -> Reply:
         limits = self.limits
-        if spent >= limits.daily_tokens_per_user:
-            raise AiBudgetExceeded(
-                f"you used {spent} of your {limits.daily_tokens_per_user} tokens today"
-            )
         if len(self.active(document_id)) >= limits.replies_per_room:
             raise AiBusy()
         mine = Counter(r.asked_by.user_id for r in self._replies.values())
@@ -122,7 +141,7 @@ class Assistant:
         if self._closed:  # an ask that was still checking when shutdown began
             raise AiUnavailable("the server is shutting down; ask again in a moment")
         self.breaker.check()  # last: it may admit this reply as the one trial
-        reply = Reply(uuid.uuid4(), document_id, principal, question)
+        reply = Reply(uuid.uuid4(), document_id, principal, question, hold)
         self._replies[reply.id] = reply
         reply.task = asyncio.get_running_loop().create_task(self._run(reply))
         return reply
@@ -187,6 +206,7 @@ class Assistant:
             # The deadline covers building the prompt too (it opens the document).
             async with asyncio.timeout(self.limits.deadline) as deadline:
                 prompt = await self._prompt(reply)
+                self.budgets.shrink(reply.hold, self.limits.worst_case(prompt))
                 await self._stream(reply, prompt, deadline, batched=flusher is not None)
         except asyncio.CancelledError:
             status = "cancelled"
@@ -212,6 +232,8 @@ class Assistant:
             await self._finish(reply, status, error)
         finally:
             self._replies.pop(reply.id, None)
+            # Its usage is committed (or could not be): what it cost is read from there.
+            self.budgets.release(reply.hold)
 
     async def _stream(
         self, reply: Reply, prompt: Prompt, deadline: asyncio.Timeout, *, batched: bool

@@ -359,6 +359,7 @@ async def measure(
         # Every room asks at once and each user asks in 5 rooms; none may be refused.
         "AI_REPLIES_PER_USER": str(ROOMS),
         "AI_DAILY_TOKENS_PER_USER": str(10**12),
+        "AI_DAILY_TOKENS": str(10**12),
     }
     async with ours(users=USERS, settings=settings) as target:
         assert target.tokens is not None

@@ -53,6 +53,16 @@ async def tokens_used_since(session: AsyncSession, user_id: uuid.UUID, since: da
     return int(total or 0)
 
 
+async def all_tokens_used_since(session: AsyncSession, since: datetime) -> int:
+    """Everyone's input + output tokens since ``since`` (deleted users' included)."""
+    total = await session.scalar(
+        select(func.coalesce(func.sum(AiUsage.input_tokens + AiUsage.output_tokens), 0)).where(
+            AiUsage.created_at >= since
+        )
+    )
+    return int(total or 0)
+
+
 @dataclass(frozen=True, slots=True)
 class UsageTotals:
     user_id: uuid.UUID | None
