@@ -15,9 +15,11 @@ import jwt
 import pytest
 import socketio
 
+from app.keys import AUTH_SERVICE
 from roomclient import DocumentClient, RoomClient
 from tests.conftest import TEST_JWT_SECRET, ClientFactory, DocumentFactory
 from tests.helpers import Api, User, claims, eventually
+from tests.test_socket_connect import metric
 from tests.yjs_support import append, stored_text
 
 LOGOUT = "/api/v1/auth/logout"
@@ -172,3 +174,49 @@ async def test_tokens_issued_without_a_session_keep_working_until_they_expire(
     still_open(main)
     still_open(document)
     assert (await api.call("GET", ME, user=legacy))["id"] == ann.id
+
+
+@pytest.mark.parametrize("where", ["/", "yjs"])
+async def test_a_logout_while_a_connect_checks_its_token_is_not_missed(
+    api: Api, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The logout commits and ends the session's connections while the connect is
+    between its token check and being registered: the connect checks again once
+    registered, and is refused."""
+    ann = await api.user("ann")
+    doc = await api.document(ann)
+    auth = api.client.app[AUTH_SERVICE]
+    check = auth.authenticate_token
+    raced = False
+
+    async def logout_during_the_first_check(token: str) -> Any:
+        nonlocal raced
+        principal = await check(token)
+        if not raced:
+            raced = True
+            await api.call("POST", LOGOUT, json={"refresh_token": ann.refresh_token}, expect=204)
+        return principal
+
+    monkeypatch.setattr(auth, "authenticate_token", logout_during_the_first_check)
+    url = str(api.client.make_url("/")).rstrip("/")
+    if where == "/":
+        refused: list[Any] = []
+        probe = socketio.AsyncClient(reconnection=False)
+        probe.on("connect_error", refused.append)
+        try:
+            with pytest.raises(socketio.exceptions.ConnectionError):
+                await probe.connect(url, auth={"token": ann.access_token}, transports=["websocket"])
+        finally:
+            await probe.shutdown()
+        assert [error["data"]["code"] for error in refused] == ["unauthorized"]
+    else:
+        document = DocumentClient(url, ann.access_token, doc["id"], reconnection=False)
+        try:
+            with pytest.raises(socketio.exceptions.ConnectionError):
+                await document.connect()
+        finally:
+            await document.close()
+        assert document.refused is not None and document.refused["code"] == "unauthorized"
+    assert raced
+    for namespace in ("/", "/yjs"):
+        assert await metric(api.client, "socketio_connections", namespace=namespace) in (None, 0)

@@ -44,6 +44,14 @@ async def authenticate(rt: Realtime, auth: Any) -> Principal:
     return await rt.auth.authenticate_token(token)
 
 
+async def recheck(rt: Realtime, auth: Any) -> None:
+    """Check the token again once its connection is registered: a logout or a disabling
+    that committed while the first check awaited the database was told to the
+    registered connections only. Usually answered from the caches (which those changes
+    drop, so it reads them)."""
+    await authenticate(rt, auth)
+
+
 @commands("auth:refresh", AuthRefresh, rate="session")
 async def auth_refresh(call: Call, payload: AuthRefresh) -> dict[str, Any]:
     """A fresh access token for this connection (answer to ``auth:expiring``)."""
@@ -112,6 +120,14 @@ class MainNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             try:
                 principal = await authenticate(self.rt, auth)
                 admit(self.rt, sid, NAMESPACE, principal)
+                connection = Connection(sid, principal, self.rt.limits.connection_buckets())
+                self.rt.connections.add(connection)
+                self.rt.delivery.join(user_room_of(principal.user_id), sid)
+                try:
+                    await recheck(self.rt, auth)
+                except BaseException:
+                    self.rt.connections.remove(sid)
+                    raise
             except AppError as exc:
                 metrics.socket_refused.labels(exc.code).inc()
                 log.info("connection refused: %s", exc.code)
@@ -122,9 +138,6 @@ class MainNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 ) from exc
             except Exception as exc:  # the database failed: say so, do not leave it hanging
                 raise refused_unavailable(metrics) from exc
-            connection = Connection(sid, principal, self.rt.limits.connection_buckets())
-            self.rt.connections.add(connection)
-            self.rt.delivery.join(user_room_of(principal.user_id), sid)
             schedule_renewal(self.rt, connection)
             metrics.socket_connections.labels(NAMESPACE).inc()
             log.info("connected", extra={"user_id": str(principal.user_id)})

@@ -49,7 +49,7 @@ from app.services.yjs_updates import EMPTY_UPDATE
 from app.wire import ServerEvent
 from realtime.commands import ack_requested
 from realtime.delivery import Event
-from realtime.namespaces.main import admit, authenticate, refused_unavailable
+from realtime.namespaces.main import admit, authenticate, recheck, refused_unavailable
 from realtime.ratelimit import limited
 from realtime.state import Realtime, yjs_room_of
 from realtime.yjs_connections import YjsConnection, YjsConnections, YjsRoom
@@ -179,6 +179,17 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             self.rt.limits.connection_buckets(),
         )
         self.connections.by_sid[sid] = connection
+        try:
+            await recheck(self.rt, auth)
+        except AppError as exc:
+            self.connections.by_sid.pop(sid, None)
+            metrics.socket_refused.labels(exc.code).inc()
+            raise socketio.exceptions.ConnectionRefusedError(
+                exc.message, {"code": exc.code}
+            ) from exc
+        except Exception as exc:
+            self.connections.by_sid.pop(sid, None)
+            raise refused_unavailable(metrics) from exc
         try:
             live = await self.documents.open(document_id)
         except Exception as exc:
