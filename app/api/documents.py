@@ -157,6 +157,10 @@ async def delete_document(request: web.Request, principal: Principal) -> None:
     response=ContentOut,
     errors=(401, 404, 422),
     tag="content",
+    media={
+        "text/plain": {"schema": {"type": "string"}},  # format=text
+        "application/octet-stream": {},  # format=yjs
+    },
 )
 async def get_content(
     request: web.Request, principal: Principal, query: ContentQuery

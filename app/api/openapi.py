@@ -81,10 +81,9 @@ def _operation(
         }
     responses: dict[str, Any] = {}
     if endpoint.response is not None:
-        responses[str(endpoint.status)] = {
-            "description": "OK",
-            "content": {"application/json": {"schema": refs[(endpoint.response, "serialization")]}},
-        }
+        json_body = {"schema": refs[(endpoint.response, "serialization")]}
+        content = {"application/json": json_body, **endpoint.media}
+        responses[str(endpoint.status)] = {"description": "OK", "content": content}
     else:
         responses[str(endpoint.status)] = {"description": "No content"}
     error_ref = refs[(ErrorBody, "serialization")]

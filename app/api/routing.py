@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -52,6 +52,7 @@ class Endpoint:
     errors: tuple[int, ...]
     tag: str
     also: tuple[int, ...]  # other success statuses with the same body
+    media: Mapping[str, dict[str, Any]]  # other media types of the success answer
 
     @property
     def path_params(self) -> list[str]:
@@ -76,6 +77,7 @@ class Api:
         errors: tuple[int, ...] = (),
         tag: str = "",
         also: tuple[int, ...] = (),
+        media: Mapping[str, dict[str, Any]] | None = None,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             summary = (handler.__doc__ or handler.__name__).strip().splitlines()[0]
@@ -93,6 +95,7 @@ class Api:
                     errors,
                     tag,
                     also,
+                    media or {},
                 )
             )
             return handler
@@ -163,8 +166,12 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
 
 
 def parse_query(request: web.Request, model: type[M]) -> M:
+    query = request.query
+    # A key given more than once goes in as a list, refused like any wrong type,
+    # rather than read as its first value.
+    values = {key: query.getall(key) if len(query.getall(key)) > 1 else query[key] for key in query}
     try:
-        return model.model_validate(dict(request.query))
+        return model.model_validate(values)
     except ValidationError as exc:
         raise ValidationFailed.of(exc) from exc
 

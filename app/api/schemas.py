@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from app.wire import MAX_SEQ
 from storage.models import DocumentRole, GlobalRole
@@ -23,7 +24,11 @@ Username = Annotated[
     Field(description="3-32 of a-z, 0-9, '_', '.', '-'; stored lower-case"),
 ]
 Password = Annotated[str, Field(min_length=8, max_length=256)]
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# PostgreSQL cannot store U+0000 in text (a 500 there, stored on SQLite): refused on both.
+NO_NUL = r"^[^\x00]*$"
+Title = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=NO_NUL)
+]
 Limit = Annotated[int, Field(ge=1, le=100, description="page size")]
 
 
@@ -89,7 +94,7 @@ class UserPage(Output):
 
 class UserListQuery(Query):
     limit: Limit = 50
-    cursor: Annotated[str, Field(max_length=64)] | None = None
+    cursor: Annotated[str, Field(max_length=64, pattern=NO_NUL)] | None = None
 
 
 class UserUpdate(Input):
@@ -98,7 +103,10 @@ class UserUpdate(Input):
 
 
 class ApiKeyCreate(Input):
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    name: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=NO_NUL),
+    ]
     user_id: uuid.UUID | None = Field(None, description="the user the key acts as; default: you")
 
 
@@ -209,8 +217,16 @@ class StorageOut(Output):
 # --- assistant usage ----------------------------------------------------------------------
 
 
+def _iso_8601(value: object) -> object:
+    """pydantic reads a number as a Unix time (in seconds or milliseconds, as it
+    guesses); this API takes ISO 8601 only."""
+    if isinstance(value, str) and not re.match(r"\d{4}-", value):
+        raise ValueError("not an ISO 8601 date-time")
+    return value
+
+
 class UsageQuery(Query):
-    since: datetime | None = Field(
+    since: Annotated[datetime, BeforeValidator(_iso_8601)] | None = Field(
         None, description="ISO 8601 with a zone; default: the start of today (UTC)"
     )
     user_id: uuid.UUID | None = Field(None, description="admins: one user only")
