@@ -6,10 +6,13 @@ never taken for a number or a boolean); ids are UUID strings.
 
 from __future__ import annotations
 
+import reprlib
 import uuid
 from typing import Annotated, Any
 
+import orjson
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -72,8 +75,34 @@ class ChatDelete(RoomCommand):
     message_id: uuid.UUID
 
 
+# Deeper presence states are refused: events and acks carry a state inside their own
+# nesting, and the JSON encoder stops at 255 levels.
+STATE_MAX_DEPTH = 64
+
+
+def sendable(state: dict[str, Any]) -> dict[str, Any]:
+    """A state the server can pass on as JSON. The decoder takes more than the
+    encoder gives back (integers past 64 bits, strings with lone surrogates, any
+    depth, binary attachments): such a state failed every event and ack carrying it."""
+    pending: list[tuple[Any, int]] = [(state, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict | list):
+            if depth > STATE_MAX_DEPTH:
+                raise ValueError(f"nested deeper than {STATE_MAX_DEPTH} levels")
+            children = value.values() if isinstance(value, dict) else value
+            pending.extend((child, depth + 1) for child in children)
+    try:
+        orjson.dumps(state)
+    except orjson.JSONEncodeError as exc:  # its message never quotes the value
+        raise ValueError(f"not a state that can be sent on as JSON: {exc}") from exc
+    return state
+
+
 class PresenceUpdate(RoomCommand):
-    state: dict[str, Any] = Field(description="cursor, selection, status...: latest wins")
+    state: Annotated[dict[str, Any], AfterValidator(sendable)] = Field(
+        description="cursor, selection, status...: latest wins"
+    )
 
 
 class Typing(RoomCommand):
@@ -90,3 +119,11 @@ class AiAsk(RoomCommand):
 
 class AiCancel(RoomCommand):
     reply_id: uuid.UUID
+
+
+def event_name(name: Any) -> str:
+    """How an error event names the event a client sent: as text that can be sent
+    back whatever the client used as a name (lone surrogates become U+FFFD; anything
+    but a string is shown shortened)."""
+    text = name if isinstance(name, str) else reprlib.repr(name)
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

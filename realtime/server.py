@@ -28,6 +28,7 @@ from realtime.delivery.encoding import Encoded, encode_event
 from realtime.delivery.manager import DeliveryManager
 from realtime.delivery.metrics import DeliveryMetrics
 from realtime.engine.server import EngineServer
+from realtime.packets import CheckedPacket, UndecodablePacket
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,26 @@ class RoomServer(socketio.AsyncServer):  # type: ignore[misc]
             **options,
         )
         self.eio.farewell = self._farewell
+        self.packet_class = CheckedPacket  # after python-socketio set Packet.json
 
     def _engineio_server_class(self) -> type[EngineServer]:
         return EngineServer
+
+    async def _handle_eio_message(self, eio_sid: str, data: str | bytes) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except UndecodablePacket as exc:
+            # The client's fault, not ours: dropped, and so is a binary packet that
+            # failed (python-socketio would take every later message for one more of
+            # its attachments).
+            self._binary_packet.pop(eio_sid, None)
+            log.info("dropped a packet that could not be decoded (%s)", exc)
+        except ValueError as exc:
+            if str(exc) != "Unexpected binary packet":
+                raise
+            # python-socketio's refusal of a binary packet for a namespace this
+            # connection has not connected (its attachments then fail to decode).
+            log.info("dropped a binary packet for a namespace not connected")
 
     async def _handle_event_internal(
         self, server: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: Any

@@ -50,6 +50,7 @@ from app.wire import ServerEvent
 from realtime.commands import ack_requested
 from realtime.delivery import Event
 from realtime.namespaces.main import admit, authenticate, recheck, refused_unavailable
+from realtime.protocol import event_name
 from realtime.ratelimit import limited
 from realtime.state import Realtime, yjs_room_of
 from realtime.yjs_connections import YjsConnection, YjsConnections, YjsRoom
@@ -61,6 +62,8 @@ PREFIX = "/yjs|"
 METRICS_NAMESPACE = "/yjs"
 # A client's sync-step-1 costs a rate token per this many bytes of its answer.
 SYNC_BYTES_PER_TOKEN = 64 * 1024
+# The largest integer lib0 (Yjs' encoding in JavaScript) decodes.
+MAX_SAFE_INTEGER = 2**53 - 1
 # The rate limit class of what a provider sends (CommandLimits).
 YJS_RATE = "yjs"
 
@@ -90,18 +93,28 @@ def document_of(namespace: str) -> uuid.UUID | None:
 
 
 def parse_awareness(update: bytes) -> list[tuple[int, int, Any]]:
-    """(client id, clock, state or None) for each entry; ``InvalidUpdate`` otherwise."""
+    """(client id, clock, state or None) for each entry; ``InvalidUpdate`` otherwise,
+    also for what would fail every JavaScript client it is relayed to: an id or clock
+    past ``MAX_SAFE_INTEGER`` (lib0's decoder throws), a state that is not JSON
+    (``NaN``, ``Infinity``: JSON.parse throws)."""
     try:
         decoder = Decoder(update)
         entries = []
         for _ in range(decoder.read_var_uint()):
             client_id = decoder.read_var_uint()
             clock = decoder.read_var_uint()
+            if max(client_id, clock) > MAX_SAFE_INTEGER:
+                raise ValueError("a client id or clock past 2^53 - 1")
             raw = decoder.read_var_string()
-            entries.append((client_id, clock, json.loads(raw) if raw else None))
+            state = json.loads(raw, parse_constant=_not_json) if raw else None
+            entries.append((client_id, clock, state))
         return entries
     except (IndexError, RuntimeError, UnicodeDecodeError, ValueError) as exc:
         raise InvalidUpdate("not a Yjs awareness update") from exc
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def encode_awareness(entries: list[tuple[int, int, Any]]) -> bytes:
@@ -413,9 +426,10 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             yjs_room_of(live.id), awareness_event(live.id, update), skip=connection.sid
         )
 
-    async def tell(self, connection: YjsConnection, event: str, exc: AppError) -> None:
-        log.info("yjs %s refused: %s", event, exc.code)
-        self.rt.to_connection(connection.sid, ServerEvent.ERROR, {**exc.to_body(), "event": event})
+    async def tell(self, connection: YjsConnection, event: Any, exc: AppError) -> None:
+        name = event_name(event)  # a name with a lone surrogate failed the error event
+        log.info("yjs %s refused: %s", name, exc.code)
+        self.rt.to_connection(connection.sid, ServerEvent.ERROR, {**exc.to_body(), "event": name})
 
 
 async def end_yjs_connection(
