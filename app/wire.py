@@ -13,6 +13,9 @@ from storage.models import AuthorKind, ChatMessage
 
 # The largest seq a client may name (a BIGINT column; past it the database driver fails).
 MAX_SEQ = 2**63 - 1
+# Text without U+0000: PostgreSQL cannot store it (a failure there, stored on SQLite),
+# so it is refused on both.
+NO_NUL = r"^[^\x00]*$"
 
 
 class ServerEvent(enum.StrEnum):

@@ -22,10 +22,12 @@ from pydantic import (
     model_validator,
 )
 
-from app.wire import MAX_SEQ
+from app.wire import MAX_SEQ, NO_NUL
 
 ClientMsgId = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
 Seq = Annotated[StrictInt, Field(ge=0, le=MAX_SEQ)]
+# Chat text and questions are stored: no U+0000 (app.wire.NO_NUL).
+Text = Annotated[StrictStr, Field(min_length=1, pattern=NO_NUL)]
 
 
 class Command(BaseModel):
@@ -48,7 +50,7 @@ class Leave(RoomCommand):
 
 class ChatSend(RoomCommand):
     client_msg_id: ClientMsgId
-    text: Annotated[StrictStr, Field(min_length=1)]
+    text: Text
 
 
 class ChatHistory(RoomCommand):
@@ -68,7 +70,7 @@ class ChatHistory(RoomCommand):
 
 class ChatEdit(RoomCommand):
     message_id: uuid.UUID
-    text: Annotated[StrictStr, Field(min_length=1)]
+    text: Text
 
 
 class ChatDelete(RoomCommand):
@@ -114,7 +116,7 @@ class AuthRefresh(Command):
 
 
 class AiAsk(RoomCommand):
-    question: Annotated[StrictStr, Field(min_length=1)]
+    question: Text
 
 
 class AiCancel(RoomCommand):

@@ -24,7 +24,7 @@ valid command on it succeeds; what the server relays decodes in the JavaScript
 clients. ``rate_limited`` would be a correct answer too, but the limits are lifted
 (tests/conftest.py lifts the command rates, these tests the Yjs ones) so that the
 payloads reach the handlers. What the fuzz found is kept as explicit examples, tried
-first on every run; what it found and is not fixed yet, as a strict xfail.
+first on every run.
 
 How Hypothesis meets the event loop: the app, its database and the raw connections
 live on the test's event loop for the whole test. The test runs synchronous ``@given``
@@ -589,17 +589,12 @@ async def test_packets_that_cannot_be_decoded_are_dropped_and_the_connection_goe
         await wire.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="realtime/namespaces/main.py puts the name in the error event as it came: "
-    "realtime.protocol.event_name is the fix (as in realtime/namespaces/yjs.py)",
-)
 async def test_an_unsendable_event_name_is_still_refused_without_an_ack(
     start_app: AppFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Found by the fuzz, not fixed here: an unknown command whose name the encoder
-    cannot send back (a lone surrogate, an integer past 64 bits), sent without an ack,
-    got no ``error`` event; the handler's task failed and was logged at ERROR."""
+    """Found by the fuzz: an unknown command whose name the encoder cannot send back
+    (a lone surrogate, an integer past 64 bits), sent without an ack, got no ``error``
+    event; the handler's task failed and was logged at ERROR."""
     client = await start_app()
     ann, _ = await room_setup(Api(client))
     wire = await Wire.open(client.port, ann.access_token)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
-from app.wire import MAX_SEQ
+from app.wire import MAX_SEQ, NO_NUL
 from storage.models import DocumentRole, GlobalRole
 
 Username = Annotated[
@@ -24,8 +24,6 @@ Username = Annotated[
     Field(description="3-32 of a-z, 0-9, '_', '.', '-'; stored lower-case"),
 ]
 Password = Annotated[str, Field(min_length=8, max_length=256)]
-# PostgreSQL cannot store U+0000 in text (a 500 there, stored on SQLite): refused on both.
-NO_NUL = r"^[^\x00]*$"
 Title = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=NO_NUL)
 ]

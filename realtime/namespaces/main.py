@@ -18,7 +18,7 @@ from app.wire import ServerEvent, iso
 from realtime.commands import ack_requested
 from realtime.connections import Connection
 from realtime.namespaces.rooms import commands, joined_rooms, leave_room
-from realtime.protocol import AuthRefresh
+from realtime.protocol import AuthRefresh, event_name
 from realtime.state import Call, Realtime, user_room_of
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,9 @@ class MainNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             result = await commands.run(Call(self.rt, connection), event, args[1:])
             if not result["ok"] and ack_requested.get() is False:
                 # Nobody waits for an ack: say it with an event instead.
-                self.rt.to_connection(sid, ServerEvent.ERROR, {**result["error"], "event": event})
+                self.rt.to_connection(
+                    sid, ServerEvent.ERROR, {**result["error"], "event": event_name(event)}
+                )
             return result
         finally:
             correlation_id.reset(token)
