@@ -44,15 +44,8 @@ def still_open(client: RoomClient | DocumentClient) -> None:
     assert client.ended is None and client.sio.connected
 
 
-async def assert_refused_everywhere(api: Api, token: str, document_id: str) -> None:
-    """A revoked session's access token opens nothing: REST, ``/`` or a document."""
-    await api.error(
-        "GET",
-        ME,
-        headers={"Authorization": f"Bearer {token}"},
-        expect=401,
-        code="unauthorized",
-    )
+async def assert_refused_on_main(api: Api, token: str) -> None:
+    """A connect to ``/`` with ``token`` is refused ``unauthorized``."""
     url = str(api.client.make_url("/")).rstrip("/")
     refused: list[Any] = []
     probe = socketio.AsyncClient(reconnection=False)
@@ -63,6 +56,11 @@ async def assert_refused_everywhere(api: Api, token: str, document_id: str) -> N
     finally:
         await probe.shutdown()
     assert [error["data"]["code"] for error in refused] == ["unauthorized"]
+
+
+async def assert_refused_on_document(api: Api, token: str, document_id: str) -> None:
+    """A connect to ``/yjs|<document_id>`` with ``token`` is refused ``unauthorized``."""
+    url = str(api.client.make_url("/")).rstrip("/")
     document = DocumentClient(url, token, document_id, reconnection=False)
     try:
         with pytest.raises(socketio.exceptions.ConnectionError):
@@ -70,6 +68,19 @@ async def assert_refused_everywhere(api: Api, token: str, document_id: str) -> N
     finally:
         await document.close()
     assert document.refused is not None and document.refused["code"] == "unauthorized"
+
+
+async def assert_refused_everywhere(api: Api, token: str, document_id: str) -> None:
+    """A revoked session's access token opens nothing: REST, ``/`` or a document."""
+    await api.error(
+        "GET",
+        ME,
+        headers={"Authorization": f"Bearer {token}"},
+        expect=401,
+        code="unauthorized",
+    )
+    await assert_refused_on_main(api, token)
+    await assert_refused_on_document(api, token, document_id)
 
 
 async def test_access_tokens_name_their_session(api: Api) -> None:
@@ -198,25 +209,10 @@ async def test_a_logout_while_a_connect_checks_its_token_is_not_missed(
         return principal
 
     monkeypatch.setattr(auth, "authenticate_token", logout_during_the_first_check)
-    url = str(api.client.make_url("/")).rstrip("/")
     if where == "/":
-        refused: list[Any] = []
-        probe = socketio.AsyncClient(reconnection=False)
-        probe.on("connect_error", refused.append)
-        try:
-            with pytest.raises(socketio.exceptions.ConnectionError):
-                await probe.connect(url, auth={"token": ann.access_token}, transports=["websocket"])
-        finally:
-            await probe.shutdown()
-        assert [error["data"]["code"] for error in refused] == ["unauthorized"]
+        await assert_refused_on_main(api, ann.access_token)
     else:
-        document = DocumentClient(url, ann.access_token, doc["id"], reconnection=False)
-        try:
-            with pytest.raises(socketio.exceptions.ConnectionError):
-                await document.connect()
-        finally:
-            await document.close()
-        assert document.refused is not None and document.refused["code"] == "unauthorized"
+        await assert_refused_on_document(api, ann.access_token, doc["id"])
     assert raced
     for namespace in ("/", "/yjs"):
         assert await metric(api.client, "socketio_connections", namespace=namespace) in (None, 0)
