@@ -3,8 +3,9 @@
 The invariant: the in-memory document is exactly what the database holds. An update
 is checked, appended to the log, and only then applied and broadcast; a client that
 joins at any moment is sent nothing the database could lose. Updates that arrive
-while a write is in flight are committed together in the next one (group commit),
-so a busy document costs one transaction per round trip, not one per keystroke.
+while a write is in flight are committed together in the next one (group commit, a
+log row each), so a busy document costs one transaction per round trip, not one per
+keystroke.
 
 An update that yrs cannot apply to the document's content (a crafted one can make it
 panic) is taken back out of the log, the document is rebuilt from the log, and its
@@ -13,9 +14,12 @@ sender is refused; a stored update that cannot be applied is left out at load
 
 Snapshots compact the log: written when the document has been quiet for
 ``snapshot_debounce`` seconds, and no later than ``snapshot_max_delay`` after the
-first update they cover. Loading is the latest snapshot plus the updates after it,
-done once however many clients open the document together. A document nobody has
-open is saved and dropped after ``unload_after`` seconds.
+first update they cover, but only if the snapshot rebuilds the document
+(``rebuilds``): yrs can be left holding a document that its own encoding does not
+reproduce, and then the log, replayed at load, is the faithful copy. Loading is the
+latest snapshot plus the updates after it, done once however many clients open the
+document together. A document nobody has open is saved and dropped after
+``unload_after`` seconds.
 
 One process owns a document's memory copy: several nodes editing the same document
 need the cluster work (updates relayed between nodes) that is not built yet.
@@ -32,17 +36,19 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycrdt import Doc, Text, TransactionEvent, merge_updates
+from pycrdt import Doc, Text, TransactionEvent
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.errors import DocumentTooLarge, InvalidUpdate, UnappliableUpdate
+from app.errors import DocumentTooLarge, InvalidUpdate
 from app.events import Broadcaster
 from app.services.text_edits import TextEdit, apply_edit
 from app.services.yjs_updates import (
     EMPTY_UPDATE,
     apply_contained,
     build_document,
+    carries_more,
     check_update,
+    rebuilds,
     would_change,
 )
 from storage.db import read_session
@@ -87,6 +93,9 @@ class LiveDocument:
     # covers yet was applied (None: the snapshot covers everything).
     last_update_id: int | None = None
     unsaved_since: float | None = None
+    # Its encoding does not rebuild it (``rebuilds``): no snapshot is written, the log
+    # stays whole, and a load replays it.
+    unfaithful: bool = False
     _loaded: asyncio.Future[None] = field(init=False)
     _pending: list[_Pending] = field(default_factory=list)
     _writer: asyncio.Task[None] | None = None
@@ -122,19 +131,21 @@ class LiveDocument:
                 timer.cancel()
         self._snapshot_timer = self._unload_timer = None
 
-    def _apply(self, update: bytes) -> bool:
-        changed = False
+    def _apply(self, update: bytes) -> bytes | None:
+        """Apply ``update``; None if it changed nothing, else its transaction's update:
+        what it changed, which can be more than ``update`` (structs that waited in the
+        document for a dependency it supplies are integrated with it)."""
+        changes: list[bytes] = []
 
         def seen(event: TransactionEvent) -> None:
-            nonlocal changed
-            changed = True
+            changes.append(event.update)
 
         subscription = self.doc.observe(seen)
         try:
             apply_contained(self.doc, update)
         finally:
             self.doc.unobserve(subscription)
-        return changed
+        return changes[-1] if changes else None
 
 
 class LiveDocuments:
@@ -314,14 +325,16 @@ class LiveDocuments:
         try:
             while live._pending:
                 batch, live._pending = live._pending, []
-                data = (
-                    batch[0].update
-                    if len(batch) == 1
-                    else merge_updates(*(p.update for p in batch))
-                )
                 try:
+                    # A row per update, all in one transaction. Not one merged row:
+                    # pycrdt's merge_updates, given crafted updates, can return one that
+                    # cannot be decoded, or one that decodes to another document than
+                    # the updates applied one by one (found by tests/test_fuzz_yjs.py).
                     async with self._sessions.begin() as session:
-                        update_id = await crdt_repo.append_update(session, live.id, data)
+                        update_ids = [
+                            await crdt_repo.append_update(session, live.id, pending.update)
+                            for pending in batch
+                        ]
                 except Exception as exc:
                     log.exception("could not store %d update(s) of %s", len(batch), live.id)
                     live.size -= sum(len(p.update) for p in batch)
@@ -329,27 +342,33 @@ class LiveDocuments:
                         pending.done.set_exception(exc)
                         pending.done.exception()
                     continue
-                live.last_update_id = update_id
+                live.last_update_id = update_ids[-1]
                 if live.unsaved_since is None:
                     live.unsaved_since = time.monotonic()
-                changed: list[_Pending] = []
-                unappliable: tuple[_Pending, UnappliableUpdate] | None = None
+                changed: dict[_Pending, bytes] = {}
+                unappliable: tuple[_Pending, InvalidUpdate] | None = None
                 for pending in batch:
                     try:
-                        if live._apply(pending.update):
-                            changed.append(pending)
-                    except UnappliableUpdate as exc:
+                        change = live._apply(pending.update)
+                    except InvalidUpdate as exc:
                         unappliable = (pending, exc)
                         break
+                    if change is not None:
+                        changed[pending] = change
                 if unappliable is not None:
-                    await self._take_back(live, update_id, batch, *unappliable)
+                    await self._take_back(live, update_ids, batch, *unappliable)
                     continue
                 for pending in batch:
                     pending.done.set_result(pending in changed)
-                for pending in changed:
+                for pending, change in changed.items():
                     self._broadcaster.document_updated(
                         live.id, pending.update, skip_connection=pending.origin
                     )
+                    if carries_more(change, pending.update):
+                        # Structs that waited for a dependency this update supplied:
+                        # relayed now (when they came they changed nothing, and went
+                        # nowhere), to its sender too.
+                        self._broadcaster.document_updated(live.id, change, skip_connection=None)
                 self._schedule_snapshot(live)
         finally:
             live._writer = None
@@ -357,18 +376,19 @@ class LiveDocuments:
     async def _take_back(
         self,
         live: LiveDocument,
-        update_id: int,
+        update_ids: list[int],
         batch: list[_Pending],
         bad: _Pending,
-        error: UnappliableUpdate,
+        error: InvalidUpdate,
     ) -> None:
-        """``bad`` was stored (in log row ``update_id`` with the rest of ``batch``) but
-        cannot be applied: take the row back, rebuild the document from the log, refuse
+        """``bad`` was stored (with the rest of ``batch``, in log rows ``update_ids``) but
+        cannot be applied: take the rows back, rebuild the document from the log, refuse
         ``bad``, and queue the rest of the batch to be stored again, first."""
         log.warning("document %s: an update (%d bytes) cannot be applied", live.id, len(bad.update))
         try:
             async with self._sessions.begin() as session:
-                await crdt_repo.delete_update(session, live.id, update_id)
+                for update_id in update_ids:
+                    await crdt_repo.delete_update(session, live.id, update_id)
                 stored = await crdt_repo.load(session, live.id)
             live.doc, _ = build_document(stored)
         except Exception as exc:
@@ -411,12 +431,21 @@ class LiveDocuments:
             if live._snapshot_timer is not None:
                 live._snapshot_timer.cancel()
                 live._snapshot_timer = None
-            if live.unsaved_since is None or live.last_update_id is None:
+            if live.unsaved_since is None or live.last_update_id is None or live.unfaithful:
                 return
             # Nothing is awaited between reading the state and its last update id:
             # the snapshot covers exactly the log rows up to that id.
             data = live.doc.get_update()
             covered = live.last_update_id
+            if not rebuilds(live.doc, data, TEXT_NAME):
+                # A snapshot would lose what the log has (acknowledged edits among it).
+                log.error(
+                    "document %s: its encoding does not rebuild it; no snapshot (its log "
+                    "is kept whole)",
+                    live.id,
+                )
+                live.unfaithful = True
+                return
             try:
                 async with self._sessions.begin() as session:
                     stored = await crdt_repo.save_snapshot(session, live.id, data, covered)

@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from pycrdt import Decoder, Doc, get_update
+from pycrdt import Decoder, Doc, Text, get_state, get_update
 
 from app.errors import InvalidUpdate, UnappliableUpdate, UpdateTooLarge
 from storage.repositories.crdt import StoredDocument
@@ -34,13 +34,20 @@ def contained(panic: type[InvalidUpdate]) -> Iterator[None]:
 
 
 def check_update(update: bytes, max_bytes: int) -> None:
-    """Refuse what is not a well-formed Yjs v1 update within the size limit."""
+    """Refuse what is not a well-formed Yjs v1 update within the size limit, and what
+    yrs cannot keep: an update whose effect on an empty document does not survive its
+    encoding (GC structs past a gap in their client's clocks leave a document whose
+    encoding cannot be decoded: tests/data/yjs_fuzz_found.json, gc-past-a-gap)."""
     if len(update) > max_bytes:
         raise UpdateTooLarge(f"the update has {len(update)} bytes; the limit is {max_bytes}")
     # Decoding happens entirely before integration: a scratch document is enough to
     # tell a well-formed update (its dependencies may be missing).
+    scratch: Doc[Any] = Doc()
     with contained(InvalidUpdate):
-        Doc().apply_update(update)
+        scratch.apply_update(update)
+        encoded = scratch.get_update()
+    if not rebuilds(scratch, encoded):
+        raise InvalidUpdate("the update cannot be stored faithfully")
 
 
 def apply_contained(doc: Doc[Any], update: bytes) -> None:
@@ -54,7 +61,8 @@ def apply_contained(doc: Doc[Any], update: bytes) -> None:
 
 def build_document(stored: StoredDocument) -> tuple[Doc[Any], list[int]]:
     """A document from its stored state, and the ids of the stored updates that could
-    not be applied (left out: nothing stored may make a document unloadable)."""
+    not be applied or not even decoded (left out: nothing stored may make a document
+    unloadable; earlier versions stored merged updates, which can be either)."""
     skipped: set[int] = set()
     while True:
         doc: Doc[Any] = Doc()
@@ -66,12 +74,40 @@ def build_document(stored: StoredDocument) -> tuple[Doc[Any], list[int]]:
                 for current, update in stored.updates:
                     if current not in skipped:
                         apply_contained(doc, update)
-        except UnappliableUpdate:
+        except InvalidUpdate:
             if current is None or current in skipped:
                 raise  # the snapshot itself: nothing to leave out
             skipped.add(current)  # and start again: the half-changed doc is dropped
             continue
         return doc, sorted(skipped)
+
+
+def rebuilds(doc: Doc[Any], encoded: bytes, text_name: str | None = None) -> bool:
+    """Whether ``encoded``, ``doc.get_update()``, builds ``doc`` again: its state vector,
+    and the text ``text_name`` if given. yrs can fail that: after an update that splits
+    a string inside a UTF-16 surrogate pair, items are missing or shifted in the
+    document's encoding (tests/data/yjs_fuzz_found.json, *-surrogate-pair)."""
+    copy: Doc[Any] = Doc()
+    try:
+        apply_contained(copy, encoded)
+    except InvalidUpdate:
+        return False
+    if state_vector(copy.get_state()) != state_vector(doc.get_state()):
+        return False
+    if text_name is None:
+        return True
+    return str(copy.get(text_name, type=Text)) == str(doc.get(text_name, type=Text))
+
+
+def state_vector(encoded: bytes) -> dict[int, int]:
+    """A Yjs state vector as client -> clock, without clients at clock 0 (yrs writes its
+    clients in no fixed order, and may list one it has nothing of)."""
+    decoder = Decoder(encoded)
+    clocks: dict[int, int] = {}
+    for _ in range(decoder.read_var_uint()):
+        client = decoder.read_var_uint()
+        clocks[client] = decoder.read_var_uint()
+    return {client: clock for client, clock in clocks.items() if clock}
 
 
 def would_change(doc: Doc[Any], update: bytes) -> bool:
@@ -100,6 +136,33 @@ def would_change(doc: Doc[Any], update: bytes) -> bool:
         for client, ranges in deletes.items()
         for start, length in ranges
     )
+
+
+def carries_more(changed: bytes, sent: bytes) -> bool:
+    """Whether ``changed``, what applying ``sent`` changed in a document (its
+    transaction's update), holds structs or deletions that ``sent`` does not: ones that
+    had waited in the document for a dependency ``sent`` supplied. Its sender lacks
+    those too. When in doubt (``sent`` is crafted), yes."""
+    try:
+        with contained(InvalidUpdate):
+            ends, sent_ends = state_vector(get_state(changed)), state_vector(get_state(sent))
+            if any(clock > sent_ends.get(client, 0) for client, clock in ends.items()):
+                return True
+            deletes, sent_deletes = _deletes_of(changed), _deletes_of(sent)
+    except InvalidUpdate:
+        return True
+    return any(
+        not _covered(start, length, sent_deletes.get(client, ()))
+        for client, ranges in deletes.items()
+        for start, length in ranges
+    )
+
+
+def _deletes_of(update: bytes) -> dict[int, list[tuple[int, int]]]:
+    """An update's delete set: what is left of it past its own state, no structs."""
+    decoder = Decoder(get_update(update, get_state(update)))
+    decoder.read_var_uint()  # 0 structs
+    return _read_delete_set(decoder)
 
 
 def _read_delete_set(decoder: Decoder) -> dict[int, list[tuple[int, int]]]:
