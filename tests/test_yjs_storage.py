@@ -224,3 +224,67 @@ async def test_a_load_in_flight_at_shutdown_ends_with_the_app(
     assert let_go.is_set()
     with pytest.raises(asyncio.CancelledError):
         await opening
+
+
+async def test_an_update_waiting_for_its_dependency_survives_snapshots_and_reloads(
+    start_app: AppFactory,
+) -> None:
+    """yrs keeps the part of an update that waits for a dependency aside and leaves it
+    out of the document's encoding: a snapshot alone dropped that acknowledged update
+    from the log for good. It stays in the log until its dependency arrives."""
+    api = Api(await start_app())
+    _, _, doc = await api.room("editor")
+    author: pycrdt.Doc[Any] = pycrdt.Doc()
+    text = author.get("content", type=pycrdt.Text)
+    text += "hello"
+    first = author.get_update()
+    before = author.get_state()
+    text += " world"
+    second = author.get_update(before)  # needs `first`
+
+    documents = live_documents(api)
+    live = await documents.open(uuid_of(doc))
+    assert await documents.submit(live, second, origin=None) is False  # it waits
+    documents.close(live)
+    for _ in range(2):  # snapshot, unload, load (it waits again), snapshot, unload
+        await documents.close_all()
+        live = await documents.open(uuid_of(doc))
+        assert str(live.text) == ""
+        documents.close(live)
+
+    live = await documents.open(uuid_of(doc))
+    assert await documents.submit(live, first, origin=None) is True
+    assert str(live.text) == "hello world"
+    documents.close(live)
+    await documents.close_all()  # and now the snapshot holds both
+    live = await documents.open(uuid_of(doc))
+    assert str(live.text) == "hello world"
+    assert live.waiting == []
+    documents.close(live)
+
+
+async def test_an_ordinary_edit_is_relayed_once_and_not_back_to_its_sender(
+    start_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only an update that let earlier waiting ones in is followed by what it changed
+    (to everyone): a keystroke was relayed twice, once back to its sender."""
+    api = Api(await start_app())
+    _, _, doc = await api.room("editor")
+    documents = live_documents(api)
+    relayed: list[str | None] = []
+    monkeypatch.setattr(
+        documents._broadcaster,
+        "document_updated",
+        lambda document_id, update, skip_connection: relayed.append(skip_connection),
+    )
+    author: pycrdt.Doc[Any] = pycrdt.Doc()
+    text = author.get("content", type=pycrdt.Text)
+    live = await documents.open(uuid_of(doc))
+    for i in range(5):
+        before = author.get_state()
+        text.insert(0, str(i))
+        if i == 4:
+            del text[1:3]  # and a deletion
+        assert await documents.submit(live, author.get_update(before), origin="sender")
+    assert relayed == ["sender"] * 5
+    documents.close(live)

@@ -46,14 +46,14 @@ from app.services.yjs_updates import (
     EMPTY_UPDATE,
     apply_contained,
     build_document,
-    carries_more,
     check_update,
     rebuilds,
+    waits_in,
     would_change,
 )
 from storage.db import read_session
 from storage.repositories import crdt as crdt_repo
-from storage.repositories.crdt import StorageInfo
+from storage.repositories.crdt import StorageInfo, StoredDocument
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,9 @@ class LiveDocument:
     # Its encoding does not rebuild it (``rebuilds``): no snapshot is written, the log
     # stays whole, and a load replays it.
     unfaithful: bool = False
+    # Applied updates of which a part still waits for a dependency (``waits_in``):
+    # the document's encoding leaves that part out, so a snapshot keeps them in the log.
+    waiting: list[bytes] = field(default_factory=list)
     _loaded: asyncio.Future[None] = field(init=False)
     _pending: list[_Pending] = field(default_factory=list)
     _writer: asyncio.Task[None] | None = None
@@ -131,10 +134,10 @@ class LiveDocument:
                 timer.cancel()
         self._snapshot_timer = self._unload_timer = None
 
-    def _apply(self, update: bytes) -> bytes | None:
-        """Apply ``update``; None if it changed nothing, else its transaction's update:
-        what it changed, which can be more than ``update`` (structs that waited in the
-        document for a dependency it supplies are integrated with it)."""
+    def _apply(self, update: bytes) -> tuple[bytes | None, bool]:
+        """Apply ``update``: its transaction's update (None if it changed nothing), and
+        whether that is more than ``update``: it supplied a dependency that parts of
+        earlier updates waited for, and they were integrated with it."""
         changes: list[bytes] = []
 
         def seen(event: TransactionEvent) -> None:
@@ -145,7 +148,12 @@ class LiveDocument:
             apply_contained(self.doc, update)
         finally:
             self.doc.unobserve(subscription)
-        return changes[-1] if changes else None
+        waited = len(self.waiting)
+        if waited:
+            self.waiting = [earlier for earlier in self.waiting if waits_in(self.doc, earlier)]
+        if waits_in(self.doc, update):
+            self.waiting.append(update)
+        return (changes[-1] if changes else None), len(self.waiting) < waited
 
 
 class LiveDocuments:
@@ -216,6 +224,7 @@ class LiveDocuments:
             async with read_session(self._sessions) as session:
                 stored = await crdt_repo.load(session, live.id)
             live.doc, skipped = build_document(stored)
+            live.waiting = waiting_of(live.doc, stored)
             if skipped:
                 log.error(
                     "document %s: stored update(s) %s cannot be applied; left out (the "
@@ -345,26 +354,26 @@ class LiveDocuments:
                 live.last_update_id = update_ids[-1]
                 if live.unsaved_since is None:
                     live.unsaved_since = time.monotonic()
-                changed: dict[_Pending, bytes] = {}
+                changed: dict[_Pending, tuple[bytes, bool]] = {}
                 unappliable: tuple[_Pending, InvalidUpdate] | None = None
                 for pending in batch:
                     try:
-                        change = live._apply(pending.update)
+                        change, integrated_more = live._apply(pending.update)
                     except InvalidUpdate as exc:
                         unappliable = (pending, exc)
                         break
                     if change is not None:
-                        changed[pending] = change
+                        changed[pending] = (change, integrated_more)
                 if unappliable is not None:
                     await self._take_back(live, update_ids, batch, *unappliable)
                     continue
                 for pending in batch:
                     pending.done.set_result(pending in changed)
-                for pending, change in changed.items():
+                for pending, (change, integrated_more) in changed.items():
                     self._broadcaster.document_updated(
                         live.id, pending.update, skip_connection=pending.origin
                     )
-                    if carries_more(change, pending.update):
+                    if integrated_more:
                         # Structs that waited for a dependency this update supplied:
                         # relayed now (when they came they changed nothing, and went
                         # nowhere), to its sender too.
@@ -391,6 +400,7 @@ class LiveDocuments:
                     await crdt_repo.delete_update(session, live.id, update_id)
                 stored = await crdt_repo.load(session, live.id)
             live.doc, _ = build_document(stored)
+            live.waiting = waiting_of(live.doc, stored)
         except Exception as exc:
             # The copy in memory may be half changed and the log could not be read:
             # the batch fails and the next open loads the document afresh.
@@ -446,9 +456,15 @@ class LiveDocuments:
                 )
                 live.unfaithful = True
                 return
+            waiting = list(live.waiting)
             try:
                 async with self._sessions.begin() as session:
                     stored = await crdt_repo.save_snapshot(session, live.id, data, covered)
+                    if stored:
+                        # Left out of the encoding, kept in the log after the snapshot
+                        # (a load applies them after it, and they wait again).
+                        for update in waiting:
+                            await crdt_repo.append_update(session, live.id, update)
                 if not stored:
                     log.warning("document %s has a newer snapshot than this copy", live.id)
             except Exception:
@@ -479,3 +495,8 @@ class LiveDocuments:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("document task failed", exc_info=task.exception())
+
+
+def waiting_of(doc: Doc[Any], stored: StoredDocument) -> list[bytes]:
+    """The stored updates of which a part waits in ``doc`` (built from ``stored``)."""
+    return [update for _, update in stored.updates if waits_in(doc, update)]

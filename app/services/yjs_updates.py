@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from pycrdt import Decoder, Doc, Text, get_state, get_update
+from pycrdt import Decoder, Doc, Text, get_update
 
 from app.errors import InvalidUpdate, UnappliableUpdate, UpdateTooLarge
 from storage.repositories.crdt import StoredDocument
@@ -122,11 +122,9 @@ def would_change(doc: Doc[Any], update: bytes) -> bool:
     """
     if update == EMPTY_UPDATE:
         return False
-    with contained(InvalidUpdate):
-        decoder = Decoder(get_update(update, doc.get_state()))
-        if decoder.read_var_uint() > 0:
-            return True  # structs the document lacks
-        deletes = _read_delete_set(decoder)
+    deletes = _deletes_past(update, doc.get_state())
+    if deletes is None:
+        return True  # structs the document lacks
     if not deletes:
         return False
     # The document's own delete set: an update of no structs ("00") and then it.
@@ -138,31 +136,34 @@ def would_change(doc: Doc[Any], update: bytes) -> bool:
     )
 
 
-def carries_more(changed: bytes, sent: bytes) -> bool:
-    """Whether ``changed``, what applying ``sent`` changed in a document (its
-    transaction's update), holds structs or deletions that ``sent`` does not: ones that
-    had waited in the document for a dependency ``sent`` supplied. Its sender lacks
-    those too. When in doubt (``sent`` is crafted), yes."""
+def waits_in(doc: Doc[Any], update: bytes) -> bool:
+    """Whether part of ``update``, applied to ``doc``, still waits there for a
+    dependency: structs past the document's clock for their client, or deletions of
+    items it does not have yet. yrs keeps those aside and leaves them out of the
+    document's encoding, so a snapshot alone would lose them."""
+    have = doc.get_state()
     try:
-        with contained(InvalidUpdate):
-            ends, sent_ends = state_vector(get_state(changed)), state_vector(get_state(sent))
-            if any(clock > sent_ends.get(client, 0) for client, clock in ends.items()):
-                return True
-            deletes, sent_deletes = _deletes_of(changed), _deletes_of(sent)
+        deletes = _deletes_past(update, have)
     except InvalidUpdate:
+        return False  # not decodable: it was never applied, nothing of it waits
+    if deletes is None:
         return True
+    clocks = state_vector(have)
     return any(
-        not _covered(start, length, sent_deletes.get(client, ()))
+        start + length > clocks.get(client, 0)
         for client, ranges in deletes.items()
         for start, length in ranges
     )
 
 
-def _deletes_of(update: bytes) -> dict[int, list[tuple[int, int]]]:
-    """An update's delete set: what is left of it past its own state, no structs."""
-    decoder = Decoder(get_update(update, get_state(update)))
-    decoder.read_var_uint()  # 0 structs
-    return _read_delete_set(decoder)
+def _deletes_past(update: bytes, state: bytes) -> dict[int, list[tuple[int, int]]] | None:
+    """None if ``update`` has structs past the state vector ``state``; otherwise its
+    delete set (a diff keeps an update's whole delete set)."""
+    with contained(InvalidUpdate):
+        decoder = Decoder(get_update(update, state))
+        if decoder.read_var_uint() > 0:
+            return None
+        return _read_delete_set(decoder)
 
 
 def _read_delete_set(decoder: Decoder) -> dict[int, list[tuple[int, int]]]:
