@@ -50,8 +50,10 @@ class Command(Generic[Ctx]):
 
 
 class Commands(Generic[Ctx]):
-    def __init__(self) -> None:
+    def __init__(self, *, unknown_rate: str) -> None:
         self._commands: dict[str, Command[Ctx]] = {}
+        # The rate limit class unknown events are counted in.
+        self.unknown_rate = unknown_rate
 
     def __call__(
         self, name: str, model: type[Payload], *, rate: str
@@ -73,6 +75,7 @@ class Commands(Generic[Ctx]):
         try:
             command = self._commands.get(event)
             if command is None:
+                ctx.admit(self.unknown_rate)
                 raise UnknownEvent(f"no such event: {event!r}")
             # Counted before anything is parsed: a flood of bad payloads costs little.
             ctx.admit(command.rate)

@@ -81,6 +81,7 @@ class RoomServer(socketio.AsyncServer):  # type: ignore[misc]
             **options,
         )
         self.eio.farewell = self._farewell
+        self.manager.on_idle = self._idle
         self.packet_class = CheckedPacket  # after python-socketio set Packet.json
 
     def _engineio_server_class(self) -> type[EngineServer]:
@@ -127,9 +128,8 @@ class RoomServer(socketio.AsyncServer):  # type: ignore[misc]
             deadline.cancel()
         self.admission.release(eio_sid)
 
-    async def _handle_disconnect(self, eio_sid: str, namespace: str, reason: Any = None) -> None:
-        await super()._handle_disconnect(eio_sid, namespace, reason)
-        if not self.manager.namespaces_of(eio_sid) and eio_sid in self.eio.sockets:
+    def _idle(self, eio_sid: str) -> None:
+        if eio_sid in self.eio.sockets:
             self._expect_namespace(eio_sid)  # its last namespace left; the transport stays
 
     def _expect_namespace(self, eio_sid: str) -> None:

@@ -28,6 +28,8 @@ class YjsConnection:
     resync: asyncio.TimerHandle | None = None
     # Ends the connection once its access token has expired (plus the grace).
     expiry: asyncio.TimerHandle | None = None
+    # Why it was ended while still connecting (code, message): its connect is refused so.
+    ended: tuple[str, str] | None = None
 
     @property
     def user_id(self) -> uuid.UUID:

@@ -203,9 +203,12 @@ async def test_a_connection_without_a_namespace_is_closed_after_the_deadline(
     left = await RawClient.connect(port_of(client), alice.access_token)
     # Connected and staying: untouched.
     staying = await RawClient.connect(port_of(client), alice.access_token)
+    # Refused (a bad token), and never trying again.
+    refused_once = await RawClient.connect(port_of(client), None)
     try:
+        await refused_once.send_text('40{"token": "not a token"}')
         await left.send_text("41")
-        for raw in (idle, left):
+        for raw in (idle, left, refused_once):
             _, closed = await raw.events(until=10)
             assert closed is not None
         _, closed = await staying.events(until=0.6)
@@ -213,7 +216,7 @@ async def test_a_connection_without_a_namespace_is_closed_after_the_deadline(
         reply, _ = await staying.call("typing", {"document_id": "not a uuid", "typing": True})
         assert reply["error"]["code"] == "validation_failed"
     finally:
-        for raw in (idle, left, staying):
+        for raw in (idle, left, staying, refused_once):
             await raw.close()
 
 
@@ -283,6 +286,11 @@ async def test_every_command_class_is_limited_per_connection(
         error = await refused(sio, name, {}, "rate_limited")
         assert 0 < error["details"]["retry_after"] <= 1 / 0.01, error
         await room_client.close()
+    # Unknown events count too (in the room class): their error answers are bounded.
+    room_client = await connect_on(api)(await api.user("stranger"))
+    for _ in range(burst):
+        await refused(room_client, "no:such:event", {}, "unknown_event")
+    await refused(room_client, "no:such:event", {}, "rate_limited")
 
 
 async def test_a_chat_flood_is_refused_and_the_client_may_send_again_after_the_wait(

@@ -15,7 +15,7 @@ import jwt
 import pytest
 import socketio
 
-from app.keys import AUTH_SERVICE
+from app.keys import AUTH_SERVICE, LIVE_DOCUMENTS
 from roomclient import DocumentClient, RoomClient
 from tests.conftest import TEST_JWT_SECRET, ClientFactory, DocumentFactory
 from tests.helpers import Api, User, claims, eventually
@@ -216,3 +216,29 @@ async def test_a_logout_while_a_connect_checks_its_token_is_not_missed(
     assert raced
     for namespace in ("/", "/yjs"):
         assert await metric(api.client, "socketio_connections", namespace=namespace) in (None, 0)
+
+
+async def test_a_logout_while_a_document_loads_is_not_missed(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection is registered but still connecting (its document loading) when
+    the logout ends the session's connections: its connect is refused."""
+    ann = await api.user("ann")
+    doc = await api.document(ann)
+    documents = api.client.app[LIVE_DOCUMENTS]
+    load = documents.open
+
+    async def logout_during_the_load(document_id: Any) -> Any:
+        await api.call("POST", LOGOUT, json={"refresh_token": ann.refresh_token}, expect=204)
+        return await load(document_id)
+
+    monkeypatch.setattr(documents, "open", logout_during_the_load)
+    url = str(api.client.make_url("/")).rstrip("/")
+    document = DocumentClient(url, ann.access_token, doc["id"], reconnection=False)
+    try:
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await document.connect()
+    finally:
+        await document.close()
+    assert document.refused is not None and document.refused["code"] == "session_revoked"
+    assert await metric(api.client, "socketio_connections", namespace="/yjs") in (None, 0)

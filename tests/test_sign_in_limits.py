@@ -187,3 +187,14 @@ def test_client_address(
 ) -> None:
     networks = [ip_network(network) for network in trusted]
     assert client_address(peer, forwarded, networks) == expected
+
+
+async def test_wrong_passwords_sent_at_once_are_counted_before_they_are_checked(
+    start_app: AppFactory,
+) -> None:
+    client = await start_app(**DEFAULTS)
+    await Api(client).user("alice")
+    results = await asyncio.gather(*(login(client, "alice", f"guess {i:08}") for i in range(20)))
+    statuses = sorted(status for status, _ in results)
+    burst = DEFAULTS["login_failures_per_username_burst"]
+    assert statuses == [401] * burst + [429] * (20 - burst), statuses

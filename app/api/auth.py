@@ -52,11 +52,15 @@ async def login(request: web.Request, body: Credentials) -> TokenResponse:
     are limited per client address and wrong passwords per username (429)."""
     throttle = request.app[SIGN_IN_THROTTLE]
     throttle.attempt_login(address_of(request), body.username)
+    wrong = False
     try:
         pair = await request.app[AUTH_SERVICE].login(body.username, body.password)
     except InvalidCredentials:
-        throttle.login_failed(body.username)
+        wrong = True
         raise
+    finally:
+        if not wrong:
+            throttle.login_succeeded(body.username)
     return TokenResponse.model_validate(pair)
 
 

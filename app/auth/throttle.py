@@ -52,16 +52,20 @@ class SignInThrottle:
         self._registrations = KeyedBuckets(registrations)
 
     def attempt_login(self, address: str, username: str) -> None:
-        """Count a sign-in from ``address``; refuse it if that address or the username
-        (after its wrong passwords) must wait."""
+        """Count a sign-in from ``address``, and hold one wrong password of the
+        username's until ``login_succeeded`` gives it back (so guesses sent at once
+        are counted before their passwords are checked); refuse it if either must
+        wait."""
         attempts, failures = self._attempts.get(address), self._failures.get(_key(username))
         wait = max(attempts.wait(), failures.wait())
         if wait > 0:
             raise _limited("too many sign-in attempts", wait)
         attempts.take()
+        failures.take()
 
-    def login_failed(self, username: str) -> None:
-        self._failures.get(_key(username)).take()
+    def login_succeeded(self, username: str) -> None:
+        """The password was right (whatever came of it): it was no wrong guess."""
+        self._failures.get(_key(username)).give_back()
 
     def attempt_registration(self, address: str) -> None:
         _spend(self._registrations.get(address), "too many registrations from your address")

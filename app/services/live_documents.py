@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 # The shared type that holds a document's plain text (REST, the assistant).
 # Editors bind to it with ``ydoc.getText("content")``.
 TEXT_NAME = "content"
+# Updates waiting for a dependency that a document keeps track of (LiveDocument.waiting).
+MAX_WAITING = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,10 @@ class LiveDocument:
         except ValueError as exc:
             raise InvalidUpdate("not a Yjs state vector") from exc
 
+    def encoded_size(self) -> int:
+        """Its encoding's size, with what waits (kept in the log beside a snapshot)."""
+        return len(self.doc.get_update()) + sum(map(len, self.waiting))
+
     def would_change(self, update: bytes) -> bool:
         """Whether applying ``update`` would change the document (``would_change``)."""
         return would_change(self.doc, update)
@@ -153,6 +159,11 @@ class LiveDocument:
             self.waiting = [earlier for earlier in self.waiting if waits_in(self.doc, earlier)]
         if waits_in(self.doc, update):
             self.waiting.append(update)
+            if len(self.waiting) > MAX_WAITING:
+                # Each is checked again after every update: their number is bounded.
+                # The oldest is let go: the next snapshot leaves it out of the log.
+                log.warning("document %s: over %d updates wait; one let go", self.id, MAX_WAITING)
+                del self.waiting[0]
         return (changes[-1] if changes else None), len(self.waiting) < waited
 
 
@@ -233,7 +244,7 @@ class LiveDocuments:
                     skipped,
                 )
             live.last_update_id = stored.last_update_id
-            live.size = len(live.doc.get_update())
+            live.size = live.encoded_size()
             if stored.updates:
                 # Compact what an earlier process left behind.
                 live.unsaved_since = time.monotonic()
@@ -412,7 +423,7 @@ class LiveDocuments:
                 pending.done.exception()
             return
         live.last_update_id = stored.last_update_id
-        live.size = len(live.doc.get_update())
+        live.size = live.encoded_size()
         bad.done.set_exception(error)
         bad.done.exception()
         live._pending = [p for p in batch if p is not bad] + live._pending
@@ -475,7 +486,7 @@ class LiveDocuments:
             if live.last_update_id == covered:
                 live.unsaved_since = None
                 if live._writer is None:
-                    live.size = len(data)
+                    live.size = len(data) + sum(map(len, waiting))
             elif self._documents.get(live.id) is live:
                 # Updates landed while it was written: the next snapshot takes them.
                 self._schedule_snapshot(live)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import KeysView
+from collections.abc import Callable, KeysView
 from typing import Any, NoReturn
 
 import socketio
@@ -31,6 +31,9 @@ class DeliveryManager(socketio.AsyncManager):  # type: ignore[misc]
         self._by_eio: dict[str, dict[str, str]] = {}  # eio_sid -> {namespace: sid}
         self._connecting: set[str] = set()
         self._disconnecting: set[str] = set()
+        # Told of an Engine.IO connection whose last namespace just left (whoever
+        # ended it: the client, the server, a refused connect).
+        self.on_idle: Callable[[str], None] = lambda eio_sid: None
 
     def namespaces_of(self, eio_sid: str) -> list[str]:
         """The namespaces an Engine.IO connection is connected (or connecting) to."""
@@ -100,6 +103,7 @@ class DeliveryManager(socketio.AsyncManager):  # type: ignore[misc]
                 namespaces.pop(namespace, None)
                 if not namespaces:
                     del self._by_eio[eio_sid]
+                    self.on_idle(eio_sid)
         self.delivery.remove(sid)
         self._connecting.discard(sid)
         self._disconnecting.discard(sid)

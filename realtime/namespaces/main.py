@@ -31,7 +31,11 @@ def admit(rt: Realtime, sid: str, namespace: str, principal: Principal) -> None:
     """Count the connection's transport for its user, within the caps
     (``TooManyNamespaces``, ``TooManyConnections``)."""
     transport = rt.sio.manager.eio_sid_from_sid(sid, namespace)
-    assert transport is not None  # registered before any connect handler runs
+    socket = rt.sio.eio.sockets.get(transport) if transport is not None else None
+    if transport is None or socket is None or socket.closing or socket.closed:
+        # Gone while the token was checked: its release has run already, and counting
+        # it now would hold one of the user's connections for ever.
+        raise ServiceUnavailable("the connection ended while it was checked")
     rt.admission.check_namespaces(len(rt.sio.manager.namespaces_of(transport)))
     rt.admission.admit(transport, principal.user_id)
 

@@ -28,7 +28,7 @@ from realtime.protocol import (
 )
 from realtime.state import Call, Realtime, room_of
 
-commands: Commands[Call] = Commands()
+commands: Commands[Call] = Commands(unknown_rate="room")
 
 
 class NotJoined(Forbidden):
@@ -63,11 +63,7 @@ def presence_event(name: ServerEvent, data: dict[str, Any], key: tuple[str, Any]
 async def join(call: Call, payload: Join) -> dict[str, Any]:
     rt, connection, document_id = call.rt, call.connection, payload.document_id
     principal = connection.principal
-    cap = rt.settings.max_rooms_per_connection
-    if not rt.delivery.in_room(room_of(document_id), call.sid) and (
-        len(joined_rooms(rt, call.sid)) >= cap
-    ):
-        raise TooManyRooms(f"at most {cap} rooms per connection; leave one")
+    room_cap(rt, call.sid, document_id)  # before any work
     access = await rt.chat.access(principal, document_id)
     backlog = None
     # Under the room lock no message can be stored between reading where the room
@@ -79,6 +75,7 @@ async def join(call: Call, payload: Join) -> dict[str, Any]:
             last_seq = backlog.last_seq
         else:
             last_seq = await rt.chat.last_seq(document_id)
+        room_cap(rt, call.sid, document_id)  # again: joins at once passed the first
         rt.delivery.join(room_of(document_id), call.sid)
         # Read right after entering: each later chunk is sent to this connection.
         replies = [reply.so_far() for reply in rt.assistant.active(document_id)]
@@ -112,6 +109,13 @@ async def join(call: Call, payload: Join) -> dict[str, Any]:
         "has_more": backlog.has_more if backlog else False,
         "replies": replies,
     }
+
+
+def room_cap(rt: Realtime, sid: str, document_id: uuid.UUID) -> None:
+    """Refuse a connection one more room past ``MAX_ROOMS_PER_CONNECTION``."""
+    cap = rt.settings.max_rooms_per_connection
+    if not rt.delivery.in_room(room_of(document_id), sid) and len(joined_rooms(rt, sid)) >= cap:
+        raise TooManyRooms(f"at most {cap} rooms per connection; leave one")
 
 
 @commands("leave", Leave, rate="room")

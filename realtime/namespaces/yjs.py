@@ -213,7 +213,8 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             ) from exc
         if self.connections.by_sid.get(sid) is not connection:  # gone while it loaded
             self.documents.close(live)
-            raise socketio.exceptions.ConnectionRefusedError("the connection ended")
+            ended = connection.ended or ("gone", "the connection ended")
+            raise socketio.exceptions.ConnectionRefusedError(ended[1], {"code": ended[0]})
         connection.live = live
         room = self.connections.rooms.get(document_id)
         if room is None:
@@ -306,6 +307,10 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     async def sync_step_1(self, connection: YjsConnection, state_vector: Any) -> bytes:
         assert connection.live is not None
         try:
+            # Refused before the document is encoded: a refusal costs no encoding.
+            wait = self.rt.limits.wait(connection.buckets, connection.user_id, YJS_RATE)
+            if wait:
+                raise limited("too many sync requests", wait)
             if not isinstance(state_vector, bytes):
                 raise InvalidUpdate("send the state vector as binary")
             answer = connection.live.missing_for(state_vector)
@@ -427,6 +432,10 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         )
 
     async def tell(self, connection: YjsConnection, event: Any, exc: AppError) -> None:
+        """Report a refusal; one that is not itself a rate refusal costs a rate token,
+        and past the rate it is dropped untold (a flood of bad messages)."""
+        if not isinstance(exc, RateLimited) and self._take(connection):
+            return
         name = event_name(event)  # a name with a lone surrogate failed the error event
         log.info("yjs %s refused: %s", name, exc.code)
         self.rt.to_connection(connection.sid, ServerEvent.ERROR, {**exc.to_body(), "event": name})
@@ -436,5 +445,12 @@ async def end_yjs_connection(
     rt: Realtime, connection: YjsConnection, code: str, message: str
 ) -> None:
     """Tell a document connection why, then close it (the provider will not retry)."""
+    if connection.live is None:
+        # Still connecting (its document loading): python-socketio's disconnect does
+        # nothing yet; forgotten here, its connect is refused once the load is done.
+        if rt.yjs.by_sid.get(connection.sid) is connection:
+            del rt.yjs.by_sid[connection.sid]
+        connection.ended = (code, message)
+        return
     rt.to_connection(connection.sid, ServerEvent.SESSION_ENDED, {"code": code, "message": message})
     await rt.sio.disconnect(connection.sid, namespace=connection.namespace)
