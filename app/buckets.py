@@ -30,11 +30,6 @@ class TokenBucket:
             return True
         return False
 
-    def give_back(self, tokens: float = 1) -> None:
-        """Return tokens taken for something that turned out not to count."""
-        self._refill()
-        self._tokens = min(self.burst, self._tokens + tokens)
-
     def wait(self, tokens: float = 1) -> float:
         """Seconds until ``tokens`` are available."""
         self._refill()

@@ -50,17 +50,12 @@ async def register(request: web.Request, body: Credentials) -> UserOut:
 async def login(request: web.Request, body: Credentials) -> TokenResponse:
     """Exchange a username and password for an access and a refresh token. Attempts
     are limited per client address and wrong passwords per username (429)."""
-    throttle = request.app[SIGN_IN_THROTTLE]
-    throttle.attempt_login(address_of(request), body.username)
-    wrong = False
-    try:
-        pair = await request.app[AUTH_SERVICE].login(body.username, body.password)
-    except InvalidCredentials:
-        wrong = True
-        raise
-    finally:
-        if not wrong:
-            throttle.login_succeeded(body.username)
+    async with request.app[SIGN_IN_THROTTLE].login(address_of(request), body.username) as wrong:
+        try:
+            pair = await request.app[AUTH_SERVICE].login(body.username, body.password)
+        except InvalidCredentials:
+            wrong()
+            raise
     return TokenResponse.model_validate(pair)
 
 

@@ -10,8 +10,10 @@ seconds until a retry would pass, and it costs no hashing.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
 from app.buckets import KeyedBuckets, Rate, TokenBucket
@@ -43,6 +45,14 @@ def _trusted(address: str, trusted: Sequence[Network]) -> bool:
     return any(parsed in network for network in trusted)
 
 
+class _Turn:
+    """The sign-ins of one username: checked one at a time."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 class SignInThrottle:
     def __init__(
         self, *, per_address: Rate, failures_per_username: Rate, registrations: Rate
@@ -50,22 +60,37 @@ class SignInThrottle:
         self._attempts = KeyedBuckets(per_address)
         self._failures = KeyedBuckets(failures_per_username)
         self._registrations = KeyedBuckets(registrations)
+        # Usernames with a sign-in being checked (and those waiting their turn).
+        self._checking: dict[str, _Turn] = {}
 
-    def attempt_login(self, address: str, username: str) -> None:
-        """Count a sign-in from ``address``, and hold one wrong password of the
-        username's until ``login_succeeded`` gives it back (so guesses sent at once
-        are counted before their passwords are checked); refuse it if either must
-        wait."""
-        attempts, failures = self._attempts.get(address), self._failures.get(_key(username))
-        wait = max(attempts.wait(), failures.wait())
-        if wait > 0:
-            raise _limited("too many sign-in attempts", wait)
-        attempts.take()
-        failures.take()
+    @contextlib.asynccontextmanager
+    async def login(self, address: str, username: str) -> AsyncIterator[Callable[[], None]]:
+        """One sign-in: counted for ``address``, then checked against the username's
+        wrong passwords, one sign-in per username at a time (guesses sent at once are
+        each judged after the one before was counted; right passwords, which do not
+        count, all pass). Yields what to call when the password was wrong."""
+        self._spend_attempt(address)
+        key = _key(username)
+        turn = self._checking.setdefault(key, _Turn())
+        turn.users += 1
+        try:
+            async with turn.lock:
+                failures = self._failures.get(key)
+                wait = failures.wait()
+                if wait > 0:
+                    raise _limited("too many wrong passwords for this account", wait)
 
-    def login_succeeded(self, username: str) -> None:
-        """The password was right (whatever came of it): it was no wrong guess."""
-        self._failures.get(_key(username)).give_back()
+                def wrong() -> None:
+                    failures.take()
+
+                yield wrong
+        finally:
+            turn.users -= 1
+            if not turn.users:
+                del self._checking[key]
+
+    def _spend_attempt(self, address: str) -> None:
+        _spend(self._attempts.get(address), "too many sign-in attempts from your address")
 
     def attempt_registration(self, address: str) -> None:
         _spend(self._registrations.get(address), "too many registrations from your address")
