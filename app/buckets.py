@@ -60,9 +60,6 @@ class KeyedBuckets:
         self._buckets: dict[Hashable, TokenBucket] = {}
         self._prune_at = 1024
 
-    def __len__(self) -> int:
-        return len(self._buckets)
-
     def get(self, key: Hashable) -> TokenBucket:
         bucket = self._buckets.get(key)
         if bucket is None:

@@ -22,9 +22,6 @@ class Admission:
         self._by_user: dict[uuid.UUID, set[str]] = {}
         self._by_transport: dict[str, set[uuid.UUID]] = {}
 
-    def held_by(self, user_id: uuid.UUID) -> int:
-        return len(self._by_user.get(user_id, ()))
-
     def check_namespaces(self, open_namespaces: int) -> None:
         """Refuse one more namespace on a transport that has ``open_namespaces``
         (counting the one connecting)."""
