@@ -54,6 +54,7 @@ from app.services.yjs_updates import EMPTY_UPDATE, build_document, state_vector
 from roomclient import DocumentClient
 from storage.db import create_engine, create_sessionmaker
 from storage.repositories import crdt as crdt_repo
+from storage.repositories.crdt import StoredDocument
 from tests import test_yjs_js
 from tests.conftest import AppFactory
 from tests.helpers import Api, User, eventually
@@ -569,28 +570,27 @@ async def test_what_waited_for_a_dependency_is_relayed_once_it_is_applied(
 # --- a server process: fuzzed, killed, started again ------------------------------------
 
 
-async def stored_text(database_url: str, doc_id: str) -> str:
-    """The text as the killed server's database has it (built as a load builds it)."""
+async def stored_of(database_url: str, doc_id: str) -> StoredDocument:
+    """What the server's database holds of the document (read as a load reads it)."""
     engine = create_engine(database_url)
     try:
         async with create_sessionmaker(engine)() as session:
-            stored = await crdt_repo.load(session, uuid.UUID(doc_id))
+            return await crdt_repo.load(session, uuid.UUID(doc_id))
     finally:
         await engine.dispose()
-    doc, _ = build_document(stored)  # an update stored when the kill came may be left out
+
+
+async def stored_text(database_url: str, doc_id: str) -> str:
+    """The text as the killed server's database has it (built as a load builds it)."""
+    # An update stored when the kill came may be left out.
+    doc, _ = build_document(await stored_of(database_url, doc_id))
     return text_of(doc)
 
 
 async def compacted(database_url: str, doc_id: str) -> None:
     """A snapshot holds the document (and the log what came after it, what waits for a
     dependency, and all of it while a split surrogate pair keeps snapshots out)."""
-    engine = create_engine(database_url)
-    try:
-        async with create_sessionmaker(engine)() as session:
-            stored = await crdt_repo.load(session, uuid.UUID(doc_id))
-    finally:
-        await engine.dispose()
-    assert stored.snapshot is not None
+    assert (await stored_of(database_url, doc_id)).snapshot is not None
 
 
 async def at_least_counted(api: Api, count: int) -> None:
