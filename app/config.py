@@ -318,6 +318,12 @@ class Settings(BaseSettings):
         le=1000,
         description="Messages in a join's catch-up page (history pages use their own limit).",
     )
+    chat_batch_max_messages: int = Field(
+        500,
+        ge=1,
+        le=10_000,
+        description="Most chat messages stored in one transaction (group commit).",
+    )
     typing_timeout_seconds: float = Field(
         5, gt=0, description="A typing indicator clears itself after this long."
     )
@@ -326,6 +332,14 @@ class Settings(BaseSettings):
     )
     presence_state_max_bytes: int = Field(
         2048, ge=64, description="Largest per-connection presence state (cursor, status)."
+    )
+    presence_batch_seconds: float = Field(
+        0.05,
+        ge=0,
+        le=5,
+        description="A room's arrivals and departures go out together at most this often "
+        "(presence:changed), so a burst of N joins costs each member a few events, not N; "
+        "0: those of each event-loop turn at its end.",
     )
     token_renew_lead_seconds: float = Field(
         60,

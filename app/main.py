@@ -138,7 +138,11 @@ def create_app(settings: Settings) -> web.Application:
                 max_owned=settings.max_documents_per_user,
             )
             app[CHAT_SERVICE] = chat = ChatService(
-                sessions, broadcaster, memberships, page_size=settings.history_page_size
+                sessions,
+                broadcaster,
+                memberships,
+                page_size=settings.history_page_size,
+                max_batch=settings.chat_batch_max_messages,
             )
             responder = make_responder(settings)
             app[ASSISTANT] = assistant = Assistant(
@@ -148,6 +152,7 @@ def create_app(settings: Settings) -> web.Application:
             # After the connections ended (on_shutdown): replies streaming are
             # ended and stored, what is unsaved is saved.
             await assistant.close()
+            await chat.close()  # after the replies it stores
             await responder.close()
             await live_documents.close_all()
         finally:

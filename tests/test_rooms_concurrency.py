@@ -12,9 +12,9 @@ from roomclient import RoomClient
 from tests.conftest import ClientFactory
 from tests.helpers import Api, User, eventually
 
-USERS = 5
-TABS = 4  # connections per user: 20 clients in the room
-SENDS = 50  # per client: 1,000 messages in all
+USERS = 20
+TABS = 5  # connections per user: 100 clients in the room, all sending at once
+SENDS = 10  # per client: 1,000 messages in all
 TOTAL = USERS * TABS * SENDS
 SEND_TIMEOUT = 60.0  # per attempt; RoomClient.send retries with the same client_msg_id
 WAIT = 40.0

@@ -288,14 +288,14 @@ async def test_a_removal_while_a_join_is_under_way_is_not_missed(
     joiner = await connect(ben)
     chat = api.client.app[CHAT_SERVICE]
     reading, removed = asyncio.Event(), asyncio.Event()
-    last_seq = chat.last_seq
+    enter_room = chat.enter_room
 
-    async def slow_last_seq(document_id: Any) -> int:  # the join, between check and entry
+    async def slow_enter_room(*args: Any) -> Any:  # the join, between check and entry
         reading.set()
         await removed.wait()
-        return await last_seq(document_id)
+        return await enter_room(*args)
 
-    monkeypatch.setattr(chat, "last_seq", slow_last_seq)
+    monkeypatch.setattr(chat, "enter_room", slow_enter_room)
     joining = asyncio.create_task(joiner.command("join", {"document_id": doc["id"]}))
     await reading.wait()
     await api.call(

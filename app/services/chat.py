@@ -1,17 +1,15 @@
 """Room chat: ordered, idempotent sends; history; edits and deletions.
 
-Every send of one document runs under that document's lock, from taking the next
-``seq`` to handing the message to the broadcaster, so a room hears its messages in
-``seq`` order. Joins take the same lock while they read the backlog and enter the
-room, so a message is either in the join's backlog or delivered live, never neither.
+Messages are stored by one writer (:mod:`app.services.chat_writer`), which commits
+them in batches and hands them to the broadcaster in ``seq`` order. A join enters
+the room at the last announced ``seq``, so a message is either in the join's backlog
+or delivered live, never neither and never both.
 """
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,37 +19,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.auth.principal import Principal
 from app.errors import Forbidden, NotFound
 from app.events import Broadcaster, EventClass
-from app.services.cache import ExpiringCache
+from app.services.chat_writer import Also, ChatWriter, Pending
 from app.services.documents import DocumentView, Memberships, RoomAccess, membership
 from app.wire import MessageOut, ServerEvent, dump
 from storage.db import read_session
-from storage.errors import AlreadyExists
 from storage.models import AuthorKind, DocumentRole
 from storage.repositories import messages as messages_repo
 from storage.repositories import users as users_repo
 
 CAN_WRITE = frozenset({DocumentRole.OWNER, DocumentRole.EDITOR})
-
-
-class KeyedLocks:
-    """One asyncio lock per key, forgotten when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[uuid.UUID, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, key: uuid.UUID) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,20 +45,22 @@ class ChatService:
         memberships: Memberships,
         *,
         page_size: int,
+        max_batch: int,
     ) -> None:
         self._sessions = sessions
         self._broadcaster = broadcaster
         self._memberships = memberships
-        # Each room's last seq, kept by the sends of this process (under the room lock).
-        self._last_seqs: ExpiringCache[uuid.UUID, int] = ExpiringCache(
-            ttl=memberships.ttl, max_entries=memberships.max_entries
+        self._writer = ChatWriter(
+            sessions,
+            self._announce_new,
+            max_batch=max_batch,
+            max_known=memberships.max_entries,
         )
-        self._locks = KeyedLocks()
         self.page_size = page_size
 
-    def room_lock(self, document_id: uuid.UUID) -> AbstractAsyncContextManager[None]:
-        """Held by sends and joins of one document (see the module docstring)."""
-        return self._locks.hold(document_id)
+    async def close(self) -> None:
+        """Store the messages queued; refuse later sends."""
+        await self._writer.close()
 
     async def member(self, principal: Principal, document_id: uuid.UUID) -> DocumentView:
         """The document and the caller's role (``NotFound`` for non-members)."""
@@ -90,7 +68,8 @@ class ChatService:
             return await membership(session, principal, document_id)
 
     async def access(self, principal: Principal, document_id: uuid.UUID) -> RoomAccess:
-        """The caller's way into the room (``NotFound`` for non-members); cached."""
+        """The caller's way into the room (``NotFound`` for non-members); cached, and
+        dropped by the changes that make it stale (DocumentService)."""
 
         async def load() -> RoomAccess:
             view = await self.member(principal, document_id)
@@ -98,26 +77,37 @@ class ChatService:
 
         return await self._memberships.get_or_load((document_id, principal.user_id), load)
 
-    async def last_seq(self, document_id: uuid.UUID) -> int:
-        """The room's last ``seq``; call it holding ``room_lock(document_id)``."""
+    async def enter_room(
+        self, document_id: uuid.UUID, since_seq: int | None, enter: Callable[[], None]
+    ) -> Backlog:
+        """Call ``enter`` (which puts the connection in the room) where the room's
+        messages split into those before it, which the backlog holds (its first page
+        after ``since_seq``; none without it), and those it will receive live.
 
-        async def load() -> int:
-            async with read_session(self._sessions) as session:
-                return await messages_repo.last_seq(session, document_id)
-
-        return await self._last_seqs.get_or_load(document_id, load)
-
-    async def missed(self, document_id: uuid.UUID, since_seq: int) -> Backlog:
-        """The first page of messages after ``since_seq``, for a join that catches up.
-
-        Call it while holding ``room_lock(document_id)``: then every later message
-        is still to be broadcast, and the joiner, already in the room, receives it.
+        The split is the last announced seq: ``enter`` runs in the turn that reads it,
+        so no message is in both halves or in neither.
         """
-        async with read_session(self._sessions) as session:
-            rows = await messages_repo.messages_after(
-                session, document_id, since_seq, limit=self.page_size + 1
-            )
-            last_seq = await messages_repo.last_seq(session, document_id)
+        rows: list[messages_repo.MessageRow] = []
+        if since_seq is not None:
+            async with read_session(self._sessions) as session:
+                rows = await messages_repo.messages_after(
+                    session, document_id, since_seq, limit=self.page_size + 1
+                )
+        await self._writer.announced(document_id)
+        last_seq = self._writer.announced_now(document_id)
+        enter()
+        if since_seq is not None:
+            # Seqs are gapless: the rows run from since_seq + 1. Those past last_seq
+            # will come live; those committed and announced while the read ran are
+            # read now (a batch at most).
+            rows = [row for row in rows if row[0].seq <= last_seq]
+            read_up_to = since_seq + len(rows)
+            if len(rows) <= self.page_size and read_up_to < last_seq:
+                async with read_session(self._sessions) as session:
+                    more = await messages_repo.messages_after(
+                        session, document_id, read_up_to, limit=self.page_size + 1 - len(rows)
+                    )
+                rows += [row for row in more if row[0].seq <= last_seq]
         page = [MessageOut.of(m, name) for m, name in rows[: self.page_size]]
         return Backlog(page, has_more=len(rows) > self.page_size, last_seq=last_seq)
 
@@ -131,34 +121,25 @@ class ChatService:
         connection_id: str | None = None,
     ) -> MessageOut:
         """Store and broadcast a message; a retry with the same ``client_msg_id``
-        returns the stored message and broadcasts nothing."""
-        async with self.room_lock(document_id):
-            try:
-                async with self._sessions.begin() as session:
-                    view = await membership(session, principal, document_id)
-                    if view.role not in CAN_WRITE:
-                        raise Forbidden("viewers cannot send messages")
-                    message = await messages_repo.append_message(
-                        session,
-                        document_id=document_id,
-                        author_kind=AuthorKind.USER,
-                        author_id=principal.user_id,
-                        client_msg_id=client_msg_id,
-                        text=text,
-                    )
-            except AlreadyExists:
-                # A retry: the transaction rolled back (its seq with it); answer
-                # with what the first attempt stored.
-                async with read_session(self._sessions) as session:
-                    found = await messages_repo.find_by_client_msg_id(
-                        session, document_id, principal.user_id, client_msg_id
-                    )
-                assert found is not None
-                return MessageOut.of(found, principal.username)
-            out = MessageOut.of(message, principal.username)
-            self._last_seqs.put(document_id, message.seq)
-            self._announce(ServerEvent.CHAT_MESSAGE, out, connection_id)
-            return out
+        returns the stored message and broadcasts nothing.
+
+        The role comes from the membership cache: a send costs no read of its own.
+        """
+        access = await self.access(principal, document_id)
+        if access.role not in CAN_WRITE:
+            raise Forbidden("viewers cannot send messages")
+        message, _ = await self._writer.write(
+            Pending(
+                document_id=document_id,
+                author_kind=AuthorKind.USER,
+                author_id=principal.user_id,
+                author_name=principal.username,
+                client_msg_id=client_msg_id,
+                text=text,
+                skip_connection=connection_id,
+            )
+        )
+        return message
 
     async def post_assistant(
         self,
@@ -166,26 +147,22 @@ class ChatService:
         text: str,
         meta: dict[str, Any],
         *,
-        also: Callable[[AsyncSession], Awaitable[object]] | None = None,
+        also: Also | None = None,
     ) -> MessageOut:
         """Store and broadcast an assistant message (in seq order, like any send);
         ``also`` writes in the same transaction (the reply's usage)."""
-        async with self.room_lock(document_id):
-            async with self._sessions.begin() as session:
-                message = await messages_repo.append_message(
-                    session,
-                    document_id=document_id,
-                    author_kind=AuthorKind.ASSISTANT,
-                    author_id=None,
-                    text=text,
-                    meta=meta,
-                )
-                if also is not None:
-                    await also(session)
-            out = MessageOut.of(message, None)
-            self._last_seqs.put(document_id, message.seq)
-            self._announce(ServerEvent.CHAT_MESSAGE, out, None)
-            return out
+        message, _ = await self._writer.write(
+            Pending(
+                document_id=document_id,
+                author_kind=AuthorKind.ASSISTANT,
+                author_id=None,
+                author_name=None,
+                text=text,
+                meta=meta,
+                also=also,
+            )
+        )
+        return message
 
     async def history(
         self,
@@ -263,6 +240,9 @@ class ChatService:
         out = MessageOut.of(message, author)
         self._announce(ServerEvent.CHAT_DELETED, out, connection_id)
         return out
+
+    def _announce_new(self, message: MessageOut, connection_id: str | None) -> None:
+        self._announce(ServerEvent.CHAT_MESSAGE, message, connection_id)
 
     def _announce(self, event: ServerEvent, message: MessageOut, connection_id: str | None) -> None:
         self._broadcaster.to_room(

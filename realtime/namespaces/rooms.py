@@ -51,12 +51,16 @@ def joined_rooms(rt: Realtime, sid: str) -> list[uuid.UUID]:
     return [room[1] for room in endpoint.rooms if isinstance(room, tuple) and room[0] == "doc"]
 
 
-def presence_event(name: ServerEvent, data: dict[str, Any], key: tuple[str, Any]) -> Event:
-    """Presence is state: a late reader needs the latest per user (joined, left) or per
-    connection (its state), not the history. A user's joined and left have keys of
-    their own: a reader behind a leave and a return gets both, in that order, and so
-    drops the departed tabs' states."""
-    return Event(name, data, EventClass.PRESENCE, key=key)
+def state_event(document_id: uuid.UUID, user_id: uuid.UUID, sid: str, state: Any) -> Event:
+    """A connection's presence state. It is state: a late reader needs the latest per
+    connection, not the history."""
+    data = {
+        "document_id": str(document_id),
+        "user_id": str(user_id),
+        "connection_id": sid,
+        "state": state,
+    }
+    return Event(ServerEvent.PRESENCE_STATE, data, EventClass.PRESENCE, key=("connection", sid))
 
 
 @commands("join", Join, rate="room")
@@ -65,20 +69,15 @@ async def join(call: Call, payload: Join) -> dict[str, Any]:
     principal = connection.principal
     room_cap(rt, call.sid, document_id)  # before any work
     access = await rt.chat.access(principal, document_id)
-    backlog = None
-    # Under the room lock no message can be stored between reading where the room
-    # is and entering it: each one is in the backlog (or before last_seq) or arrives
-    # live. A fresh join reads last_seq from memory: joins into a big room do not queue.
-    async with rt.chat.room_lock(document_id):
-        if payload.since_seq is not None:
-            backlog = await rt.chat.missed(document_id, payload.since_seq)
-            last_seq = backlog.last_seq
-        else:
-            last_seq = await rt.chat.last_seq(document_id)
+    replies: list[dict[str, Any]] = []
+
+    def enter() -> None:
         room_cap(rt, call.sid, document_id)  # again: joins at once passed the first
         rt.delivery.join(room_of(document_id), call.sid)
         # Read right after entering: each later chunk is sent to this connection.
-        replies = [reply.so_far() for reply in rt.assistant.active(document_id)]
+        replies.extend(reply.so_far() for reply in rt.assistant.active(document_id))
+
+    backlog = await rt.chat.enter_room(document_id, payload.since_seq, enter)
     # A removal or a new role between the check above and entering the room reached
     # the room's members, not this connection: checked again now that it is in (the
     # services forget what they cached on a change, so this reads the change).
@@ -87,26 +86,21 @@ async def join(call: Call, payload: Join) -> dict[str, Any]:
     except NotFound:
         rt.delivery.leave(room_of(document_id), call.sid)
         raise
-    first = await rt.presence.join(document_id, principal.user_id, principal.username, call.sid)
-    if first:
-        joined_event = presence_event(
-            ServerEvent.PRESENCE_JOINED,
-            {
-                "document_id": str(document_id),
-                "user": {"user_id": str(principal.user_id), "username": principal.username},
-            },
-            ("joined", principal.user_id),
-        )
-        rt.delivery.to_room(room_of(document_id), joined_event, skip=call.sid)
+    if not rt.delivery.in_room(room_of(document_id), call.sid):
+        # It left (leave, a disconnect) while this join awaited: recorded as present
+        # now, it would stay present with nothing left to take it out.
+        raise NotJoined("the connection left the room before its join completed")
+    if await rt.presence.join(document_id, principal.user_id, principal.username, call.sid):
+        rt.presence_changes.joined(document_id, principal.user_id, principal.username)
     return {
         "document": {"id": str(access.document_id), "title": access.title},
         "role": access.role.value,
         "connection_id": call.sid,
         "user": {"user_id": str(principal.user_id), "username": principal.username},
-        "last_seq": last_seq,
+        "last_seq": backlog.last_seq,
         "presence": await rt.presence.snapshot(document_id),
-        "messages": [dump(message) for message in backlog.messages] if backlog else [],
-        "has_more": backlog.has_more if backlog else False,
+        "messages": [dump(message) for message in backlog.messages],
+        "has_more": backlog.has_more,
         "replies": replies,
     }
 
@@ -129,48 +123,32 @@ async def leave_room(rt: Realtime, connection: Connection, document_id: uuid.UUI
     room = room_of(document_id)
     if not rt.delivery.leave(room, connection.sid):
         return
-    user_id = str(connection.user_id)
-    departure = await rt.presence.leave(document_id, connection.user_id, connection.sid)
+    user_id = connection.user_id
+    departure = await rt.presence.leave(document_id, user_id, connection.sid)
     if departure is Departure.USER:
-        if rt.typing.clear(document_id, connection.user_id):
+        # Out at once, so before the departure, which waits for the room's next
+        # presence:changed.
+        if rt.typing.clear(document_id, user_id):
             rt.delivery.to_room(
                 room,
                 Event(
                     ServerEvent.TYPING,
-                    {"document_id": str(document_id), "user_id": user_id, "typing": False},
+                    {"document_id": str(document_id), "user_id": str(user_id), "typing": False},
                     EventClass.TYPING,
-                    key=connection.user_id,
+                    key=user_id,
                 ),
             )
-        rt.delivery.to_room(
-            room,
-            presence_event(
-                ServerEvent.PRESENCE_LEFT,
-                {"document_id": str(document_id), "user_id": user_id},
-                ("left", connection.user_id),
-            ),
-        )
+        rt.presence_changes.left(document_id, user_id)
     elif departure is Departure.STATE:
         # The user is still here in another tab; this connection's state is gone.
-        rt.delivery.to_room(
-            room,
-            presence_event(
-                ServerEvent.PRESENCE_STATE,
-                {
-                    "document_id": str(document_id),
-                    "user_id": user_id,
-                    "connection_id": connection.sid,
-                    "state": None,
-                },
-                ("connection", connection.sid),
-            ),
-        )
+        rt.presence_changes.settle(document_id, user_id)
+        rt.delivery.to_room(room, state_event(document_id, user_id, connection.sid, None))
 
 
 @commands("chat:send", ChatSend, rate="chat")
 async def chat_send(call: Call, payload: ChatSend) -> dict[str, Any]:
-    # No await before the service takes the room lock: a client's sends keep
-    # their order even when it does not wait for each ack.
+    # A client's sends keep their order even when it does not wait for each ack:
+    # they reach the chat writer in the order they arrived.
     joined(call, payload.document_id)
     check_length(call, payload.text)
     message = await call.rt.chat.send(
@@ -248,16 +226,8 @@ async def presence_update(call: Call, payload: PresenceUpdate) -> dict[str, Any]
         raise PayloadTooLarge(f"presence state is larger than {limit} bytes")
     document_id, user_id = payload.document_id, call.connection.user_id
     await call.rt.presence.set_state(document_id, user_id, call.sid, payload.state)
-    state = presence_event(
-        ServerEvent.PRESENCE_STATE,
-        {
-            "document_id": str(document_id),
-            "user_id": str(user_id),
-            "connection_id": call.sid,
-            "state": payload.state,
-        },
-        ("connection", call.sid),
-    )
+    call.rt.presence_changes.settle(document_id, user_id)  # the arrival first
+    state = state_event(document_id, user_id, call.sid, payload.state)
     call.rt.delivery.to_room(room_of(document_id), state, skip=call.sid)
     return {}
 
@@ -267,6 +237,7 @@ async def typing(call: Call, payload: Typing) -> dict[str, Any]:
     joined(call, payload.document_id)
     document_id, user_id = payload.document_id, call.connection.user_id
     if call.rt.typing.update(document_id, user_id, payload.typing):
+        call.rt.presence_changes.settle(document_id, user_id)  # the arrival first
         event = Event(
             ServerEvent.TYPING,
             {"document_id": str(document_id), "user_id": str(user_id), "typing": payload.typing},

@@ -1,0 +1,344 @@
+"""Group commit for chat: every message of this process is stored by one writer.
+
+Sends queue here; the writer takes what has queued (at most ``max_batch``) and stores
+it in one transaction: one statement takes the ``seq``s of every document in the
+batch, one inserts the rows, one commit. While a commit is in flight the next sends
+queue behind it, so a busy server writes large batches and an idle one writes each
+message at once: batches are bounded by size, and by time only by the commit before
+them (nothing waits for a batch to fill).
+
+Each sender is answered after its batch committed; the writer then hands the
+batch's new messages to ``announce`` in ``seq`` order, in the same event-loop turn,
+and records each document's last announced ``seq`` (:meth:`ChatWriter.announced`):
+a join that reads it and enters the room in one turn gets every later message live.
+
+A retry (the same ``client_msg_id`` from the same author in the same document) is
+answered with the stored message and announced nowhere: within a batch by the first
+of its copies; across batches by the unique index, whose violation sends the batch
+down the careful path, which looks the keys up first. The careful path also isolates
+a message that fails on its own (its author deleted meanwhile): it alone is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import case, insert, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.errors import NotFound
+from app.wire import Author, MessageOut
+from storage.db import read_session
+from storage.models import AuthorKind, ChatMessage, Document, utcnow
+from storage.repositories import messages as messages_repo
+
+log = logging.getLogger(__name__)
+
+# Writes made in the message's transaction (an assistant reply's usage).
+Also = Callable[[AsyncSession], Awaitable[object]]
+MESSAGES = ChatMessage.metadata.tables[ChatMessage.__tablename__]
+
+
+@dataclass(eq=False, slots=True)
+class Pending:
+    """A message waiting for its batch; ``done`` gets it and whether it is new."""
+
+    document_id: uuid.UUID
+    author_kind: AuthorKind
+    author_id: uuid.UUID | None
+    author_name: str | None
+    text: str
+    client_msg_id: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    also: Also | None = None
+    skip_connection: str | None = None
+    done: asyncio.Future[tuple[MessageOut, bool]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    @property
+    def key(self) -> tuple[uuid.UUID, uuid.UUID | None, str] | None:
+        """What makes a retry a retry (None: never one)."""
+        if self.client_msg_id is None:
+            return None
+        return (self.document_id, self.author_id, self.client_msg_id)
+
+
+class ChatWriter:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        announce: Callable[[MessageOut, str | None], None],
+        *,
+        max_batch: int,
+        max_known: int,
+    ) -> None:
+        self._sessions = sessions
+        self._announce = announce
+        self._max_batch = max_batch
+        self._queue: deque[Pending] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        # Per document: messages queued or committing, and the last seq announced.
+        self._in_flight: Counter[uuid.UUID] = Counter()
+        self._announced: dict[uuid.UUID, int] = {}
+        self._max_known = max_known
+
+    async def write(self, message: Pending) -> tuple[MessageOut, bool]:
+        """Store ``message`` with its document's next seq (or find its first copy)."""
+        if self._closed:
+            raise RuntimeError("the chat writer is closed")
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="chat writer")
+        self._queue.append(message)
+        self._in_flight[message.document_id] += 1
+        self._wakeup.set()
+        # Shielded: a sender that gives up does not take the message out of a batch
+        # that may be committing; it is stored or refused either way.
+        return await asyncio.shield(message.done)
+
+    async def announced(self, document_id: uuid.UUID) -> int:
+        """The last seq announced in the document: every message up to it was handed
+        to ``announce``, every later one will be. Read it and act on it (enter the
+        room) in one event-loop turn after this returns: see :meth:`announced_now`."""
+        if document_id in self._announced:
+            return self._announced[document_id]
+        async with read_session(self._sessions) as session:
+            stored = await messages_repo.last_seq(session, document_id)
+        # A batch for this document that began meanwhile set what it read before
+        # taking its seqs: that is right, and what was just read may already count
+        # that batch's committed, not yet announced, seqs.
+        self._remember(document_id, stored)
+        return self._announced[document_id]
+
+    def announced_now(self, document_id: uuid.UUID) -> int:
+        """:meth:`announced` without waiting: call it after that, in the same turn."""
+        return self._announced[document_id]
+
+    def _remember(self, document_id: uuid.UUID, seq: int) -> None:
+        if document_id not in self._announced:
+            self._announced[document_id] = seq
+            if len(self._announced) > self._max_known:
+                self._forget_idle()
+
+    def _forget_idle(self) -> None:
+        # The oldest documents with nothing in flight: their seq can be read again
+        # from the database, as no batch of theirs is between its commit and its
+        # announcement.
+        excess = len(self._announced) - self._max_known
+        for document_id in [d for d in self._announced if not self._in_flight[d]][:excess]:
+            del self._announced[document_id]
+
+    async def close(self) -> None:
+        """Store what is queued, then stop; later writes are refused."""
+        self._closed = True
+        if self._task is not None:
+            self._wakeup.set()
+            await self._task
+
+    async def _run(self) -> None:
+        batch: list[Pending] = []
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._queue:
+                    count = min(len(self._queue), self._max_batch)
+                    batch = [self._queue.popleft() for _ in range(count)]
+                    try:
+                        await self._store(batch)
+                    except Exception as exc:  # the database is away: each sender is told
+                        log.exception("could not store %d chat messages", len(batch))
+                        self._settle(batch, exc)
+                if self._closed:
+                    return
+        finally:
+            # Cancelled (the loop is closing): nobody waits for ever.
+            self._closed = True
+            stopped = RuntimeError("the chat writer stopped")
+            self._settle(batch, stopped)  # those it already answered are skipped
+            self._settle(self._queue, stopped)
+            self._queue.clear()
+
+    async def _store(self, batch: list[Pending]) -> None:
+        try:
+            async with self._sessions.begin() as session:
+                stored = await self._insert(session, _first_copies(batch))
+        except IntegrityError:
+            # A retry of a stored message, or a message that cannot be stored.
+            await self._store_carefully(batch)
+            return
+        self._finish(batch, stored, {})
+
+    async def _store_carefully(self, batch: list[Pending]) -> None:
+        async with self._sessions.begin() as session:
+            found = await _stored_copies(session, batch)
+        fresh = [p for p in _first_copies(batch) if p.key not in found]
+        try:
+            async with self._sessions.begin() as session:
+                stored = await self._insert(session, fresh)
+        except IntegrityError:
+            if len(batch) == 1:
+                raise
+            for message in batch:  # find the one that fails; the others are stored
+                try:
+                    await self._store_carefully([message])
+                except Exception as exc:
+                    self._settle([message], exc)
+            return
+        self._finish(batch, stored, found)
+
+    async def _insert(
+        self, session: AsyncSession, messages: list[Pending]
+    ) -> dict[int, MessageOut]:
+        """Take the seqs and insert the rows; what each (by ``id()``) became."""
+        if not messages:
+            return {}
+        counts = Counter(m.document_id for m in messages)
+        increment: Any = (
+            next(iter(counts.values()))
+            if len(counts) == 1
+            else case({d: n for d, n in counts.items()}, value=Document.id)
+        )
+        taken = await session.execute(
+            update(Document)
+            .where(Document.id.in_(counts))
+            .values(last_message_seq=Document.last_message_seq + increment)
+            .returning(Document.id, Document.last_message_seq)
+        )
+        next_seq = {}
+        for document_id, last in taken:
+            next_seq[document_id] = last - counts[document_id] + 1
+            self._remember(document_id, last - counts[document_id])
+        now = utcnow()
+        rows: list[dict[str, Any]] = []
+        stored: dict[int, MessageOut] = {}
+        for message in messages:
+            seq = next_seq.get(message.document_id)
+            if seq is None:
+                continue  # the document is gone: refused in _finish
+            next_seq[message.document_id] = seq + 1
+            row = {
+                "id": uuid.uuid4(),
+                "document_id": message.document_id,
+                "seq": seq,
+                "author_kind": message.author_kind,
+                "author_id": message.author_id,
+                "client_msg_id": message.client_msg_id,
+                "text": message.text,
+                "metadata": message.meta,
+                "created_at": now,
+            }
+            rows.append(row)
+            stored[id(message)] = MessageOut(
+                id=row["id"],
+                document_id=message.document_id,
+                seq=seq,
+                author=Author(
+                    kind=message.author_kind, id=message.author_id, username=message.author_name
+                ),
+                client_msg_id=message.client_msg_id,
+                text=message.text,
+                metadata=message.meta,
+                created_at=now,
+                edited_at=None,
+                deleted=False,
+            )
+        if rows:
+            await session.execute(insert(MESSAGES), rows)
+        for message in messages:
+            if message.also is not None and id(message) in stored:
+                await message.also(session)
+        return stored
+
+    def _finish(
+        self,
+        batch: list[Pending],
+        stored: dict[int, MessageOut],
+        found: dict[tuple[Any, ...], MessageOut],
+    ) -> None:
+        """Announce what is new in seq order, then answer every sender (one turn)."""
+        for message in batch:
+            out = stored.get(id(message))
+            if out is not None:
+                self._announce(out, message.skip_connection)
+                self._announced[message.document_id] = out.seq
+        firsts: dict[tuple[Any, ...], MessageOut] = {}
+        for message in batch:
+            self._in_flight[message.document_id] -= 1
+            if not self._in_flight[message.document_id]:
+                del self._in_flight[message.document_id]
+            out = stored.get(id(message))
+            key = message.key
+            if out is not None:
+                if key is not None:
+                    firsts[key] = out
+                _resolve(message, (out, True))
+            elif key is not None and (key in firsts or key in found):
+                _resolve(message, (firsts.get(key) or found[key], False))
+            else:
+                _fail(message, NotFound("no such document"))
+
+    def _settle(self, batch: Iterable[Pending], exc: BaseException) -> None:
+        for message in batch:
+            if message.done.done():
+                continue
+            self._in_flight[message.document_id] -= 1
+            if not self._in_flight[message.document_id]:
+                del self._in_flight[message.document_id]
+            _fail(message, exc)
+
+
+def _first_copies(batch: list[Pending]) -> list[Pending]:
+    """The batch without later copies of a message (retries sent before its ack)."""
+    seen: set[tuple[Any, ...]] = set()
+    firsts = []
+    for message in batch:
+        key = message.key
+        if key is not None:
+            if key in seen:
+                continue
+            seen.add(key)
+        firsts.append(message)
+    return firsts
+
+
+async def _stored_copies(
+    session: AsyncSession, batch: list[Pending]
+) -> dict[tuple[Any, ...], MessageOut]:
+    """The batch's messages that are stored already, by key, with their authors."""
+    keys = {m.key for m in batch if m.key is not None}
+    if not keys:
+        return {}
+    names: dict[Any, str | None] = {m.key: m.author_name for m in batch}
+    rows = await session.scalars(
+        select(ChatMessage).where(
+            tuple_(ChatMessage.document_id, ChatMessage.author_id, ChatMessage.client_msg_id).in_(
+                list(keys)
+            )
+        )
+    )
+    found: dict[tuple[Any, ...], MessageOut] = {}
+    for row in rows:
+        key = (row.document_id, row.author_id, row.client_msg_id)
+        found[key] = MessageOut.of(row, names.get(key))
+    return found
+
+
+def _resolve(message: Pending, result: tuple[MessageOut, bool]) -> None:
+    if not message.done.done():
+        message.done.set_result(result)
+
+
+def _fail(message: Pending, exc: BaseException) -> None:
+    if not message.done.done():
+        message.done.set_exception(exc)
+        message.done.exception()  # retrieved: a sender that gave up logs nothing

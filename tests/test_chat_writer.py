@@ -1,0 +1,189 @@
+"""The chat writer (group commit) on its own: batches, retries, failures, shutdown.
+
+Each test queues messages in one event-loop turn, so they are committed together,
+against the app's real database (SQLite and PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.errors import NotFound
+from app.keys import SESSIONS
+from app.services.chat_writer import ChatWriter, Pending
+from app.wire import MessageOut
+from storage.models import AuthorKind
+from tests.helpers import Api, User
+
+
+class Writer:
+    """A ChatWriter over the app's database that records what it announces."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], max_batch: int = 500) -> None:
+        self.announced: list[MessageOut] = []
+        self.writer = ChatWriter(
+            sessions,
+            lambda message, _skip: self.announced.append(message),
+            max_batch=max_batch,
+            max_known=100,
+        )
+
+    def message(self, user: User, doc_id: str, text: str, msg_id: str | None = None) -> Pending:
+        return Pending(
+            document_id=uuid.UUID(doc_id),
+            author_kind=AuthorKind.USER,
+            author_id=uuid.UUID(user.id),
+            author_name=user.username,
+            text=text,
+            client_msg_id=msg_id,
+        )
+
+    async def batch(self, *messages: Pending) -> list[Any]:
+        """Queue all of them in one turn; each one's outcome (a result or an error)."""
+        return await asyncio.gather(
+            *(self.writer.write(m) for m in messages), return_exceptions=True
+        )
+
+
+def sessions_of(api: Api) -> async_sessionmaker[AsyncSession]:
+    return api.client.app[SESSIONS]
+
+
+async def stored(api: Api, user: User, doc_id: str) -> list[tuple[int, str, str | None]]:
+    page = await api.call(
+        "GET", f"/api/v1/documents/{doc_id}/messages?after=0&limit=100", user=user
+    )
+    return [(m["seq"], m["text"], m["client_msg_id"]) for m in page["items"]]
+
+
+async def test_one_batch_takes_the_seqs_of_several_documents_in_order(api: Api) -> None:
+    ann = await api.user("ann")
+    first, second = (await api.document(ann, "one"))["id"], (await api.document(ann, "two"))["id"]
+    w = Writer(sessions_of(api))
+    texts = [(first, "a1"), (second, "b1"), (first, "a2"), (first, "a3"), (second, "b2")]
+    outcomes = await w.batch(*(w.message(ann, doc, text) for doc, text in texts))
+    assert [(str(out.document_id), out.seq, new) for out, new in outcomes] == [
+        (first, 1, True),
+        (second, 1, True),
+        (first, 2, True),
+        (first, 3, True),
+        (second, 2, True),
+    ]
+    # Announced in the order taken, each once; a join would enter after the last.
+    assert [(m.text, m.seq) for m in w.announced] == [
+        (t, o[0].seq) for (_, t), o in zip(texts, outcomes, strict=True)
+    ]
+    assert await w.writer.announced(uuid.UUID(first)) == 3
+    assert await stored(api, ann, first) == [(1, "a1", None), (2, "a2", None), (3, "a3", None)]
+    await w.writer.close()
+
+
+async def test_a_retry_in_the_same_batch_or_a_later_one_stores_nothing_more(api: Api) -> None:
+    ann = await api.user("ann")
+    doc = (await api.document(ann, "retries"))["id"]
+    w = Writer(sessions_of(api))
+    (one, new), (again, again_new), (other, _) = await w.batch(
+        w.message(ann, doc, "first", "m-1"),
+        w.message(ann, doc, "first, sent again", "m-1"),
+        w.message(ann, doc, "second", "m-2"),
+    )
+    assert (new, again_new) == (True, False)
+    assert again == one and other.seq == 2
+    # A later batch (the first copy committed): found by its key, in a batch whose
+    # other messages are stored, with no seq used by the retry.
+    outcomes = await w.batch(
+        w.message(ann, doc, "third", "m-3"),
+        w.message(ann, doc, "first, a third time", "m-1"),
+        w.message(ann, doc, "fourth"),
+    )
+    assert [(out.seq, out.text, new) for out, new in outcomes] == [
+        (3, "third", True),
+        (1, "first", False),
+        (4, "fourth", True),
+    ]
+    assert [m.seq for m in w.announced] == [1, 2, 3, 4]
+    assert [seq for seq, _, _ in await stored(api, ann, doc)] == [1, 2, 3, 4]
+    await w.writer.close()
+
+
+async def test_a_message_that_cannot_be_stored_is_refused_alone(api: Api) -> None:
+    ann = await api.user("ann")
+    doc = (await api.document(ann, "mixed"))["id"]
+    gone = await api.document(ann, "deleted")
+    await api.call("DELETE", f"/api/v1/documents/{gone['id']}", user=ann, expect=204)
+    w = Writer(sessions_of(api))
+    ghost = User(str(uuid.uuid4()), "ghost", "", "")  # no such user: a foreign key fails
+    outcomes = await w.batch(
+        w.message(ann, doc, "kept 1", "k-1"),
+        w.message(ghost, doc, "from nobody", "g-1"),
+        w.message(ann, gone["id"], "into a deleted document"),
+        w.message(ann, doc, "kept 2", "k-2"),
+    )
+    assert [out.seq for out, _ in (outcomes[0], outcomes[3])] == [1, 2]
+    assert isinstance(outcomes[1], IntegrityError)
+    assert isinstance(outcomes[2], NotFound)
+    # The refused message took no seq: the next one follows without a gap.
+    ((after, _),) = await w.batch(w.message(ann, doc, "kept 3"))
+    assert after.seq == 3
+    assert [seq for seq, _, _ in await stored(api, ann, doc)] == [1, 2, 3]
+    assert [m.text for m in w.announced] == ["kept 1", "kept 2", "kept 3"]
+    await w.writer.close()
+
+
+class FailingOnce:
+    """A session factory whose first transaction cannot begin (the database away)."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+        self.failed = False
+
+    def __call__(self, **kwargs: Any) -> AsyncSession:
+        return self.sessions(**kwargs)
+
+    def begin(self) -> Any:
+        if self.failed:
+            return self.sessions.begin()
+        self.failed = True
+
+        @asynccontextmanager
+        async def refused() -> AsyncIterator[AsyncSession]:
+            raise OperationalError("BEGIN", {}, ConnectionRefusedError("database away"))
+            yield  # pragma: no cover
+
+        return refused()
+
+
+async def test_a_batch_the_database_refuses_fails_its_senders_and_the_next_one_is_stored(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    ann = await api.user("ann")
+    doc = (await api.document(ann, "outage"))["id"]
+    w = Writer(FailingOnce(sessions_of(api)))  # type: ignore[arg-type]
+    outcomes = await w.batch(w.message(ann, doc, "lost 1"), w.message(ann, doc, "lost 2"))
+    assert all(isinstance(outcome, OperationalError) for outcome in outcomes)
+    assert "could not store 2 chat messages" in caplog.text
+    ((out, _),) = await w.batch(w.message(ann, doc, "stored"))
+    assert out.seq == 1 and [m.text for m in w.announced] == ["stored"]
+    await w.writer.close()
+
+
+async def test_closing_stores_what_is_queued_and_refuses_what_comes_after(api: Api) -> None:
+    ann = await api.user("ann")
+    doc = (await api.document(ann, "closing"))["id"]
+    w = Writer(sessions_of(api), max_batch=2)
+    queued: list[Awaitable[Any]] = [
+        asyncio.ensure_future(w.writer.write(w.message(ann, doc, f"m{n}"))) for n in range(5)
+    ]
+    await asyncio.sleep(0)  # queued, the first batch begun
+    await w.writer.close()
+    assert [out.seq for out, _ in await asyncio.gather(*queued)] == [1, 2, 3, 4, 5]
+    with pytest.raises(RuntimeError, match="closed"):
+        await w.writer.write(w.message(ann, doc, "too late"))
