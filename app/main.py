@@ -139,6 +139,7 @@ def create_app(settings: Settings) -> web.Application:
             )
             app[CHAT_SERVICE] = chat = ChatService(
                 sessions,
+                engine,
                 broadcaster,
                 memberships,
                 page_size=settings.history_page_size,

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from storage.models import AuthorKind, ChatMessage
+from storage.repositories.messages import MessageRow
 
 # The largest seq a client may name (a BIGINT column; past it the database driver fails).
 MAX_SEQ = 2**63 - 1
@@ -56,6 +57,22 @@ class MessageOut(BaseModel):
     created_at: datetime
     edited_at: datetime | None
     deleted: bool
+
+    @classmethod
+    def of_row(cls, row: MessageRow) -> MessageOut:
+        """From a history read's row (``storage.repositories.messages.MessageRow``)."""
+        return cls(
+            id=row.id,
+            document_id=row.document_id,
+            seq=row.seq,
+            author=Author(kind=row.author_kind, id=row.author_id, username=row.username),
+            client_msg_id=row.client_msg_id,
+            text=row.text,
+            metadata=row.meta,
+            created_at=row.created_at,
+            edited_at=row.edited_at,
+            deleted=row.deleted_at is not None,
+        )
 
     @classmethod
     def of(cls, message: ChatMessage, username: str | None) -> MessageOut:

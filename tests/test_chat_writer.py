@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.errors import NotFound
-from app.keys import SESSIONS
+from app.keys import ENGINE
 from app.services.chat_writer import ChatWriter, Pending
 from app.wire import MessageOut
 from storage.models import AuthorKind
@@ -27,10 +26,10 @@ from tests.helpers import Api, User
 class Writer:
     """A ChatWriter over the app's database that records what it announces."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], max_batch: int = 500) -> None:
+    def __init__(self, engine: AsyncEngine, max_batch: int = 500) -> None:
         self.announced: list[MessageOut] = []
         self.writer = ChatWriter(
-            sessions,
+            engine,
             lambda message, _skip: self.announced.append(message),
             max_batch=max_batch,
             max_known=100,
@@ -53,8 +52,8 @@ class Writer:
         )
 
 
-def sessions_of(api: Api) -> async_sessionmaker[AsyncSession]:
-    return api.client.app[SESSIONS]
+def engine_of(api: Api) -> AsyncEngine:
+    return api.client.app[ENGINE]
 
 
 async def stored(api: Api, user: User, doc_id: str) -> list[tuple[int, str, str | None]]:
@@ -67,7 +66,7 @@ async def stored(api: Api, user: User, doc_id: str) -> list[tuple[int, str, str 
 async def test_one_batch_takes_the_seqs_of_several_documents_in_order(api: Api) -> None:
     ann = await api.user("ann")
     first, second = (await api.document(ann, "one"))["id"], (await api.document(ann, "two"))["id"]
-    w = Writer(sessions_of(api))
+    w = Writer(engine_of(api))
     texts = [(first, "a1"), (second, "b1"), (first, "a2"), (first, "a3"), (second, "b2")]
     outcomes = await w.batch(*(w.message(ann, doc, text) for doc, text in texts))
     assert [(str(out.document_id), out.seq, new) for out, new in outcomes] == [
@@ -89,7 +88,7 @@ async def test_one_batch_takes_the_seqs_of_several_documents_in_order(api: Api) 
 async def test_a_retry_in_the_same_batch_or_a_later_one_stores_nothing_more(api: Api) -> None:
     ann = await api.user("ann")
     doc = (await api.document(ann, "retries"))["id"]
-    w = Writer(sessions_of(api))
+    w = Writer(engine_of(api))
     (one, new), (again, again_new), (other, _) = await w.batch(
         w.message(ann, doc, "first", "m-1"),
         w.message(ann, doc, "first, sent again", "m-1"),
@@ -119,7 +118,7 @@ async def test_a_message_that_cannot_be_stored_is_refused_alone(api: Api) -> Non
     doc = (await api.document(ann, "mixed"))["id"]
     gone = await api.document(ann, "deleted")
     await api.call("DELETE", f"/api/v1/documents/{gone['id']}", user=ann, expect=204)
-    w = Writer(sessions_of(api))
+    w = Writer(engine_of(api))
     ghost = User(str(uuid.uuid4()), "ghost", "", "")  # no such user: a foreign key fails
     outcomes = await w.batch(
         w.message(ann, doc, "kept 1", "k-1"),
@@ -139,24 +138,19 @@ async def test_a_message_that_cannot_be_stored_is_refused_alone(api: Api) -> Non
 
 
 class FailingOnce:
-    """A session factory whose first transaction cannot begin (the database away)."""
+    """An engine whose first connection cannot be made (the database away)."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self.sessions = sessions
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
         self.failed = False
 
-    def __call__(self, **kwargs: Any) -> AsyncSession:
-        return self.sessions(**kwargs)
-
-    def begin(self) -> Any:
+    def connect(self) -> Any:
         if self.failed:
-            return self.sessions.begin()
+            return self.engine.connect()
         self.failed = True
 
-        @asynccontextmanager
-        async def refused() -> AsyncIterator[AsyncSession]:
-            raise OperationalError("BEGIN", {}, ConnectionRefusedError("database away"))
-            yield  # pragma: no cover
+        async def refused() -> None:
+            raise OperationalError("connect", {}, ConnectionRefusedError("database away"))
 
         return refused()
 
@@ -166,7 +160,7 @@ async def test_a_batch_the_database_refuses_fails_its_senders_and_the_next_one_i
 ) -> None:
     ann = await api.user("ann")
     doc = (await api.document(ann, "outage"))["id"]
-    w = Writer(FailingOnce(sessions_of(api)))  # type: ignore[arg-type]
+    w = Writer(FailingOnce(engine_of(api)))  # type: ignore[arg-type]
     outcomes = await w.batch(w.message(ann, doc, "lost 1"), w.message(ann, doc, "lost 2"))
     assert all(isinstance(outcome, OperationalError) for outcome in outcomes)
     assert "could not store 2 chat messages" in caplog.text
@@ -178,7 +172,7 @@ async def test_a_batch_the_database_refuses_fails_its_senders_and_the_next_one_i
 async def test_closing_stores_what_is_queued_and_refuses_what_comes_after(api: Api) -> None:
     ann = await api.user("ann")
     doc = (await api.document(ann, "closing"))["id"]
-    w = Writer(sessions_of(api), max_batch=2)
+    w = Writer(engine_of(api), max_batch=2)
     queued: list[Awaitable[Any]] = [
         asyncio.ensure_future(w.writer.write(w.message(ann, doc, f"m{n}"))) for n in range(5)
     ]

@@ -95,12 +95,12 @@ async def test_history_pages_both_ways(sessions: Sessions) -> None:
         await send(sessions, document, author, f"m{i + 1}", None)
     async with sessions() as session:
         newest = await messages.messages_before(session, document, None, limit=3)
-        older = await messages.messages_before(session, document, newest[0][0].seq, limit=3)
+        older = await messages.messages_before(session, document, newest[0].seq, limit=3)
         after = await messages.messages_after(session, document, 5, limit=10)
-    assert [m.seq for m, _ in newest] == [5, 6, 7]
-    assert [m.seq for m, _ in older] == [2, 3, 4]
-    assert [m.text for m, _ in after] == ["m6", "m7"]
-    assert {username for _, username in after} == {author_name}
+    assert [m.seq for m in newest] == [5, 6, 7]
+    assert [m.seq for m in older] == [2, 3, 4]
+    assert [m.text for m in after] == ["m6", "m7"]
+    assert {m.username for m in after} == {author_name}
 
 
 def yjs_update(doc: pycrdt.Doc, text: str) -> bytes:

@@ -380,10 +380,10 @@ class Assistant:
             )
         lines: list[str] = []
         budget = limits.context_tokens
-        for message, username in reversed(recent):  # newest first, until the budget is spent
+        for message in reversed(recent):  # newest first, until the budget is spent
             if message.deleted_at is not None:
                 continue
-            who = "assistant" if message.author_kind is AuthorKind.ASSISTANT else username
+            who = "assistant" if message.author_kind is AuthorKind.ASSISTANT else message.username
             line = f"{who}: {message.text}"
             budget -= estimate_tokens(line)
             if budget < 0:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.auth.principal import Principal
 from app.errors import Forbidden, NotFound
@@ -41,6 +41,7 @@ class ChatService:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
+        engine: AsyncEngine,
         broadcaster: Broadcaster,
         memberships: Memberships,
         *,
@@ -51,7 +52,7 @@ class ChatService:
         self._broadcaster = broadcaster
         self._memberships = memberships
         self._writer = ChatWriter(
-            sessions,
+            engine,
             self._announce_new,
             max_batch=max_batch,
             max_known=memberships.max_entries,
@@ -100,15 +101,15 @@ class ChatService:
             # Seqs are gapless: the rows run from since_seq + 1. Those past last_seq
             # will come live; those committed and announced while the read ran are
             # read now (a batch at most).
-            rows = [row for row in rows if row[0].seq <= last_seq]
+            rows = [row for row in rows if row.seq <= last_seq]
             read_up_to = since_seq + len(rows)
             if len(rows) <= self.page_size and read_up_to < last_seq:
                 async with read_session(self._sessions) as session:
                     more = await messages_repo.messages_after(
                         session, document_id, read_up_to, limit=self.page_size + 1 - len(rows)
                     )
-                rows += [row for row in more if row[0].seq <= last_seq]
-        page = [MessageOut.of(m, name) for m, name in rows[: self.page_size]]
+                rows += [row for row in more if row.seq <= last_seq]
+        page = [MessageOut.of_row(row) for row in rows[: self.page_size]]
         return Backlog(page, has_more=len(rows) > self.page_size, last_seq=last_seq)
 
     async def send(
@@ -182,11 +183,11 @@ class ChatService:
                 rows = await messages_repo.messages_after(
                     session, document_id, after_seq, limit=limit + 1
                 )
-                return [MessageOut.of(m, n) for m, n in rows[:limit]], len(rows) > limit
+                return [MessageOut.of_row(row) for row in rows[:limit]], len(rows) > limit
             rows = await messages_repo.messages_before(
                 session, document_id, before_seq, limit=limit + 1
             )
-        return [MessageOut.of(m, n) for m, n in rows[-limit:]], len(rows) > limit
+        return [MessageOut.of_row(row) for row in rows[-limit:]], len(rows) > limit
 
     async def edit(
         self,

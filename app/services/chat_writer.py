@@ -22,20 +22,20 @@ a message that fails on its own (its author deleted meanwhile): it alone is refu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import case, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.errors import NotFound
 from app.wire import Author, MessageOut
-from storage.db import read_session
 from storage.models import AuthorKind, ChatMessage, Document, utcnow
 from storage.repositories import messages as messages_repo
 
@@ -74,13 +74,16 @@ class Pending:
 class ChatWriter:
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        engine: AsyncEngine,
         announce: Callable[[MessageOut, str | None], None],
         *,
         max_batch: int,
         max_known: int,
     ) -> None:
-        self._sessions = sessions
+        self._engine = engine
+        # The writer's own connection, kept between batches: a batch costs no pool
+        # checkout (and no liveness ping); dropped after any failure.
+        self._connection: AsyncConnection | None = None
         self._announce = announce
         self._max_batch = max_batch
         self._queue: deque[Pending] = deque()
@@ -111,8 +114,8 @@ class ChatWriter:
         room) in one event-loop turn after this returns: see :meth:`announced_now`."""
         if document_id in self._announced:
             return self._announced[document_id]
-        async with read_session(self._sessions) as session:
-            stored = await messages_repo.last_seq(session, document_id)
+        async with self._engine.connect() as connection:
+            stored = await messages_repo.last_seq(connection, document_id)
         # A batch for this document that began meanwhile set what it read before
         # taking its seqs: that is right, and what was just read may already count
         # that batch's committed, not yet announced, seqs.
@@ -143,6 +146,9 @@ class ChatWriter:
         if self._task is not None:
             self._wakeup.set()
             await self._task
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
 
     async def _run(self) -> None:
         batch: list[Pending] = []
@@ -168,10 +174,23 @@ class ChatWriter:
             self._settle(self._queue, stopped)
             self._queue.clear()
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        if self._connection is None:
+            self._connection = await self._engine.connect()
+        try:
+            async with self._connection.begin():
+                yield self._connection
+        except BaseException:
+            connection, self._connection = self._connection, None
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
+
     async def _store(self, batch: list[Pending]) -> None:
         try:
-            async with self._sessions.begin() as session:
-                stored = await self._insert(session, _first_copies(batch))
+            async with self._transaction() as connection:
+                stored = await self._insert(connection, _first_copies(batch))
         except IntegrityError:
             # A retry of a stored message, or a message that cannot be stored.
             await self._store_carefully(batch)
@@ -179,12 +198,12 @@ class ChatWriter:
         self._finish(batch, stored, {})
 
     async def _store_carefully(self, batch: list[Pending]) -> None:
-        async with self._sessions.begin() as session:
-            found = await _stored_copies(session, batch)
+        async with self._transaction() as connection:
+            found = await _stored_copies(connection, batch)
         fresh = [p for p in _first_copies(batch) if p.key not in found]
         try:
-            async with self._sessions.begin() as session:
-                stored = await self._insert(session, fresh)
+            async with self._transaction() as connection:
+                stored = await self._insert(connection, fresh)
         except IntegrityError:
             if len(batch) == 1:
                 raise
@@ -197,7 +216,7 @@ class ChatWriter:
         self._finish(batch, stored, found)
 
     async def _insert(
-        self, session: AsyncSession, messages: list[Pending]
+        self, connection: AsyncConnection, messages: list[Pending]
     ) -> dict[int, MessageOut]:
         """Take the seqs and insert the rows; what each (by ``id()``) became."""
         if not messages:
@@ -208,7 +227,7 @@ class ChatWriter:
             if len(counts) == 1
             else case({d: n for d, n in counts.items()}, value=Document.id)
         )
-        taken = await session.execute(
+        taken = await connection.execute(
             update(Document)
             .where(Document.id.in_(counts))
             .values(last_message_seq=Document.last_message_seq + increment)
@@ -253,10 +272,13 @@ class ChatWriter:
                 deleted=False,
             )
         if rows:
-            await session.execute(insert(MESSAGES), rows)
-        for message in messages:
-            if message.also is not None and id(message) in stored:
-                await message.also(session)
+            await connection.execute(insert(MESSAGES), rows)
+        also = [m.also for m in messages if m.also is not None and id(m) in stored]
+        if also:
+            async with AsyncSession(bind=connection) as session:  # in this transaction
+                for write in also:
+                    await write(session)
+                await session.flush()
         return stored
 
     def _finish(
@@ -312,15 +334,15 @@ def _first_copies(batch: list[Pending]) -> list[Pending]:
 
 
 async def _stored_copies(
-    session: AsyncSession, batch: list[Pending]
+    connection: AsyncConnection, batch: list[Pending]
 ) -> dict[tuple[Any, ...], MessageOut]:
     """The batch's messages that are stored already, by key, with their authors."""
     keys = {m.key for m in batch if m.key is not None}
     if not keys:
         return {}
     names: dict[Any, str | None] = {m.key: m.author_name for m in batch}
-    rows = await session.scalars(
-        select(ChatMessage).where(
+    rows = await connection.execute(
+        select(MESSAGES).where(
             tuple_(ChatMessage.document_id, ChatMessage.author_id, ChatMessage.client_msg_id).in_(
                 list(keys)
             )
@@ -329,7 +351,18 @@ async def _stored_copies(
     found: dict[tuple[Any, ...], MessageOut] = {}
     for row in rows:
         key = (row.document_id, row.author_id, row.client_msg_id)
-        found[key] = MessageOut.of(row, names.get(key))
+        found[key] = MessageOut(
+            id=row.id,
+            document_id=row.document_id,
+            seq=row.seq,
+            author=Author(kind=row.author_kind, id=row.author_id, username=names.get(key)),
+            client_msg_id=row.client_msg_id,
+            text=row.text,
+            metadata=row.metadata,
+            created_at=row.created_at,
+            edited_at=row.edited_at,
+            deleted=row.deleted_at is not None,
+        )
     return found
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Row, Select, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from storage.errors import AlreadyExists
 from storage.models import AuthorKind, ChatMessage, Document, User
@@ -67,18 +67,33 @@ async def append_message(
     return message
 
 
-async def last_seq(session: AsyncSession, document_id: uuid.UUID) -> int:
+async def last_seq(session: AsyncSession | AsyncConnection, document_id: uuid.UUID) -> int:
     """The newest ``seq`` handed out in the document (0 before the first message)."""
     seq = await session.scalar(select(Document.last_message_seq).where(Document.id == document_id))
     return int(seq or 0)
 
 
-# A message with its author's username (None for the assistant or a deleted user).
-MessageRow = tuple[ChatMessage, str | None]
+# A message's columns and its author's username (None for the assistant or a deleted
+# user), as plain rows: the hot reads (history, catch-up) build no ORM objects.
+MessageRow = Row[Any]
+_ROW_COLUMNS = (
+    ChatMessage.id,
+    ChatMessage.document_id,
+    ChatMessage.seq,
+    ChatMessage.author_kind,
+    ChatMessage.author_id,
+    ChatMessage.client_msg_id,
+    ChatMessage.text,
+    ChatMessage.meta,
+    ChatMessage.created_at,
+    ChatMessage.edited_at,
+    ChatMessage.deleted_at,
+    User.username,
+)
 
 
-def _with_author() -> Select[ChatMessage, str]:
-    return select(ChatMessage, User.username).outerjoin(User, User.id == ChatMessage.author_id)
+def _with_author() -> Select[Any]:
+    return select(*_ROW_COLUMNS).outerjoin(User, User.id == ChatMessage.author_id)
 
 
 async def get_message(
@@ -98,7 +113,7 @@ async def messages_after(
         .order_by(ChatMessage.seq)
         .limit(limit)
     )
-    return [(row[0], row[1]) for row in await session.execute(query)]
+    return list(await session.execute(query))
 
 
 async def messages_before(
@@ -109,4 +124,4 @@ async def messages_before(
     if before_seq is not None:
         query = query.where(ChatMessage.seq < before_seq)
     rows = await session.execute(query.order_by(ChatMessage.seq.desc()).limit(limit))
-    return [(row[0], row[1]) for row in reversed(rows.all())]
+    return list(reversed(rows.all()))
