@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.harness import NODE_DIR, ServerProcess, free_port
+from bench.harness import LOAD_CPU, NODE_DIR, ROOT, ServerProcess, free_port, pinned
 
 BENCH_JWT_SECRET = "bench-secret-" + "x" * 40
 BENCH_PASSWORD = "bench password 1"
@@ -37,6 +37,8 @@ class Target:
     extract: list[str]
     tokens: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # roomserver: the environment it was started with (its settings), for seed_users.
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @asynccontextmanager
@@ -139,6 +141,7 @@ async def ours(
             extract=["state"],
             tokens=tokens,
             extra={"document_id": document_id},
+            env=env,
         )
     finally:
         await server.stop()
@@ -177,6 +180,51 @@ def _room_with_members(base: str, users: int) -> tuple[list[str], str]:
             tokens[0],
         )
     return tokens, document["id"]
+
+
+@dataclass(frozen=True)
+class BenchUser:
+    id: str
+    username: str
+    token: str
+
+
+async def seed_users(target: Target, count: int, prefix: str) -> list[BenchUser]:
+    """``count`` new users of roomserver ``target`` with access tokens, made beside the
+    running server by ``python -m bench.seed_users`` (its docstring says how and why)."""
+    process = await asyncio.create_subprocess_exec(
+        *pinned([sys.executable, "-m", "bench.seed_users", str(count), prefix], LOAD_CPU),
+        env={**os.environ, **target.env},
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        limit=64 * 1024 * 1024,
+    )
+    output, _ = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"python -m bench.seed_users exited with {process.returncode}")
+    return [BenchUser(**user) for user in json.loads(output)["users"]]
+
+
+MEMBER_REQUESTS_AT_ONCE = 8
+
+
+async def room_of(target: Target, members: list[BenchUser], title: str = "bench") -> str:
+    """A new document owned by ``members[0]``, the others added as editors: the REST API's
+    own routes (POST /documents, PUT /documents/{id}/members/{user_id}), some at once."""
+    base, owner = target.server.url, members[0].token
+    created = await asyncio.to_thread(
+        api_call, base, "POST", "/api/v1/documents", {"title": title}, owner
+    )
+    document_id = str(created["id"])
+    pending = iter(members[1:])
+
+    async def adder() -> None:
+        for member in pending:
+            path = f"/api/v1/documents/{document_id}/members/{member.id}"
+            await asyncio.to_thread(api_call, base, "PUT", path, {"role": "editor"}, owner)
+
+    await asyncio.gather(*(adder() for _ in range(MEMBER_REQUESTS_AT_ONCE)))
+    return document_id
 
 
 # --- Yjs documents over the y-socket.io protocol ----------------------------------------

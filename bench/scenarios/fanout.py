@@ -62,8 +62,15 @@ class FanoutResult:
 
 
 async def run_size(
-    target: Target, size: int, *, repeats: int, rates: tuple[int, ...]
+    target: Target,
+    size: int,
+    *,
+    repeats: int,
+    rates: tuple[int, ...],
+    client: str | None = None,
 ) -> FanoutResult:
+    """``client="wire"``: the receivers are bench/node/wire.mjs connections, which cost
+    the load core less per delivery than socket.io-client (the sender is the latter)."""
     workers = [await LoadWorker.start() for _ in range(2 if size >= 1000 else 1)]
     sender = await LoadWorker.start()
     try:
@@ -71,7 +78,7 @@ async def run_size(
         started = time.monotonic()
         replies = await asyncio.gather(
             *(
-                connect(worker, target, count)
+                connect(worker, target, count, client=client)
                 for worker, count in zip(workers, split(size, len(workers)), strict=True)
             )
         )
@@ -106,9 +113,12 @@ def split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-async def connect(worker: LoadWorker, target: Target, count: int) -> dict[str, Any]:
+async def connect(
+    worker: LoadWorker, target: Target, count: int, *, client: str | None = None
+) -> dict[str, Any]:
     return await worker.request(
         op="connect",
+        client=client,
         url=target.server.url,
         count=count,
         tokens=target.tokens,
@@ -162,7 +172,14 @@ async def burst_once(
     received = sum(s["received"] for s in stats)
     last = max(s["last_ms"] or 0 for s in stats)
     seconds = max((last - sent["first_ms"]) / 1000, 1e-3)
-    return Throughput(received / seconds, received >= expected, server_cpu.share, load_cpu.share)
+    # CPU shares over the burst itself, not over the meters' window, which also holds
+    # the wait for the receivers' counts (up to a poll interval after the burst ended).
+    return Throughput(
+        received / seconds,
+        received >= expected,
+        server_cpu.cpu / seconds,
+        load_cpu.cpu / seconds,
+    )
 
 
 async def at_rate(
