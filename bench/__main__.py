@@ -1,6 +1,6 @@
 """``python -m bench``: run every scenario against roomserver and the baselines.
 
-``--only documents`` (or ``fanout``, ``connections``, ``chat``, ``assistant``,
+``--only documents`` (or ``fanout``, ``connections``, ``chat``, ``joins``, ``assistant``,
 comma-separated) runs some of them and keeps the other sections of the existing report,
 each credited to the run that measured it.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 from bench import report
 from bench.harness import ROOT, ensure_node_modules
 from bench.scenarios import assistant, chat, connections, documents, fanout
+from bench.scenarios import joins as joining
 from bench.targets import (
     node_baseline,
     ours,
@@ -29,7 +30,7 @@ from bench.targets import (
 
 COMPRESSION = {"WEBSOCKET_COMPRESSION": "true"}
 NO_GC_FREEZE = {"GC_FREEZE": "false"}
-SCENARIOS = ("fanout", "connections", "chat", "documents", "assistant")
+SCENARIOS = ("fanout", "connections", "chat", "joins", "documents", "assistant")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held", type=int, default=10_000, help="connections to hold")
     parser.add_argument("--hold-seconds", type=float, default=60.0)
     parser.add_argument("--storm", type=int, default=5_000, help="clients disconnecting at once")
-    parser.add_argument("--chat-seconds", type=float, default=3.0)
+    parser.add_argument("--chat-seconds", type=float, default=3.0, help="length of a chat run")
+    parser.add_argument(
+        "--join-users", type=int, default=1_000, help="distinct users joining one room"
+    )
     parser.add_argument(
         "--yjs-rates", default="20,40", help="keystrokes/s in all, among 10 typists of 100"
     )
@@ -74,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             hold_seconds=args.hold_seconds,
             storm=args.storm,
             chat_seconds=args.chat_seconds,
+            join_users=args.join_users,
             yjs_rates=tuple(int(rate) for rate in args.yjs_rates.split(",")),
             yjs_seconds=args.yjs_seconds,
             join_bytes=args.join_bytes,
@@ -104,6 +109,7 @@ async def run(
     hold_seconds: float,
     storm: int,
     chat_seconds: float,
+    join_users: int,
     yjs_rates: tuple[int, ...],
     yjs_seconds: float,
     join_bytes: int,
@@ -145,15 +151,36 @@ async def run(
     if "chat" in only:
         chat_results = []
         async for chat_result in chat.run(
-            ("SQLite", "PostgreSQL"), (1, 10, 100), repeats=repeats, seconds=chat_seconds
+            ("SQLite", "PostgreSQL"), repeats=repeats, seconds=chat_seconds
         ):
+            c = chat_result
             print(
-                f"chat {chat_result.backend} x{chat_result.senders}: "
-                f"{chat_result.acked_per_s:,.0f}/s",
+                f"chat {c.backend}: room of {chat.HOT_SENDERS} {c.hot.acked_per_s:,.0f}/s, "
+                f"{c.hot.cpu_us_per_ack:,.0f} µs/ack ({c.solo.cpu_us_per_ack:,.0f} alone); "
+                f"open loop {chat.OPEN_RATE}/s p99 {_ms(c.open.latency.percentile(0.99))} ms, "
+                f"{c.open.acked}/{c.open.sent} acked; room of {chat.LARGE_ROOM} "
+                f"{c.large.delivered_per_s:,.0f} deliveries/s ({c.large_vs_fanout:.2f}x "
+                f"fan-out); {chat.MANY_ROOMS} rooms {c.many.acked_per_s:,.0f}/s",
                 flush=True,
             )
             chat_results.append(chat_result)
         sections.append(report.chat_section(chat_results))
+    if "joins" in only:
+        join_results = []
+        join_variants: list[tuple[str, joining.TargetFactory, bool | None]] = [
+            ("roomserver", ours, False),
+            ("roomserver, join with since_seq 0", ours, True),
+            ("Node socket.io 4", node_baseline, None),
+        ]
+        async for join_result in joining.run(join_variants, users=join_users, repeats=repeats):
+            print(
+                f"joins {join_result.server}: {join_result.users:,} in "
+                f"{join_result.wall_s:.2f} s, {join_result.cpu_us_per_join:,.0f} µs of "
+                "server CPU each",
+                flush=True,
+            )
+            join_results.append(join_result)
+        sections.append(report.joins_section(join_results))
     if "documents" in only:
         document_results = []
         async for document_result in documents.run(

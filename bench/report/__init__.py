@@ -1,11 +1,14 @@
 """Render results as docs/benchmarks.md with PNG plots beside it: one module per
-section (rooms, connections, documents, assistant), the file around them (file.py)."""
+section (rooms, connections, chat, joins, documents, assistant), the file around them
+(file.py)."""
 
 from bench.report.assistant import assistant_section
+from bench.report.chat import chat_section
 from bench.report.connections import connections_section
 from bench.report.documents import documents_section
 from bench.report.file import write
-from bench.report.rooms import chat_section, fanout_section
+from bench.report.joins import joins_section
+from bench.report.rooms import fanout_section
 
 __all__ = [
     "assistant_section",
@@ -13,5 +16,6 @@ __all__ = [
     "connections_section",
     "documents_section",
     "fanout_section",
+    "joins_section",
     "write",
 ]

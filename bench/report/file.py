@@ -111,7 +111,8 @@ def write(
         f"Machine: {machine()}.",
         "",
         "Servers ran pinned to core 0 and the load generators (Node: `socket.io-client` in "
-        "bench/node/loadgen.mjs, with `yjs` in bench/node/yjsgen.mjs for the Yjs documents, "
+        "bench/node/loadgen.mjs, or its minimal client bench/node/wire.mjs where a section "
+        "says so, with `yjs` in bench/node/yjsgen.mjs for the Yjs documents, "
         "bench/node/aigen.mjs for the assistant, whose stand-in upstream shares their core) "
         "to core 1; the *load CPU* column shows the generators were not the limit when it "
         "stays well under 100%. Every server runs with its library defaults (roomserver: "

@@ -1,11 +1,10 @@
-"""The room sections: fan-out against the baselines, and chat with persistence."""
+"""The room fan-out section, against the baselines (chat with persistence: chat.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from bench.report.common import ms, plot_cdf, plt, ratio
-from bench.scenarios.chat import ChatResult
 from bench.scenarios.fanout import FanoutResult
 
 BASELINES = ("plain python-socketio", "Node socket.io 4")
@@ -111,26 +110,3 @@ def _fanout_plots(
         f"![latency distribution]({plots.name}/fanout-latency.png)",
         "",
     ]
-
-
-def chat_section(results: list[ChatResult]) -> str:
-    lines = [
-        "## Chat with persistence",
-        "",
-        "roomserver only (the baselines store nothing). Each sender sends, waits for the ack "
-        "(the message is committed with its `seq`), and sends again. All senders share one "
-        "room, the hot-room case: a document's sends are ordered by design, so one room's "
-        "rate is the rate of one ordered stream of commits, each also fanned out to the "
-        "other senders.",
-        "",
-        "| database | senders | acked sends/s | ack p50 (ms) | ack p99 (ms) | failed "
-        "| server CPU |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r.backend} | {r.senders} | {r.acked_per_s:,.0f} "
-            f"| {ms(r.latency.percentile(0.5))} | {ms(r.latency.percentile(0.99))} "
-            f"| {r.failed} | {sorted(r.server_cpu)[len(r.server_cpu) // 2]:.0%} |"
-        )
-    return "\n".join(lines) + "\n"

@@ -1,0 +1,54 @@
+"""The joins section (issue 12): many distinct users joining one room, against Node."""
+
+from __future__ import annotations
+
+import statistics
+
+from bench.report.common import ms, times
+from bench.scenarios.joins import BACKLOG, CONCURRENCY, WORKERS, JoinResult
+
+NODE = "Node socket.io 4"
+
+
+def joins_section(results: list[JoinResult]) -> str:
+    node = next((r for r in results if r.server == NODE), None)
+    users = max((r.users for r in results), default=0)
+    lines = [
+        "## Joins",
+        "",
+        f"{users:,} distinct users connect (websocket) and join one room, {WORKERS} load "
+        f"generators {CONCURRENCY} at a time each; a fresh server for every run. "
+        "roomserver tells the room when a user's first connection joins, so each join "
+        "costs it a delivery to everyone already there (issue 12 measured 65 s for this "
+        "against Node's 1 s); the Node baseline's join tells nobody. roomserver's users "
+        "are made beside it through the app's own code (bench/seed_users.py: Argon2id "
+        "registration and sign-in would cost minutes of the server's core first) and "
+        f"added to the document over REST; the room holds {BACKLOG} messages first, and "
+        f"the *since_seq* variant's joins carry `since_seq: 0`, so each ack brings them "
+        "(one catch-up page). *Connect+join*: from the first connect to the last join "
+        "ack. *Server CPU per join*: its CPU time from the first connect until it was "
+        "idle again (the presence events still queued after the last ack are the joins' "
+        "cost too), and until the last ack. *Presence events*: `presence:joined` (or "
+        "`presence:changed`, their batched form) the clients received. *Load CPU*: the "
+        f"{WORKERS} generators' share of core 1 until the last ack; *others' CPU*: what "
+        "every other process on the machine used meanwhile (a shared machine). Medians of "
+        "the runs.",
+        "",
+        "| server | users | connect+join (s) | vs Node | server CPU per join (µs) | vs Node "
+        "| ...until the last ack (µs) | join p50 / p99 (ms) | presence events received "
+        "| messages in the join acks | load CPU | others' CPU |",
+        "| --- " * 12 + "|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.server} | {r.users:,} | {r.wall_s:.2f} "
+            f"| {times(r.wall_s, node.wall_s if node else None)} "
+            f"| {r.cpu_us_per_join:,.0f} "
+            f"| {times(r.cpu_us_per_join, node.cpu_us_per_join if node else None)} "
+            f"| {r.cpu_us_per_join_at_ack:,.0f} "
+            f"| {ms(statistics.median(r.join_p50_ms))} / {ms(statistics.median(r.join_p99_ms))} "
+            f"| {statistics.median(r.presence):,.0f} "
+            f"| {statistics.median(r.caught_up):,.0f} "
+            f"| {statistics.median(r.load_cpu):.0%} | {statistics.median(r.others_cpu):.0%} |"
+        )
+    return "\n".join(lines) + "\n"
