@@ -1,31 +1,63 @@
-"""Who is in a room: per user over all their connections, with per-connection state.
+"""Who is in a room, and how the room hears who came and went.
 
-The room hears ``presence:joined`` when a user's first connection enters and
-``presence:left`` when their last one goes, not when a second tab opens. The
-methods are coroutines so a cluster-wide store (Redis) can stand in later.
+``Presence`` keeps each room's users over all their connections, with per-connection
+state; a user arrives with their first connection and leaves with their last, not when
+a second tab opens or closes. Its methods are coroutines so a cluster-wide store
+(Redis) can stand in later.
+
+``PresenceChanges`` announces arrivals and departures a room at a time: those of one
+interval (``PRESENCE_BATCH_SECONDS``) go out together, so a burst of N joins costs
+each member one event or a few rather than N (docs/protocol.md §5.7,
+``presence:changed``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 
 class Departure(enum.Enum):
     NOTHING = "nothing"  # not there, or a connection without state of a user who stays
     STATE = "state"  # the user stays; this connection's state goes (presence:state null)
-    USER = "user"  # the user's last connection (presence:left)
+    USER = "user"  # the user's last connection (announced as left)
 
 
-@dataclass
 class PresentUser:
-    username: str
-    connections: set[str] = field(default_factory=set)
-    # sid -> latest state (cursor, selection, status), for the connections that set one:
-    # a join lists these, not every connection (that made a room's joins cost O(N^2)).
-    states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    __slots__ = ("_entry", "connections", "states", "user_id", "username")
+
+    def __init__(self, user_id: uuid.UUID, username: str) -> None:
+        self.user_id = str(user_id)
+        self.username = username
+        self.connections: set[str] = set()
+        # sid -> latest state (cursor, selection, status), for the connections that set
+        # one: a join lists these, not every connection (that made joins cost O(N^2)).
+        self.states: dict[str, dict[str, Any]] = {}
+        self._entry: bytes | None = None
+
+    def entry(self) -> bytes:
+        """This user's entry in a join's ``presence``, encoded; kept until it changes,
+        so that a join in a room of N users encodes one entry, not N."""
+        if self._entry is None:
+            self._entry = orjson.dumps(
+                {
+                    "user_id": self.user_id,
+                    "username": self.username,
+                    "connection_count": len(self.connections),
+                    "connections": [
+                        {"connection_id": sid, "state": state} for sid, state in self.states.items()
+                    ],
+                }
+            )
+        return self._entry
+
+    def changed(self) -> None:
+        self._entry = None
 
 
 class Presence:
@@ -40,8 +72,9 @@ class Presence:
         user = users.get(user_id)
         first = user is None
         if user is None:
-            user = users[user_id] = PresentUser(username)
+            user = users[user_id] = PresentUser(user_id, username)
         user.connections.add(sid)
+        user.changed()
         return first
 
     async def leave(self, document_id: uuid.UUID, user_id: uuid.UUID, sid: str) -> Departure:
@@ -51,6 +84,7 @@ class Presence:
         if user is None or sid not in user.connections:
             return Departure.NOTHING
         user.connections.discard(sid)
+        user.changed()
         had_state = user.states.pop(sid, None) is not None
         if user.connections:
             # Nobody holds an entry for a connection that never set a state: its leaving
@@ -71,22 +105,109 @@ class Presence:
             user.states[sid] = state
         else:
             user.states.pop(sid, None)
+        user.changed()
         return True
 
-    async def snapshot(self, document_id: uuid.UUID) -> list[dict[str, Any]]:
-        """Who is here, for a join ack: one entry per user, with the states set.
+    async def snapshot(self, document_id: uuid.UUID) -> orjson.Fragment:
+        """Who is here, for a join ack, already encoded (the ack embeds it as it is):
+        one entry per user, with the states set.
 
         Connections without a state are only counted: listing every connection in
-        every join made N joins cost O(N^2) (measured: 122 s for 5,000 joins).
+        every join made N joins cost O(N^2) (measured: 122 s for 5,000 joins). Each
+        user's entry is encoded once per change, not once per join, and the list is
+        never walked again in Python (python-socketio looks through an ack's objects
+        for binary data; it does not look into a fragment).
         """
-        return [
-            {
-                "user_id": str(user_id),
-                "username": user.username,
-                "connection_count": len(user.connections),
-                "connections": [
-                    {"connection_id": sid, "state": state} for sid, state in user.states.items()
-                ],
-            }
-            for user_id, user in self._rooms.get(document_id, {}).items()
-        ]
+        users = self._rooms.get(document_id)
+        if not users:
+            return orjson.Fragment(b"[]")
+        return orjson.Fragment(b"[" + b",".join(user.entry() for user in users.values()) + b"]")
+
+
+# (document_id, user ids who left, {user id: username} of those who joined)
+Publish = Callable[[uuid.UUID, list[uuid.UUID], dict[uuid.UUID, str]], None]
+
+
+class _Pending:
+    """A room's arrivals and departures not announced yet, and its timer."""
+
+    __slots__ = ("joined", "left", "timer")
+
+    def __init__(self) -> None:
+        self.left: dict[uuid.UUID, None] = {}  # an ordered set
+        self.joined: dict[uuid.UUID, str] = {}
+        self.timer: asyncio.TimerHandle | asyncio.Handle | None = None
+
+
+class PresenceChanges:
+    """Arrivals and departures, announced a room at a time.
+
+    A room's changes go out through ``publish`` at most once every ``interval``
+    seconds: the first after a quiet interval at the end of the event loop's turn that
+    made it, later ones when the interval since the one before has passed (``0``:
+    each turn's changes at its end). A user who left during the interval is in
+    ``left``, one present at its end who arrived during it in ``joined``, both when
+    they left and came back: applied in that order (left, then joined), they bring
+    whoever held the room as it was, or a join ack taken during the interval, to the
+    room as it is.
+
+    Events about a user that go out at once (their ``presence:state``, ``typing``)
+    must not overtake that user's arrival or departure: ``settle`` announces the
+    room's waiting changes first when they include the user.
+    """
+
+    def __init__(self, *, interval: float, publish: Publish) -> None:
+        self._interval = interval
+        self._publish = publish
+        self._rooms: dict[uuid.UUID, _Pending] = {}
+
+    def joined(self, document_id: uuid.UUID, user_id: uuid.UUID, username: str) -> None:
+        """The user's first connection entered the room."""
+        self._pending(document_id).joined[user_id] = username
+
+    def left(self, document_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        """The user's last connection left the room."""
+        pending = self._pending(document_id)
+        pending.joined.pop(user_id, None)
+        # Kept even when they arrived within the interval: a join ack taken meanwhile
+        # listed them.
+        pending.left[user_id] = None
+
+    def settle(self, document_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        """Announce the room's waiting changes now if the user is among them (before
+        an event about that user that goes out at once)."""
+        pending = self._rooms.get(document_id)
+        if pending is not None and (user_id in pending.joined or user_id in pending.left):
+            self._announce(document_id, pending)
+
+    def close(self) -> None:
+        for pending in self._rooms.values():
+            if pending.timer is not None:
+                pending.timer.cancel()
+        self._rooms.clear()
+
+    def _pending(self, document_id: uuid.UUID) -> _Pending:
+        pending = self._rooms.get(document_id)
+        if pending is None:
+            # The first change after a quiet interval: out at the end of this turn.
+            pending = self._rooms[document_id] = _Pending()
+            pending.timer = asyncio.get_running_loop().call_soon(self._due, document_id)
+        return pending
+
+    def _due(self, document_id: uuid.UUID) -> None:
+        pending = self._rooms[document_id]
+        pending.timer = None
+        if not (pending.left or pending.joined) or self._interval <= 0:
+            del self._rooms[document_id]
+        else:
+            # Kept for the interval: changes within it wait for its end.
+            pending.timer = asyncio.get_running_loop().call_later(
+                self._interval, self._due, document_id
+            )
+        if pending.left or pending.joined:
+            self._announce(document_id, pending)
+
+    def _announce(self, document_id: uuid.UUID, pending: _Pending) -> None:
+        left, joined = list(pending.left), pending.joined
+        pending.left, pending.joined = {}, {}
+        self._publish(document_id, left, joined)

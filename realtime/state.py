@@ -21,7 +21,7 @@ from app.wire import ServerEvent
 from realtime.admission import Admission
 from realtime.connections import Connection, Connections
 from realtime.delivery import Delivery, Event
-from realtime.presence import Presence
+from realtime.presence import Presence, PresenceChanges
 from realtime.ratelimit import CommandLimits
 from realtime.server import RoomServer
 from realtime.typing_indicators import TypingIndicators
@@ -57,6 +57,7 @@ class Realtime:
     presence: Presence = field(default_factory=Presence)
     yjs: YjsConnections = field(default_factory=YjsConnections)
     typing: TypingIndicators = field(init=False)
+    presence_changes: PresenceChanges = field(init=False)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -65,10 +66,29 @@ class Realtime:
             throttle=self.settings.typing_throttle_seconds,
             on_expired=self._typing_expired,
         )
+        self.presence_changes = PresenceChanges(
+            interval=self.settings.presence_batch_seconds, publish=self._presence_changed
+        )
 
     def _typing_expired(self, document_id: uuid.UUID, user_id: uuid.UUID) -> None:
         data = {"document_id": str(document_id), "user_id": str(user_id), "typing": False}
         event = Event(ServerEvent.TYPING, data, EventClass.TYPING, key=user_id)
+        self.delivery.to_room(room_of(document_id), event)
+
+    def _presence_changed(
+        self, document_id: uuid.UUID, left: list[uuid.UUID], joined: dict[uuid.UUID, str]
+    ) -> None:
+        # Kept in order for a reader that falls behind (no key): each one is a step
+        # from the one before, and a room sends at most one an interval.
+        data = {
+            "document_id": str(document_id),
+            "left": [str(user_id) for user_id in left],
+            "joined": [
+                {"user_id": str(user_id), "username": username}
+                for user_id, username in joined.items()
+            ],
+        }
+        event = Event(ServerEvent.PRESENCE_CHANGED, data, EventClass.PRESENCE)
         self.delivery.to_room(room_of(document_id), event)
 
     @property
@@ -100,6 +120,7 @@ class Realtime:
 
     async def close(self) -> None:
         self.typing.close()
+        self.presence_changes.close()
         for connection in self.connections.all():
             connection.cancel_timers()
         # Awaited, not only cancelled: none may still use the database once the

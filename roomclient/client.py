@@ -187,9 +187,26 @@ class RoomClient:
         self,
         event: str,
         payload: dict[str, Any],
-        timeout: float | None = None,  # noqa: ASYNC109 (the ack wait, handed to sio.call)
+        timeout: float | None = None,  # noqa: ASYNC109 (the ack wait)
+        *,
+        then: Callable[[Any], None] | None = None,
     ) -> Any:
-        reply = await self.sio.call(event, payload, timeout=timeout or self.command_timeout)
+        """Send a command and return its ack's ``data``; ``then(data)`` runs as the ack
+        is handled, before any event the server sent after it."""
+        answered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def on_ack(*args: Any) -> None:
+            reply = args[0] if len(args) == 1 else list(args)
+            if then is not None and isinstance(reply, dict) and reply.get("ok"):
+                then(reply["data"])
+            if not answered.done():
+                answered.set_result(reply)
+
+        await self.sio.emit(event, payload, callback=on_ack)
+        try:
+            reply = await asyncio.wait_for(answered, timeout or self.command_timeout)
+        except TimeoutError:
+            raise socketio.exceptions.TimeoutError() from None
         if not isinstance(reply, dict) or "ok" not in reply:
             raise CommandError("bad_reply", f"unexpected reply {reply!r}")
         if not reply["ok"]:
@@ -208,8 +225,20 @@ class RoomClient:
             payload["since_seq"] = room.last_seq
         # Known before the ack: events that arrive ahead of it are not lost.
         self.rooms[document_id] = room
+
+        def presence(data: dict[str, Any]) -> None:
+            # Taken as the ack arrives: the presence:changed events that follow it
+            # apply to it (this coroutine resumes later, maybe after some of them).
+            room.presence = {
+                user["user_id"]: {
+                    "username": user["username"],
+                    "connections": {c["connection_id"]: c["state"] for c in user["connections"]},
+                }
+                for user in data["presence"]
+            }
+
         try:
-            data = await self.command("join", payload)
+            data = await self.command("join", payload, then=presence)
         except BaseException:
             if not rejoining:
                 self.rooms.pop(document_id, None)
@@ -218,13 +247,6 @@ class RoomClient:
             room.reply(streaming["reply_id"]).so_far(streaming["seq"], streaming["text"])
         room.title, room.role = data["document"]["title"], data["role"]
         self.user = data["user"]
-        room.presence = {
-            user["user_id"]: {
-                "username": user["username"],
-                "connections": {c["connection_id"]: c["state"] for c in user["connections"]},
-            }
-            for user in data["presence"]
-        }
         if rejoining:
             for message in data["messages"]:
                 room.add(message)
@@ -388,14 +410,18 @@ class RoomClient:
         elif event in ("ai:done", "ai:error"):
             reply = room.reply(data["reply_id"])
             reply.status, reply.message = data["status"], data["message"]
-        elif event == "presence:joined":
-            user = data["user"]
-            room.presence.setdefault(
-                user["user_id"], {"username": user["username"], "connections": {}}
-            )
-        elif event == "presence:left":
-            room.presence.pop(data["user_id"], None)
-            room.typing.discard(data["user_id"])
+        elif event == "presence:changed":
+            # Departures first, then arrivals (a user in both left and came back: their
+            # earlier tabs are gone). A batch that follows a join may name users its
+            # ack listed already, this client's own user too: they stay as they are.
+            for user_id in data["left"]:
+                room.presence.pop(user_id, None)
+                room.typing.discard(user_id)
+            for user in data["joined"]:
+                entry = room.presence.setdefault(
+                    user["user_id"], {"username": user["username"], "connections": {}}
+                )
+                entry["username"] = user["username"]
         elif event == "presence:state":
             user = room.presence.setdefault(data["user_id"], {"username": None, "connections": {}})
             if data["state"] is None:

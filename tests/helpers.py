@@ -7,7 +7,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, TypeVar
@@ -192,3 +192,24 @@ def rsa_pems(name: str) -> tuple[str, str]:
         .decode()
     )
     return private, public
+
+
+def arrivals(events: Iterable[Sequence[Any]]) -> list[str]:
+    """The user ids in the ``joined`` of each ``presence:changed`` among ``events``
+    (``(name, payload)`` pairs, a client's ``events``), in the order received."""
+    return [
+        user["user_id"]
+        for name, payload in events
+        if name == "presence:changed"
+        for user in payload["joined"]
+    ]
+
+
+def departures(events: Iterable[Sequence[Any]]) -> list[str]:
+    """The user ids in the ``left`` of each ``presence:changed`` among ``events``."""
+    return [
+        user_id
+        for name, payload in events
+        if name == "presence:changed"
+        for user_id in payload["left"]
+    ]

@@ -142,27 +142,27 @@ async def test_presence_waiting_is_replaced_by_the_latest() -> None:
 
 
 async def test_the_latest_state_keeps_its_place_among_the_other_events() -> None:
-    # A user's presence:left after their connection's last state: delivered in that
-    # order, or a late reader would bring the user back.
+    # A connection's last state, then the presence:changed with its user's departure:
+    # delivered in that order, or a late reader would bring the user back. Events
+    # without a key (presence:changed) are kept, each in its place.
     outbox = Recorder().outbox()
     wire = Wire(outbox, high_water=0)
     outbox.attach(wire.write)
     sent(outbox, chat(0))  # pauses
-    joined, left, connection = ("joined", "u"), ("left", "u"), ("connection", "c")
-    send(outbox, Event("presence:left", {"u": 0}, EventClass.PRESENCE, key=left))
-    send(outbox, Event("presence:joined", {"u": 1}, EventClass.PRESENCE, key=joined))
+    connection = ("connection", "c")
+    send(outbox, Event("presence:changed", {"n": 0}, EventClass.PRESENCE))
     send(outbox, Event("presence:state", {"c": 1}, EventClass.PRESENCE, key=connection))
     send(outbox, chat(1))
     send(outbox, Event("presence:state", {"c": 2}, EventClass.PRESENCE, key=connection))
-    send(outbox, Event("presence:left", {"u": 2}, EventClass.PRESENCE, key=left))
+    send(outbox, Event("presence:changed", {"n": 1}, EventClass.PRESENCE))
     assert outbox.waiting == 4
     wire.high_water = None
     wire.drain()
     assert decoded(wire.written[1:]) == [
-        ["presence:joined", {"u": 1}],
+        ["presence:changed", {"n": 0}],
         ["chat:message", {"n": 1}],
         ["presence:state", {"c": 2}],
-        ["presence:left", {"u": 2}],
+        ["presence:changed", {"n": 1}],
     ]
     assert outbox.waiting == 0 and outbox.buffered_bytes == 0
 

@@ -1,0 +1,297 @@
+"""Arrivals and departures announced together (``presence:changed``,
+``PRESENCE_BATCH_SECONDS``): a burst of joins costs each member a few events; a join
+ack plus the events after it add up to the room as it is; a user's state and typing
+never overtake their arrival or departure; a reader that falls behind converges."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from roomclient import RoomClient
+from tests.conftest import AppFactory, ConnectOn
+from tests.helpers import Api, User, arrivals, departures, equal, eventually
+from tests.test_delivery_slow import MAX_BUFFERED, MESSAGE, slow_reader
+
+BURST = 24
+
+
+def changes(client: RoomClient) -> list[dict[str, Any]]:
+    return [data for name, data in client.events if name == "presence:changed"]
+
+
+def seen(client: RoomClient) -> list[tuple[Any, ...]]:
+    """What ``client`` heard of presence and typing, in order, in short."""
+    out: list[tuple[Any, ...]] = []
+    for name, data in client.events:
+        if name == "presence:changed":
+            out.append((name, data["left"], [user["user_id"] for user in data["joined"]]))
+        elif name == "presence:state":
+            out.append((name, data["user_id"], data["state"]))
+        elif name == "typing":
+            out.append((name, data["user_id"], data["typing"]))
+    return out
+
+
+async def members(api: Api, owner: User, document_id: str, names: list[str]) -> list[User]:
+    users = [await api.user(name) for name in names]
+    for user in users:
+        await api.share(owner, document_id, user, "editor")
+    return users
+
+
+async def test_a_burst_of_joins_reaches_each_member_in_a_few_events(
+    start_app: AppFactory, connect_on: ConnectOn
+) -> None:
+    api = Api(await start_app(presence_batch_seconds=2))
+    ann = await api.user("ann")
+    doc = await api.document(ann)
+    users = await members(api, ann, doc["id"], [f"user{i}" for i in range(BURST)])
+    connect = connect_on(api)
+    observer = await connect(ann)
+    await observer.join(doc["id"])
+    # The first change in a quiet room goes out at once (the joiner hears it too).
+    await eventually(lambda: equal(arrivals(observer.events), [ann.id]))
+
+    joiners = await asyncio.gather(*(connect(user) for user in users))
+    await asyncio.gather(*(joiner.join(doc["id"]) for joiner in joiners))
+    everyone = {ann.id, *(user.id for user in users)}
+    await eventually(lambda: equal(set(arrivals(observer.events)), everyone), timeout=10)
+    # One event per interval: the burst took one (up to three if it ran past two).
+    assert 2 <= len(changes(observer)) <= 4, changes(observer)
+    assert sorted(arrivals(observer.events)) == sorted(everyone)  # each user once
+    assert departures(observer.events) == []
+    assert set(observer.room(doc["id"]).presence) == everyone
+    # Each joiner: its ack, then the events after it (repeating some of the ack), is
+    # the whole room.
+    for joiner in joiners:
+        room = joiner.room(doc["id"])
+        await eventually(lambda room=room: equal(set(room.presence), everyone), timeout=10)
+        assert len(changes(joiner)) <= 3, changes(joiner)
+        assert departures(joiner.events) == []
+
+
+async def test_a_join_and_a_leave_within_one_interval_and_a_join_meanwhile(
+    start_app: AppFactory, connect_on: ConnectOn
+) -> None:
+    api = Api(await start_app(presence_batch_seconds=5))
+    ann, ben, doc = await api.room("editor")
+    [cat] = await members(api, ann, doc["id"], ["cat"])
+    connect = connect_on(api)
+    a = await connect(ann)
+    await a.join(doc["id"])
+    await eventually(lambda: equal(arrivals(a.events), [ann.id]))  # at once: a quiet room
+
+    b = await connect(ben)
+    await b.join(doc["id"])  # announced at the interval's end...
+    c = await connect(cat)
+    c_room = await c.join(doc["id"])
+    # ...but already in a join ack meanwhile.
+    assert set(c_room.presence) == {ann.id, ben.id, cat.id}
+    await b.leave(doc["id"])
+    assert changes(a) == [{"document_id": doc["id"], "left": [], "joined": [ann_entry(ann)]}]
+
+    # cat's state must not overtake cat's arrival: the room's changes go out first.
+    await c.update_presence(doc["id"], {"cursor": 1})
+    batch = {"document_id": doc["id"], "left": [ben.id], "joined": [ann_entry(cat)]}
+    await eventually(lambda: equal(changes(c), [batch]))
+    await eventually(lambda: equal(seen(a)[-2:], [seen_of(batch), state_of(cat, {"cursor": 1})]))
+    assert changes(a)[1:] == [batch]
+    # ben came and went between two events: a departure (cat's ack listed him), no
+    # arrival.
+    assert ben.id not in arrivals(a.events)
+    assert set(a.room(doc["id"]).presence) == {ann.id, cat.id}
+    assert list(a.room(doc["id"]).presence[cat.id]["connections"].values()) == [{"cursor": 1}]
+    assert set(c_room.presence) == {ann.id, cat.id}
+
+
+def ann_entry(user: User) -> dict[str, str]:
+    return {"user_id": user.id, "username": user.username}
+
+
+def seen_of(batch: dict[str, Any]) -> tuple[Any, ...]:
+    return ("presence:changed", batch["left"], [user["user_id"] for user in batch["joined"]])
+
+
+def state_of(user: User, state: dict[str, Any] | None) -> tuple[Any, ...]:
+    return ("presence:state", user.id, state)
+
+
+async def test_a_user_who_leaves_and_returns_within_one_interval(
+    start_app: AppFactory, connect_on: ConnectOn
+) -> None:
+    api = Api(await start_app(presence_batch_seconds=5))
+    ann, ben, doc = await api.room("editor")
+    connect = connect_on(api)
+    a = await connect(ann)
+    await a.join(doc["id"])
+    await eventually(lambda: equal(arrivals(a.events), [ann.id]))
+
+    tab1 = await connect(ben)
+    await tab1.join(doc["id"])
+    await tab1.set_typing(doc["id"], True)  # ben's arrival goes out first, early
+    await tab1.update_presence(doc["id"], {"cursor": 1})
+    await eventually(lambda: equal(seen(a)[-1:], [state_of(ben, {"cursor": 1})]))
+    await tab1.close()  # typing false at once; the departure waits for the interval
+    await eventually(lambda: equal(seen(a)[-1:], [("typing", ben.id, False)]))
+    tab2 = await connect(ben)
+    await tab2.join(doc["id"])
+    await tab2.update_presence(doc["id"], {"cursor": 2})
+    await eventually(lambda: equal(seen(a)[-1:], [state_of(ben, {"cursor": 2})]))
+
+    assert seen(a) == [
+        ("presence:changed", [], [ann.id]),
+        ("presence:changed", [], [ben.id]),
+        ("typing", ben.id, True),
+        state_of(ben, {"cursor": 1}),
+        ("typing", ben.id, False),
+        ("presence:changed", [ben.id], [ben.id]),  # gone and back: tab1's state went
+        state_of(ben, {"cursor": 2}),
+    ]
+    room = a.room(doc["id"])
+    assert list(room.presence[ben.id]["connections"].values()) == [{"cursor": 2}]
+    assert room.typing == set()
+
+
+async def test_with_no_interval_each_turn_goes_out_at_its_end(
+    start_app: AppFactory, connect_on: ConnectOn
+) -> None:
+    api = Api(await start_app(presence_batch_seconds=0))
+    ann, ben, doc = await api.room("editor")
+    connect = connect_on(api)
+    a, b = await connect(ann), await connect(ben)
+    await a.join(doc["id"])
+    await b.join(doc["id"])
+    await eventually(lambda: equal(arrivals(a.events), [ann.id, ben.id]))
+    await b.leave(doc["id"])
+    await eventually(lambda: equal(departures(a.events), [ben.id]))
+    assert set(a.room(doc["id"]).presence) == {ann.id}
+    assert [len(change["joined"]) + len(change["left"]) for change in changes(a)] == [1, 1, 1]
+
+
+async def test_every_view_converges_while_tabs_come_and_go_at_once(
+    start_app: AppFactory, connect_on: ConnectOn
+) -> None:
+    """Seeded rounds of joins, leaves and states by several tabs at once; then each
+    joined tab's view (its acks and the events after them) is the room as it is."""
+    api = Api(await start_app(presence_batch_seconds=0.05))
+    owner = await api.user("owner")
+    doc = await api.document(owner)
+    document_id = doc["id"]
+    users = await members(api, owner, document_id, [f"user{i}" for i in range(5)])
+    connect = connect_on(api)
+    observer = await connect(owner)
+    await observer.join(document_id)
+    tabs = [await connect(user) for user in users for _ in range(2)]
+    joined: set[int] = set()
+    rng = random.Random(12)
+
+    async def step(index: int) -> None:
+        tab = tabs[index]
+        if index not in joined:
+            if rng.random() < 0.6:
+                joined.add(index)
+                await tab.join(document_id)
+        elif (roll := rng.random()) < 0.3:
+            joined.discard(index)
+            await tab.leave(document_id)
+        elif roll < 0.6:
+            await tab.update_presence(document_id, {"tab": index, "at": rng.random()})
+
+    for _ in range(8):
+        await asyncio.gather(*(step(index) for index in range(len(tabs))))
+    joined.add(-1)
+    views = {index: tabs[index] for index in joined if index >= 0}
+    views[-1] = observer
+    # The truth: a fresh ack (the observer is in the room already: no event).
+    ack = await observer.command("join", {"document_id": document_id})
+    truth = {
+        user["user_id"]: {c["connection_id"]: c["state"] for c in user["connections"]}
+        for user in ack["presence"]
+    }
+    for tab in views.values():
+        own = tab.sio.get_sid("/")  # a connection is not sent its own state
+        expected = {
+            user_id: {sid: state for sid, state in states.items() if sid != own}
+            for user_id, states in truth.items()
+        }
+        await eventually(
+            lambda tab=tab, own=own, expected=expected: equal(
+                view_of(tab, document_id, own), expected
+            ),
+            timeout=10,
+        )
+
+
+def view_of(client: RoomClient, document_id: str, own: str) -> dict[str, dict[str, Any]]:
+    return {
+        user_id: {sid: state for sid, state in entry["connections"].items() if sid != own}
+        for user_id, entry in client.room(document_id).presence.items()
+    }
+
+
+async def test_a_slow_reader_catches_up_on_arrivals_and_departures(
+    start_app: AppFactory, connect_on: ConnectOn
+) -> None:
+    client: TestClient[web.Request, web.Application] = await start_app(
+        delivery_max_buffered_bytes=MAX_BUFFERED, presence_batch_seconds=0
+    )
+    api = Api(client)
+    owner, member, doc = await api.room()
+    document_id = doc["id"]
+    users = await members(api, owner, document_id, [f"user{i}" for i in range(4)])
+    connect = connect_on(api)
+    sender = await connect(owner)
+    await sender.join(document_id)
+    raw, connection = await slow_reader(client, member.access_token, document_id)
+    # A fresh ack (it is in the room already): what came before it, it holds.
+    ack, _ = await raw.call("join", {"document_id": document_id})
+    for i in range(100):  # until the transport is full and the outbox queues
+        await sender.send(document_id, f"{i:03d} {MESSAGE[:1000]}")
+        if not connection.outbox.direct:
+            break
+    assert not connection.outbox.direct and not connection.outbox.closed
+
+    tabs = [await connect(user) for user in users]
+    for round_ in range(3):  # each a few turns: several presence:changed
+        for index, tab in enumerate(tabs):
+            if (index + round_) % 3:
+                await tab.join(document_id)
+                await tab.update_presence(document_id, {"round": round_})
+            elif tab.rooms:
+                await tab.leave(document_id)
+    assert not connection.outbox.closed
+    events, _ = await raw.events(until=1)
+    truth = await sender.command("join", {"document_id": document_id})
+    await raw.close()
+
+    view = {
+        user["user_id"]: {c["connection_id"]: c["state"] for c in user["connections"]}
+        for user in ack["data"]["presence"]
+    }
+    for name, data in events:
+        apply(view, name, data)
+    assert view == {
+        user["user_id"]: {c["connection_id"]: c["state"] for c in user["connections"]}
+        for user in truth["presence"]
+    }
+    assert len([name for name, _ in events if name == "presence:changed"]) >= 3
+
+
+def apply(view: dict[str, dict[str, Any]], name: str, data: Any) -> None:
+    """docs/protocol.md §5.7: departures, then arrivals; states per connection."""
+    if name == "presence:changed":
+        for user_id in data["left"]:
+            view.pop(user_id, None)
+        for user in data["joined"]:
+            view.setdefault(user["user_id"], {})
+    elif name == "presence:state":
+        states = view.setdefault(data["user_id"], {})
+        if data["state"] is None:
+            states.pop(data["connection_id"], None)
+        else:
+            states[data["connection_id"]] = data["state"]
