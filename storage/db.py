@@ -31,6 +31,12 @@ def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Async
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    configure_sqlite(dbapi_connection)
+
+
+def configure_sqlite(dbapi_connection: Any) -> None:
+    """What every connection to the SQLite database needs (the engine's, and the chat
+    writer's own)."""
     # SQLite ignores ON DELETE CASCADE without this pragma, on every connection.
     # WAL lets readers proceed while one writer commits; busy_timeout makes a
     # second writer wait for the lock instead of failing at once.

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, cast
 
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -19,6 +19,7 @@ from app.errors import NotFound
 from app.keys import ENGINE
 from app.services.chat_writer import ChatWriter, Pending
 from app.wire import MessageOut
+from storage.chat_batches import BatchWriter, Conflict, NewMessage, batch_writer
 from storage.models import AuthorKind
 from tests.helpers import Api, User
 
@@ -26,11 +27,18 @@ from tests.helpers import Api, User
 class Writer:
     """A ChatWriter over the app's database that records what it announces."""
 
-    def __init__(self, engine: AsyncEngine, max_batch: int = 500) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        max_batch: int = 500,
+        batches: BatchWriter | None = None,
+        one_trip: bool = True,
+    ) -> None:
         self.announced: list[MessageOut] = []
         self.writer = ChatWriter(
             engine,
             lambda message, _skip: self.announced.append(message),
+            batches=batches or (batch_writer(engine) if one_trip else None),
             max_batch=max_batch,
             max_known=100,
         )
@@ -52,6 +60,13 @@ class Writer:
         )
 
 
+@pytest.fixture(params=["one trip", "sqlalchemy"])
+def one_trip(request: pytest.FixtureRequest) -> bool:
+    """Batches written by the backend's one-trip writer, or through SQLAlchemy (the
+    path of batches that write more in their transaction)."""
+    return bool(request.param == "one trip")
+
+
 def engine_of(api: Api) -> AsyncEngine:
     return api.client.app[ENGINE]
 
@@ -63,10 +78,12 @@ async def stored(api: Api, user: User, doc_id: str) -> list[tuple[int, str, str 
     return [(m["seq"], m["text"], m["client_msg_id"]) for m in page["items"]]
 
 
-async def test_one_batch_takes_the_seqs_of_several_documents_in_order(api: Api) -> None:
+async def test_one_batch_takes_the_seqs_of_several_documents_in_order(
+    api: Api, one_trip: bool
+) -> None:
     ann = await api.user("ann")
     first, second = (await api.document(ann, "one"))["id"], (await api.document(ann, "two"))["id"]
-    w = Writer(engine_of(api))
+    w = Writer(engine_of(api), one_trip=one_trip)
     texts = [(first, "a1"), (second, "b1"), (first, "a2"), (first, "a3"), (second, "b2")]
     outcomes = await w.batch(*(w.message(ann, doc, text) for doc, text in texts))
     assert [(str(out.document_id), out.seq, new) for out, new in outcomes] == [
@@ -85,10 +102,12 @@ async def test_one_batch_takes_the_seqs_of_several_documents_in_order(api: Api) 
     await w.writer.close()
 
 
-async def test_a_retry_in_the_same_batch_or_a_later_one_stores_nothing_more(api: Api) -> None:
+async def test_a_retry_in_the_same_batch_or_a_later_one_stores_nothing_more(
+    api: Api, one_trip: bool
+) -> None:
     ann = await api.user("ann")
     doc = (await api.document(ann, "retries"))["id"]
-    w = Writer(engine_of(api))
+    w = Writer(engine_of(api), one_trip=one_trip)
     (one, new), (again, again_new), (other, _) = await w.batch(
         w.message(ann, doc, "first", "m-1"),
         w.message(ann, doc, "first, sent again", "m-1"),
@@ -113,12 +132,12 @@ async def test_a_retry_in_the_same_batch_or_a_later_one_stores_nothing_more(api:
     await w.writer.close()
 
 
-async def test_a_message_that_cannot_be_stored_is_refused_alone(api: Api) -> None:
+async def test_a_message_that_cannot_be_stored_is_refused_alone(api: Api, one_trip: bool) -> None:
     ann = await api.user("ann")
     doc = (await api.document(ann, "mixed"))["id"]
     gone = await api.document(ann, "deleted")
     await api.call("DELETE", f"/api/v1/documents/{gone['id']}", user=ann, expect=204)
-    w = Writer(engine_of(api))
+    w = Writer(engine_of(api), one_trip=one_trip)
     ghost = User(str(uuid.uuid4()), "ghost", "", "")  # no such user: a foreign key fails
     outcomes = await w.batch(
         w.message(ann, doc, "kept 1", "k-1"),
@@ -127,7 +146,7 @@ async def test_a_message_that_cannot_be_stored_is_refused_alone(api: Api) -> Non
         w.message(ann, doc, "kept 2", "k-2"),
     )
     assert [out.seq for out, _ in (outcomes[0], outcomes[3])] == [1, 2]
-    assert isinstance(outcomes[1], IntegrityError)
+    assert isinstance(outcomes[1], Conflict | IntegrityError)
     assert isinstance(outcomes[2], NotFound)
     # The refused message took no seq: the next one follows without a gap.
     ((after, _),) = await w.batch(w.message(ann, doc, "kept 3"))
@@ -138,21 +157,20 @@ async def test_a_message_that_cannot_be_stored_is_refused_alone(api: Api) -> Non
 
 
 class FailingOnce:
-    """An engine whose first connection cannot be made (the database away)."""
+    """A batch writer whose first batch the database refuses (it is away)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, batches: BatchWriter) -> None:
+        self.batches = batches
         self.failed = False
 
-    def connect(self) -> Any:
-        if self.failed:
-            return self.engine.connect()
-        self.failed = True
+    async def insert(self, messages: Sequence[NewMessage]) -> dict[uuid.UUID, int]:
+        if not self.failed:
+            self.failed = True
+            raise OperationalError("INSERT", {}, ConnectionRefusedError("database away"))
+        return await self.batches.insert(messages)
 
-        async def refused() -> None:
-            raise OperationalError("connect", {}, ConnectionRefusedError("database away"))
-
-        return refused()
+    async def close(self) -> None:
+        await self.batches.close()
 
 
 async def test_a_batch_the_database_refuses_fails_its_senders_and_the_next_one_is_stored(
@@ -160,7 +178,8 @@ async def test_a_batch_the_database_refuses_fails_its_senders_and_the_next_one_i
 ) -> None:
     ann = await api.user("ann")
     doc = (await api.document(ann, "outage"))["id"]
-    w = Writer(FailingOnce(engine_of(api)))  # type: ignore[arg-type]
+    engine = engine_of(api)
+    w = Writer(engine, batches=FailingOnce(cast(BatchWriter, batch_writer(engine))))
     outcomes = await w.batch(w.message(ann, doc, "lost 1"), w.message(ann, doc, "lost 2"))
     assert all(isinstance(outcome, OperationalError) for outcome in outcomes)
     assert "could not store 2 chat messages" in caplog.text

@@ -22,6 +22,7 @@ from app.events import Broadcaster, EventClass
 from app.services.chat_writer import Also, ChatWriter, Pending
 from app.services.documents import DocumentView, Memberships, RoomAccess, membership
 from app.wire import MessageOut, ServerEvent, dump
+from storage.chat_batches import batch_writer
 from storage.db import read_session
 from storage.models import AuthorKind, DocumentRole
 from storage.repositories import messages as messages_repo
@@ -54,6 +55,7 @@ class ChatService:
         self._writer = ChatWriter(
             engine,
             self._announce_new,
+            batches=batch_writer(engine),
             max_batch=max_batch,
             max_known=memberships.max_entries,
         )

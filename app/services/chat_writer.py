@@ -1,16 +1,17 @@
 """Group commit for chat: every message of this process is stored by one writer.
 
 Sends queue here; the writer takes what has queued (at most ``max_batch``) and stores
-it in one transaction: one statement takes the ``seq``s of every document in the
-batch, one inserts the rows, one commit. While a commit is in flight the next sends
+it in one transaction, one trip to the database (storage/chat_batches.py): the
+``seq``s of every document in the batch taken and the rows inserted. While a batch is
+in flight the next sends
 queue behind it, so a busy server writes large batches and an idle one writes each
 message at once: batches are bounded by size, and by time only by the commit before
 them (nothing waits for a batch to fill).
 
-Each sender is answered after its batch committed; the writer then hands the
-batch's new messages to ``announce`` in ``seq`` order, in the same event-loop turn,
-and records each document's last announced ``seq`` (:meth:`ChatWriter.announced`):
-a join that reads it and enters the room in one turn gets every later message live.
+Once its batch committed the writer hands the batch's new messages to ``announce``
+in ``seq`` order, records each document's last announced ``seq``
+(:meth:`ChatWriter.announced`: a join that reads it and enters the room in one turn
+gets every later message live), and answers the senders, all in one event-loop turn.
 
 A retry (the same ``client_msg_id`` from the same author in the same document) is
 answered with the stored message and announced nowhere: within a batch by the first
@@ -22,11 +23,10 @@ a message that fails on its own (its author deleted meanwhile): it alone is refu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.errors import NotFound
 from app.wire import Author, MessageOut
+from storage.chat_batches import BatchWriter, Conflict, NewMessage
 from storage.models import AuthorKind, ChatMessage, Document, utcnow
 from storage.repositories import messages as messages_repo
 
@@ -77,13 +78,13 @@ class ChatWriter:
         engine: AsyncEngine,
         announce: Callable[[MessageOut, str | None], None],
         *,
+        batches: BatchWriter | None,
         max_batch: int,
         max_known: int,
     ) -> None:
+        """``batches`` writes a batch in one trip (storage.chat_batches.batch_writer);
+        without it batches go through SQLAlchemy."""
         self._engine = engine
-        # The writer's own connection, kept between batches: a batch costs no pool
-        # checkout (and no liveness ping); dropped after any failure.
-        self._connection: AsyncConnection | None = None
         self._announce = announce
         self._max_batch = max_batch
         self._queue: deque[Pending] = deque()
@@ -94,6 +95,8 @@ class ChatWriter:
         self._in_flight: Counter[uuid.UUID] = Counter()
         self._announced: dict[uuid.UUID, int] = {}
         self._max_known = max_known
+        self._settled = asyncio.Event()  # set (and replaced) after every batch
+        self._one_trip = batches
 
     async def write(self, message: Pending) -> tuple[MessageOut, bool]:
         """Store ``message`` with its document's next seq (or find its first copy)."""
@@ -112,14 +115,16 @@ class ChatWriter:
         """The last seq announced in the document: every message up to it was handed
         to ``announce``, every later one will be. Read it and act on it (enter the
         room) in one event-loop turn after this returns: see :meth:`announced_now`."""
-        if document_id in self._announced:
-            return self._announced[document_id]
-        async with self._engine.connect() as connection:
-            stored = await messages_repo.last_seq(connection, document_id)
-        # A batch for this document that began meanwhile set what it read before
-        # taking its seqs: that is right, and what was just read may already count
-        # that batch's committed, not yet announced, seqs.
-        self._remember(document_id, stored)
+        while document_id not in self._announced:
+            if self._in_flight[document_id]:
+                # A batch of it may be committed and not yet announced: the database
+                # would count it too early. Its announcement tells the seq.
+                await self._settled.wait()
+                continue
+            async with self._engine.connect() as connection:
+                stored = await messages_repo.last_seq(connection, document_id)
+            if document_id not in self._announced and not self._in_flight[document_id]:
+                self._remember(document_id, stored)
         return self._announced[document_id]
 
     def announced_now(self, document_id: uuid.UUID) -> int:
@@ -146,9 +151,8 @@ class ChatWriter:
         if self._task is not None:
             self._wakeup.set()
             await self._task
-        if self._connection is not None:
-            await self._connection.close()
-            self._connection = None
+        if self._one_trip is not None:
+            await self._one_trip.close()
 
     async def _run(self) -> None:
         batch: list[Pending] = []
@@ -174,37 +178,22 @@ class ChatWriter:
             self._settle(self._queue, stopped)
             self._queue.clear()
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
-        if self._connection is None:
-            self._connection = await self._engine.connect()
-        try:
-            async with self._connection.begin():
-                yield self._connection
-        except BaseException:
-            connection, self._connection = self._connection, None
-            with contextlib.suppress(Exception):
-                await connection.close()
-            raise
-
     async def _store(self, batch: list[Pending]) -> None:
         try:
-            async with self._transaction() as connection:
-                stored = await self._insert(connection, _first_copies(batch))
-        except IntegrityError:
+            stored = await self._insert(_first_copies(batch))
+        except (Conflict, IntegrityError):
             # A retry of a stored message, or a message that cannot be stored.
             await self._store_carefully(batch)
             return
         self._finish(batch, stored, {})
 
     async def _store_carefully(self, batch: list[Pending]) -> None:
-        async with self._transaction() as connection:
+        async with self._engine.begin() as connection:
             found = await _stored_copies(connection, batch)
         fresh = [p for p in _first_copies(batch) if p.key not in found]
         try:
-            async with self._transaction() as connection:
-                stored = await self._insert(connection, fresh)
-        except IntegrityError:
+            stored = await self._insert(fresh)
+        except (Conflict, IntegrityError):
             if len(batch) == 1:
                 raise
             for message in batch:  # find the one that fails; the others are stored
@@ -215,70 +204,52 @@ class ChatWriter:
             return
         self._finish(batch, stored, found)
 
-    async def _insert(
-        self, connection: AsyncConnection, messages: list[Pending]
-    ) -> dict[int, MessageOut]:
-        """Take the seqs and insert the rows; what each (by ``id()``) became."""
+    async def _insert(self, messages: list[Pending]) -> dict[int, MessageOut]:
+        """Store the messages with their seqs; what each (by ``id()``) became."""
         if not messages:
             return {}
-        counts = Counter(m.document_id for m in messages)
-        increment: Any = (
-            next(iter(counts.values()))
-            if len(counts) == 1
-            else case({d: n for d, n in counts.items()}, value=Document.id)
-        )
-        taken = await connection.execute(
-            update(Document)
-            .where(Document.id.in_(counts))
-            .values(last_message_seq=Document.last_message_seq + increment)
-            .returning(Document.id, Document.last_message_seq)
-        )
-        next_seq = {}
-        for document_id, last in taken:
-            next_seq[document_id] = last - counts[document_id] + 1
-            self._remember(document_id, last - counts[document_id])
         now = utcnow()
-        rows: list[dict[str, Any]] = []
+        rows = [
+            NewMessage(
+                id=uuid.uuid4(),
+                document_id=m.document_id,
+                author_kind=m.author_kind,
+                author_id=m.author_id,
+                client_msg_id=m.client_msg_id,
+                text=m.text,
+                meta=m.meta,
+                created_at=now,
+            )
+            for m in messages
+        ]
+        also = [m.also for m in messages if m.also is not None]
+        if self._one_trip is not None and not also:
+            seqs = await self._one_trip.insert(rows)
+        else:
+            async with self._engine.begin() as connection:
+                seqs = await _insert_in(connection, rows)
+                if also:
+                    async with AsyncSession(bind=connection) as session:  # this transaction
+                        for write in also:
+                            await write(session)
+                        await session.flush()
         stored: dict[int, MessageOut] = {}
-        for message in messages:
-            seq = next_seq.get(message.document_id)
+        for message, row in zip(messages, rows, strict=True):
+            seq = seqs.get(row.id)
             if seq is None:
                 continue  # the document is gone: refused in _finish
-            next_seq[message.document_id] = seq + 1
-            row = {
-                "id": uuid.uuid4(),
-                "document_id": message.document_id,
-                "seq": seq,
-                "author_kind": message.author_kind,
-                "author_id": message.author_id,
-                "client_msg_id": message.client_msg_id,
-                "text": message.text,
-                "metadata": message.meta,
-                "created_at": now,
-            }
-            rows.append(row)
             stored[id(message)] = MessageOut(
-                id=row["id"],
-                document_id=message.document_id,
+                id=row.id,
+                document_id=row.document_id,
                 seq=seq,
-                author=Author(
-                    kind=message.author_kind, id=message.author_id, username=message.author_name
-                ),
-                client_msg_id=message.client_msg_id,
-                text=message.text,
-                metadata=message.meta,
+                author=Author(kind=row.author_kind, id=row.author_id, username=message.author_name),
+                client_msg_id=row.client_msg_id,
+                text=row.text,
+                metadata=row.meta,
                 created_at=now,
                 edited_at=None,
                 deleted=False,
             )
-        if rows:
-            await connection.execute(insert(MESSAGES), rows)
-        also = [m.also for m in messages if m.also is not None and id(m) in stored]
-        if also:
-            async with AsyncSession(bind=connection) as session:  # in this transaction
-                for write in also:
-                    await write(session)
-                await session.flush()
         return stored
 
     def _finish(
@@ -308,6 +279,11 @@ class ChatWriter:
                 _resolve(message, (firsts.get(key) or found[key], False))
             else:
                 _fail(message, NotFound("no such document"))
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        self._settled.set()
+        self._settled = asyncio.Event()
 
     def _settle(self, batch: Iterable[Pending], exc: BaseException) -> None:
         for message in batch:
@@ -317,6 +293,50 @@ class ChatWriter:
             if not self._in_flight[message.document_id]:
                 del self._in_flight[message.document_id]
             _fail(message, exc)
+        self._wake_waiters()
+
+
+async def _insert_in(connection: AsyncConnection, rows: list[NewMessage]) -> dict[uuid.UUID, int]:
+    """What the one-trip writers do, through SQLAlchemy: for the batches that write
+    more in their transaction (an assistant reply's usage), and databases they do not
+    serve."""
+    counts = Counter(row.document_id for row in rows)
+    increment: Any = (
+        next(iter(counts.values()))
+        if len(counts) == 1
+        else case({d: n for d, n in counts.items()}, value=Document.id)
+    )
+    taken = await connection.execute(
+        update(Document)
+        .where(Document.id.in_(counts))
+        .values(last_message_seq=Document.last_message_seq + increment)
+        .returning(Document.id, Document.last_message_seq)
+    )
+    next_seq = {document_id: last - counts[document_id] + 1 for document_id, last in taken}
+    seqs: dict[uuid.UUID, int] = {}
+    values: list[dict[str, Any]] = []
+    for row in rows:
+        seq = next_seq.get(row.document_id)
+        if seq is None:
+            continue  # the document is gone
+        next_seq[row.document_id] = seq + 1
+        seqs[row.id] = seq
+        values.append(
+            {
+                "id": row.id,
+                "document_id": row.document_id,
+                "seq": seq,
+                "author_kind": row.author_kind,
+                "author_id": row.author_id,
+                "client_msg_id": row.client_msg_id,
+                "text": row.text,
+                "metadata": row.meta,
+                "created_at": row.created_at,
+            }
+        )
+    if values:
+        await connection.execute(insert(MESSAGES), values)
+    return seqs
 
 
 def _first_copies(batch: list[Pending]) -> list[Pending]:

@@ -1,0 +1,237 @@
+"""A batch of new chat messages written in one trip to the database.
+
+The chat writer's hot path (app/services/chat_writer.py). Through SQLAlchemy a batch
+costs about a millisecond of CPU whatever its size (begin, the seq update, the
+insert, the commit: measured with a batch of one on both backends); these write it
+for about a tenth of that:
+
+- PostgreSQL: one statement on the writer's asyncpg connection, committed on its
+  own: it takes each document's seqs (the counter row's lock orders concurrent
+  writers) and inserts the rows.
+- SQLite: stdlib ``sqlite3`` on a connection of its own, in a thread of its own: the
+  whole transaction is one hop to that thread. Values are converted by the columns'
+  own SQLAlchemy types, so rows read back exactly as the ORM wrote them.
+
+Both answer the seq each message got; a message whose document is gone gets none
+and nothing of it is stored. A constraint that refuses a row (a ``client_msg_id``
+stored already, an author deleted) refuses the whole batch with ``Conflict``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import asyncpg
+import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from storage.db import configure_sqlite, is_sqlite
+from storage.models import AuthorKind, ChatMessage, Document
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    id: uuid.UUID
+    document_id: uuid.UUID
+    author_kind: AuthorKind
+    author_id: uuid.UUID | None
+    client_msg_id: str | None
+    text: str
+    meta: dict[str, Any]
+    created_at: datetime
+
+
+class Conflict(Exception):
+    """A constraint refused a row of the batch: nothing of it is stored."""
+
+
+class BatchWriter(Protocol):
+    async def insert(self, messages: Sequence[NewMessage]) -> dict[uuid.UUID, int]:
+        """Store the messages in order; each stored one's seq, by message id."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def batch_writer(engine: AsyncEngine) -> BatchWriter | None:
+    """The one-trip writer for ``engine``'s database (None: none for it, such as an
+    in-memory SQLite database that a second connection would not see)."""
+    url = engine.url
+    if is_sqlite(str(url)):
+        if not url.database or url.database == ":memory:":
+            return None
+        return SqliteBatches(url.database, engine)
+    if url.get_driver_name() == "asyncpg":
+        return PostgresBatches(engine)
+    return None
+
+
+_POSTGRES_INSERT = """
+WITH batch AS (
+    SELECT * FROM unnest(
+        $1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[]
+    ) WITH ORDINALITY AS b(id, document_id, author_kind, author_id, client_msg_id, text,
+                           meta, ord)
+), taken AS (
+    UPDATE documents AS d
+    SET last_message_seq = d.last_message_seq + c.n
+    FROM (SELECT document_id, count(*) AS n FROM batch GROUP BY document_id) AS c
+    WHERE d.id = c.document_id
+    RETURNING d.id, d.last_message_seq - c.n AS before
+)
+INSERT INTO chat_messages
+    (id, document_id, seq, author_kind, author_id, client_msg_id, text, metadata, created_at)
+SELECT b.id, b.document_id,
+       t.before + row_number() OVER (PARTITION BY b.document_id ORDER BY b.ord),
+       b.author_kind, b.author_id, b.client_msg_id, b.text, b.meta::json, $8
+FROM batch AS b JOIN taken AS t ON t.id = b.document_id
+RETURNING id, seq
+"""
+
+
+class PostgresBatches:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        # Checked out of the pool for good: a batch costs no checkout and no ping.
+        self._connection: AsyncConnection | None = None
+        self._driver: asyncpg.Connection | None = None
+
+    async def insert(self, messages: Sequence[NewMessage]) -> dict[uuid.UUID, int]:
+        if self._driver is None:
+            self._connection = await self._engine.connect()
+            raw = await self._connection.get_raw_connection()
+            self._driver = raw.driver_connection
+        assert self._driver is not None
+        try:
+            rows = await self._driver.fetch(
+                _POSTGRES_INSERT,
+                [m.id for m in messages],
+                [m.document_id for m in messages],
+                [m.author_kind.value for m in messages],
+                [m.author_id for m in messages],
+                [m.client_msg_id for m in messages],
+                [m.text for m in messages],
+                [orjson.dumps(m.meta).decode() for m in messages],
+                messages[0].created_at,
+            )
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise Conflict(str(exc)) from exc
+        except BaseException:
+            await self.close()  # the next batch starts on a fresh connection
+            raise
+        return {row["id"]: row["seq"] for row in rows}
+
+    async def close(self) -> None:
+        connection, self._connection, self._driver = self._connection, None, None
+        if connection is not None:
+            try:
+                await connection.close()
+            except Exception:  # a broken connection: the pool drops it
+                await connection.invalidate()
+
+
+_MESSAGE_COLUMNS = (
+    "id",
+    "document_id",
+    "seq",
+    "author_kind",
+    "author_id",
+    "client_msg_id",
+    "text",
+    "metadata",
+    "created_at",
+)
+_SQLITE_INSERT = (
+    f"INSERT INTO chat_messages ({', '.join(_MESSAGE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _MESSAGE_COLUMNS)})"
+)
+_SQLITE_TAKE = (
+    "UPDATE documents SET last_message_seq = last_message_seq + ? WHERE id = ? "
+    "RETURNING last_message_seq"
+)
+
+
+class SqliteBatches:
+    def __init__(self, path: str, engine: AsyncEngine) -> None:
+        self._path = path
+        self._connection: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-batches")
+        dialect = engine.dialect
+        columns = ChatMessage.metadata.tables[ChatMessage.__tablename__].c
+        # How SQLAlchemy writes each value on SQLite (UUIDs as hex, UTC datetimes, JSON).
+        self._convert: dict[str, Callable[[Any], Any]] = {}
+        for name in _MESSAGE_COLUMNS:
+            process = columns[name].type.dialect_impl(dialect).bind_processor(dialect)
+            self._convert[name] = process or (lambda value: value)
+        document_id = Document.metadata.tables[Document.__tablename__].c.id
+        process = document_id.type.dialect_impl(dialect).bind_processor(dialect)
+        self._document_id: Callable[[Any], Any] = process or (lambda value: value)
+
+    async def insert(self, messages: Sequence[NewMessage]) -> dict[uuid.UUID, int]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._insert, messages)
+
+    def _insert(self, messages: Sequence[NewMessage]) -> dict[uuid.UUID, int]:
+        if self._connection is None:
+            self._connection = sqlite3.connect(self._path, check_same_thread=False)
+            configure_sqlite(self._connection)
+        connection = self._connection
+        convert = self._convert
+        counts = Counter(m.document_id for m in messages)
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            next_seq: dict[uuid.UUID, int] = {}
+            for document_id, count in counts.items():
+                taken = connection.execute(
+                    _SQLITE_TAKE, (count, self._document_id(document_id))
+                ).fetchone()
+                if taken is not None:
+                    next_seq[document_id] = taken[0] - count + 1
+            seqs: dict[uuid.UUID, int] = {}
+            rows = []
+            for m in messages:
+                seq = next_seq.get(m.document_id)
+                if seq is None:
+                    continue  # the document is gone
+                next_seq[m.document_id] = seq + 1
+                seqs[m.id] = seq
+                rows.append(
+                    (
+                        convert["id"](m.id),
+                        convert["document_id"](m.document_id),
+                        seq,
+                        convert["author_kind"](m.author_kind),
+                        convert["author_id"](m.author_id),
+                        m.client_msg_id,
+                        m.text,
+                        convert["metadata"](m.meta),
+                        convert["created_at"](m.created_at),
+                    )
+                )
+            connection.executemany(_SQLITE_INSERT, rows)
+            connection.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            connection.execute("ROLLBACK")
+            raise Conflict(str(exc)) from exc
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        return seqs
+
+    async def close(self) -> None:
+        def close() -> None:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, close)
+        self._thread.shutdown(wait=True)
