@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import orjson
 import socketio
 from aiohttp import web
+from socketio import packet
 
 from app.config import Settings
 from app.errors import ServerFull
@@ -109,7 +110,16 @@ class RoomServer(socketio.AsyncServer):  # type: ignore[misc]
         # Records, for each incoming event, whether the client asked for an ack. Each
         # event runs in a task of its own, so this does not leak across events.
         ack_requested.set(id is not None)
-        await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
+        if namespace != "/":
+            await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
+            return
+        # python-socketio's, but for the ack's binary flag: a command's result is JSON
+        # (checked payloads, strings, numbers), so it is not walked for attachments.
+        result = await server._trigger_event(data[0], namespace, sid, *data[1:])
+        if result != self.not_handled and id is not None:
+            args = [] if result is None else [result]
+            ack = self.packet_class(packet.ACK, namespace=namespace, id=id, data=args, binary=False)
+            await server._send_packet(eio_sid, ack)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
         request: web.Request = environ["aiohttp.request"]

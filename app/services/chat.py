@@ -128,7 +128,9 @@ class ChatService:
 
         The role comes from the membership cache: a send costs no read of its own.
         """
-        access = await self.access(principal, document_id)
+        access = self._memberships.get((document_id, principal.user_id)) or await self.access(
+            principal, document_id
+        )
         if access.role not in CAN_WRITE:
             raise Forbidden("viewers cannot send messages")
         message, _ = await self._writer.write(

@@ -107,9 +107,9 @@ class ChatWriter:
         self._queue.append(message)
         self._in_flight[message.document_id] += 1
         self._wakeup.set()
-        # Shielded: a sender that gives up does not take the message out of a batch
-        # that may be committing; it is stored or refused either way.
-        return await asyncio.shield(message.done)
+        # A sender that gives up cancels only its wait: the message stays in its batch
+        # and is stored or refused all the same.
+        return await message.done
 
     async def announced(self, document_id: uuid.UUID) -> int:
         """The last seq announced in the document: every message up to it was handed
@@ -238,11 +238,14 @@ class ChatWriter:
             seq = seqs.get(row.id)
             if seq is None:
                 continue  # the document is gone: refused in _finish
-            stored[id(message)] = MessageOut(
+            # Built from checked values: constructed, not validated again.
+            stored[id(message)] = MessageOut.model_construct(
                 id=row.id,
                 document_id=row.document_id,
                 seq=seq,
-                author=Author(kind=row.author_kind, id=row.author_id, username=message.author_name),
+                author=Author.model_construct(
+                    kind=row.author_kind, id=row.author_id, username=message.author_name
+                ),
                 client_msg_id=row.client_msg_id,
                 text=row.text,
                 metadata=row.meta,
