@@ -200,3 +200,24 @@ async def test_closing_stores_what_is_queued_and_refuses_what_comes_after(api: A
     assert [out.seq for out, _ in await asyncio.gather(*queued)] == [1, 2, 3, 4, 5]
     with pytest.raises(RuntimeError, match="closed"):
         await w.writer.write(w.message(ann, doc, "too late"))
+
+
+async def test_a_sender_that_stops_waiting_leaves_its_message_to_its_batch(api: Api) -> None:
+    ann = await api.user("ann")
+    doc = (await api.document(ann, "impatient"))["id"]
+    engine = engine_of(api)
+    w = Writer(engine, batches=FailingOnce(cast(BatchWriter, batch_writer(engine))))
+    # Its batch is refused after its sender gave up: out of flight all the same, so a
+    # join does not wait for it for ever.
+    refused = asyncio.ensure_future(w.writer.write(w.message(ann, doc, "refused")))
+    await asyncio.sleep(0)
+    refused.cancel()
+    assert await asyncio.wait_for(w.writer.announced(uuid.UUID(doc)), 5) == 0
+    # Its batch is stored after its sender gave up: stored and announced all the same.
+    stored_anyway = asyncio.ensure_future(w.writer.write(w.message(ann, doc, "kept")))
+    await asyncio.sleep(0)
+    stored_anyway.cancel()
+    ((after, _),) = await w.batch(w.message(ann, doc, "after"))
+    assert after.seq == 2 and [m.text for m in w.announced] == ["kept", "after"]
+    assert await w.writer.announced(uuid.UUID(doc)) == 2
+    await w.writer.close()

@@ -63,6 +63,7 @@ class Pending:
     done: asyncio.Future[tuple[MessageOut, bool]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    landed: bool = False  # stored or refused: out of flight (its sender may have left)
 
     @property
     def key(self) -> tuple[uuid.UUID, uuid.UUID | None, str] | None:
@@ -269,9 +270,7 @@ class ChatWriter:
                 self._announced[message.document_id] = out.seq
         firsts: dict[tuple[Any, ...], MessageOut] = {}
         for message in batch:
-            self._in_flight[message.document_id] -= 1
-            if not self._in_flight[message.document_id]:
-                del self._in_flight[message.document_id]
+            self._landed(message)
             out = stored.get(id(message))
             key = message.key
             if out is not None:
@@ -290,13 +289,17 @@ class ChatWriter:
 
     def _settle(self, batch: Iterable[Pending], exc: BaseException) -> None:
         for message in batch:
-            if message.done.done():
-                continue
-            self._in_flight[message.document_id] -= 1
-            if not self._in_flight[message.document_id]:
-                del self._in_flight[message.document_id]
-            _fail(message, exc)
+            if not message.landed:  # not answered in a batch already
+                self._landed(message)
+                _fail(message, exc)
         self._wake_waiters()
+
+    def _landed(self, message: Pending) -> None:
+        """``message`` is out of flight: stored, or refused."""
+        message.landed = True
+        self._in_flight[message.document_id] -= 1
+        if not self._in_flight[message.document_id]:
+            del self._in_flight[message.document_id]
 
 
 async def _insert_in(connection: AsyncConnection, rows: list[NewMessage]) -> dict[uuid.UUID, int]:
