@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from typing import Any
 
+import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from realtime.presence import Presence
 from roomclient import RoomClient
 from tests.conftest import AppFactory, ConnectOn
 from tests.helpers import Api, User, arrivals, departures, equal, eventually
@@ -295,3 +298,35 @@ def apply(view: dict[str, dict[str, Any]], name: str, data: Any) -> None:
             states.pop(data["connection_id"], None)
         else:
             states[data["connection_id"]] = data["state"]
+
+
+async def test_a_join_acks_presence_is_each_users_entry_as_it_is_now() -> None:
+    """Entries are encoded once per change (presence.py): each snapshot still shows
+    every user as they are, in the order they arrived."""
+    presence, room = Presence(), uuid.uuid4()
+    ids = [uuid.uuid4() for _ in range(3)]
+    for index, user_id in enumerate(ids):
+        await presence.join(room, user_id, f"user{index}", f"sid{index}")
+
+    async def snapshot() -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = orjson.loads(orjson.dumps(await presence.snapshot(room)))
+        return entries
+
+    assert [entry["user_id"] for entry in await snapshot()] == [str(user_id) for user_id in ids]
+    await presence.set_state(room, ids[1], "sid1", {"cursor": 1})
+    await presence.join(room, ids[1], "user1", "tab2")
+    assert (await snapshot())[1] == {
+        "user_id": str(ids[1]),
+        "username": "user1",
+        "connection_count": 2,
+        "connections": [{"connection_id": "sid1", "state": {"cursor": 1}}],
+    }
+    await presence.leave(room, ids[1], "sid1")
+    assert (await snapshot())[1]["connections"] == []
+    await presence.leave(room, ids[1], "tab2")
+    await presence.leave(room, ids[0], "sid0")
+    await presence.join(room, ids[0], "user0", "again")  # back: now the last to arrive
+    assert [entry["user_id"] for entry in await snapshot()] == [str(ids[2]), str(ids[0])]
+    await presence.leave(room, ids[0], "again")
+    await presence.leave(room, ids[2], "sid2")
+    assert await snapshot() == []
