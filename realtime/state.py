@@ -13,10 +13,11 @@ from aiohttp import web
 
 from app.config import Settings
 from app.events import EventClass
-from app.keys import ASSISTANT, AUTH_SERVICE, CHAT_SERVICE
+from app.keys import ASSISTANT, AUTH_SERVICE, CHAT_SERVICE, DOCUMENT_SERVICE
 from app.services.assistant import Assistant
 from app.services.auth import AuthService
 from app.services.chat import ChatService
+from app.services.documents import DocumentService
 from app.wire import ServerEvent
 from realtime.admission import Admission
 from realtime.connections import Connection, Connections
@@ -94,6 +95,10 @@ class Realtime:
     @property
     def chat(self) -> ChatService:
         return self.app[CHAT_SERVICE]
+
+    @property
+    def documents(self) -> DocumentService:
+        return self.app[DOCUMENT_SERVICE]
 
     @property
     def assistant(self) -> Assistant:

@@ -1,5 +1,6 @@
 """Many clients sending at once into one room: seqs stay gapless, every message is
-stored once, and everybody hears the room in the same (seq) order."""
+stored once, and everybody hears the room in the same (seq) order. Many joining at
+once: each gets its own access."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import itertools
 from collections import Counter
 from typing import Any
 
-from roomclient import RoomClient
-from tests.conftest import ClientFactory
+from roomclient import CommandError, RoomClient
+from tests.conftest import AppFactory, ClientFactory, ConnectOn
 from tests.helpers import Api, User, eventually
 
 USERS = 20
@@ -145,3 +146,42 @@ async def test_a_retry_storm_with_one_client_msg_id_stores_one_message(
     heard = [chat_seqs(client) for _, client in clients]
     assert sum(seqs.count(2) for seqs in heard) == len(clients) - 1, heard
     assert all(len(seqs) == len(set(seqs)) for seqs in heard), heard
+
+
+async def test_a_crowd_joining_at_once_gets_each_their_own_role(
+    start_app: AppFactory, connect_on: ConnectOn
+) -> None:
+    """The memberships a burst of joins misses are read together: each join still
+    gets its own user and role, in one room or another, and the strangers in the
+    crowd are refused as for a document that does not exist."""
+    api = Api(await start_app(access_cache_seconds=0))  # every join reads its access
+    connect = connect_on(api)
+    people = [await api.user(f"user{i}") for i in range(24)]
+    owner, other_owner = people[0], people[1]
+    first = (await api.document(owner, "First"))["id"]
+    second = (await api.document(other_owner, "Second"))["id"]
+    wanted: dict[str, tuple[str, str | None]] = {}  # username: (document, role)
+    for i, person in enumerate(people[2:], start=2):
+        document, sharer = (first, owner) if i % 2 else (second, other_owner)
+        role = ("editor", "viewer", None)[i % 3]  # None: a stranger to it
+        if role is not None:
+            await api.share(sharer, document, person, role)
+        wanted[person.username] = (document, role)
+    wanted[owner.username], wanted[other_owner.username] = (first, "owner"), (second, "owner")
+    clients = {person.username: await connect(person) for person in people}
+
+    async def join(username: str) -> tuple[str, str | None]:
+        document = wanted[username][0]
+        try:
+            data = await clients[username].command("join", {"document_id": document})
+        except CommandError as exc:
+            return exc.code, None
+        assert data["user"]["username"] == username and data["document"]["id"] == document
+        return data["document"]["title"], data["role"]
+
+    outcomes = dict(zip(wanted, await asyncio.gather(*map(join, wanted)), strict=True))
+    titles = {first: "First", second: "Second"}
+    assert outcomes == {
+        username: (titles[document], role) if role else ("not_found", None)
+        for username, (document, role) in wanted.items()
+    }

@@ -175,6 +175,46 @@ async def test_disabled_user_is_refused(api: Api, client: Client) -> None:
     await assert_refused(client, {"token": alice.access_token}, "user_disabled")
 
 
+async def test_a_crowd_connecting_at_once_is_checked_user_by_user(start_app: AppFactory) -> None:
+    """The accounts a burst of connects misses are read together: each connection is
+    still checked against its own user (the disabled user and the signed-out session
+    in the crowd are refused, and nobody else)."""
+    client = await start_app(access_cache_seconds=0)  # every check reads its account
+    api = Api(client)
+    root = await api.user("root", GlobalRole.ADMIN)
+    people = [await api.user(f"member{i}") for i in range(24)]
+    disabled, signed_out = people[3], people[17]
+    await api.call("PATCH", f"/api/v1/users/{disabled.id}", user=root, json={"disabled": True})
+    logout = {"refresh_token": signed_out.refresh_token}
+    await api.call("POST", "/api/v1/auth/logout", json=logout, expect=204)
+    probes = [Probe(client) for _ in people]
+    try:
+        outcomes = await asyncio.gather(
+            *(
+                probe.connect({"token": person.access_token})
+                for probe, person in zip(probes, people, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        refused = {
+            person.username: [error["data"]["code"] for error in probe.errors]
+            for person, probe in zip(people, probes, strict=True)
+            if probe.errors
+        }
+        assert refused == {
+            disabled.username: ["user_disabled"],
+            signed_out.username: ["unauthorized"],
+        }
+        connected = [
+            p.username for p, probe in zip(people, probes, strict=True) if probe.sio.connected
+        ]
+        assert connected == [p.username for p in people if p not in (disabled, signed_out)]
+        assert sum(isinstance(outcome, Exception) for outcome in outcomes) == 2
+        await eventually(lambda: assert_open_connections(client, 22.0))
+    finally:
+        await asyncio.gather(*(probe.close() for probe in probes))
+
+
 async def test_a_failure_on_our_side_refuses_with_unavailable(
     api: Api, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:

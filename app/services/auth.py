@@ -28,7 +28,7 @@ from app.errors import (
     UsernameTaken,
 )
 from app.events import Broadcaster, RevokedBecause
-from app.services.cache import ExpiringCache
+from app.services.cache import BatchedLoads, ExpiringCache
 from storage.db import read_session
 from storage.errors import AlreadyExists
 from storage.models import GlobalRole, User
@@ -111,6 +111,7 @@ class AuthService:
         self._verified: ExpiringCache[str, dict[str, Any]] = ExpiringCache(
             ttl=accounts.ttl, max_entries=VERIFIED_TOKENS
         )
+        self._account_loads: BatchedLoads[uuid.UUID, Account] = BatchedLoads(self._accounts_of)
         self._allow_registration = allow_registration and tokens.keys.can_issue
 
     @property
@@ -236,14 +237,33 @@ class AuthService:
         )
 
     async def _account(self, user_id: uuid.UUID) -> Account:
+        account = await self._account_loads.load(user_id)
+        if account is None:
+            raise InvalidToken("the token's user does not exist")
+        return account
+
+    async def _accounts_of(self, user_ids: list[uuid.UUID]) -> dict[uuid.UUID, Account]:
+        """The accounts of those of ``user_ids`` that exist, read together (a burst of
+        connects by many users costs one read, not one each)."""
         # Sessions revoked before this could only have expired access tokens.
         since = datetime.now(UTC) - self._tokens.access_ttl - EXPIRY_LEEWAY
         async with read_session(self._sessions) as session:
-            user = await users_repo.get_user(session, user_id)
-            if user is None:
-                raise InvalidToken("the token's user does not exist")
-            revoked = await users_repo.revoked_families(session, user_id, since=since)
-        return Account.of(user, frozenset(revoked))
+            rows = await users_repo.account_rows(session, user_ids)
+            revoked = await users_repo.revoked_families(session, user_ids, since=since)
+        families: dict[uuid.UUID, set[uuid.UUID]] = {}
+        for user_id, family_id in revoked:
+            families.setdefault(user_id, set()).add(family_id)
+        return {
+            user_id: Account(
+                user_id,
+                username,
+                role,
+                disabled,
+                tokens_valid_after,
+                frozenset(families.get(user_id, ())),
+            )
+            for user_id, username, role, disabled, tokens_valid_after in rows
+        }
 
     async def authenticate_api_key(self, key: str) -> Principal:
         # A read beside any writer: a made-up key must not wait for SQLite's write lock.

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.auth.principal import Principal
 from app.errors import Conflict, Forbidden, NotFound, ReadOnly, TooManyDocuments
 from app.events import Broadcaster
-from app.services.cache import ExpiringCache
+from app.services.cache import BatchedLoads, ExpiringCache
 from app.services.live_documents import LiveDocuments
 from app.services.text_edits import TextEdit
 from storage.db import read_session
@@ -73,6 +73,9 @@ class DocumentService:
         self._broadcaster = broadcaster
         self._live_documents = live_documents
         self._memberships = memberships
+        self._access_loads: BatchedLoads[tuple[uuid.UUID, uuid.UUID], RoomAccess] = BatchedLoads(
+            self._accesses_of
+        )
 
     async def create(self, principal: Principal, title: str) -> DocumentView:
         if principal.role is GlobalRole.GUEST:
@@ -102,6 +105,35 @@ class DocumentService:
     async def get(self, principal: Principal, document_id: uuid.UUID) -> DocumentView:
         async with read_session(self._sessions) as session:
             return await membership(session, principal, document_id)
+
+    async def room_access(self, principal: Principal, document_id: uuid.UUID) -> RoomAccess:
+        """The caller's way into the document's room (``NotFound`` for non-members):
+        cached, dropped by the changes here that make it stale, and read with the
+        others missed at the same moment (a crowd joining a room costs one read)."""
+        key = (document_id, principal.user_id)
+
+        async def load() -> RoomAccess:
+            access = await self._access_loads.load(key)
+            if access is None:
+                raise NotFound("document not found")
+            return access
+
+        return await self._memberships.get_or_load(key, load)
+
+    async def _accesses_of(
+        self, keys: list[tuple[uuid.UUID, uuid.UUID]]
+    ) -> dict[tuple[uuid.UUID, uuid.UUID], RoomAccess]:
+        users_of: dict[uuid.UUID, list[uuid.UUID]] = {}
+        for document_id, user_id in keys:
+            users_of.setdefault(document_id, []).append(user_id)
+        found = {}
+        async with read_session(self._sessions) as session:
+            for document_id, user_ids in users_of.items():
+                for user_id, title, role in await documents_repo.member_roles(
+                    session, document_id, user_ids
+                ):
+                    found[document_id, user_id] = RoomAccess(document_id, title, role)
+        return found
 
     async def rename(
         self, principal: Principal, document_id: uuid.UUID, title: str

@@ -68,7 +68,7 @@ async def join(call: Call, payload: Join) -> dict[str, Any]:
     rt, connection, document_id = call.rt, call.connection, payload.document_id
     principal = connection.principal
     room_cap(rt, call.sid, document_id)  # before any work
-    access = await rt.chat.access(principal, document_id)
+    access = await rt.documents.room_access(principal, document_id)
     replies: list[dict[str, Any]] = []
 
     def enter() -> None:
@@ -82,7 +82,7 @@ async def join(call: Call, payload: Join) -> dict[str, Any]:
     # the room's members, not this connection: checked again now that it is in (the
     # services forget what they cached on a change, so this reads the change).
     try:
-        access = await rt.chat.access(principal, document_id)
+        access = await rt.documents.room_access(principal, document_id)
     except NotFound:
         rt.delivery.leave(room_of(document_id), call.sid)
         raise

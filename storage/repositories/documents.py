@@ -43,6 +43,19 @@ async def get_document_for_member(
     return (row[0], row[1]) if row else None
 
 
+async def member_roles(
+    session: AsyncSession, document_id: uuid.UUID, user_ids: Sequence[uuid.UUID]
+) -> list[tuple[uuid.UUID, str, DocumentRole]]:
+    """(user, the document's title, role) for those of ``user_ids`` who are members
+    (plain rows: many joins at once read these)."""
+    query = (
+        select(DocumentMember.user_id, Document.title, DocumentMember.role)
+        .join(Document, Document.id == DocumentMember.document_id)
+        .where(DocumentMember.document_id == document_id, DocumentMember.user_id.in_(user_ids))
+    )
+    return [(user_id, title, role) for user_id, title, role in await session.execute(query)]
+
+
 async def list_documents_for_user(
     session: AsyncSession,
     user_id: uuid.UUID,

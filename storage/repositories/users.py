@@ -44,6 +44,22 @@ async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
     return await session.get(User, user_id)
 
 
+# What checking a token needs of a user, as plain rows: every connect's account load
+# reads these (many users at once in a burst), and builds no ORM objects.
+AccountRow = tuple[uuid.UUID, str, GlobalRole, bool, datetime | None]
+
+
+async def account_rows(session: AsyncSession, user_ids: Sequence[uuid.UUID]) -> list[AccountRow]:
+    """id, username, role, disabled and tokens_valid_after of those of ``user_ids`` that exist."""
+    query = select(User.id, User.username, User.role, User.disabled, User.tokens_valid_after).where(
+        User.id.in_(user_ids)
+    )
+    return [
+        (user_id, username, role, disabled, valid_after)
+        for user_id, username, role, disabled, valid_after in await session.execute(query)
+    ]
+
+
 async def get_user_by_username(session: AsyncSession, username: str) -> User | None:
     return await session.scalar(select(User).where(User.username == username))
 
@@ -110,15 +126,15 @@ async def revoke_family(session: AsyncSession, family_id: uuid.UUID, at: datetim
 
 
 async def revoked_families(
-    session: AsyncSession, user_id: uuid.UUID, *, since: datetime
-) -> Sequence[uuid.UUID]:
-    """The user's sessions (families) revoked after ``since``."""
+    session: AsyncSession, user_ids: Sequence[uuid.UUID], *, since: datetime
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """(user, session) for each of the users' sessions (families) revoked after ``since``."""
     query = (
-        select(RefreshToken.family_id)
-        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at > since)
+        select(RefreshToken.user_id, RefreshToken.family_id)
+        .where(RefreshToken.user_id.in_(user_ids), RefreshToken.revoked_at > since)
         .distinct()
     )
-    return (await session.scalars(query)).all()
+    return [(user_id, family_id) for user_id, family_id in await session.execute(query)]
 
 
 async def revoke_user_tokens(session: AsyncSession, user_id: uuid.UUID, at: datetime) -> None:
