@@ -11,12 +11,14 @@ import uuid
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from app.keys import CHAT_SERVICE
 from realtime.presence import Presence
-from roomclient import RoomClient
-from tests.conftest import AppFactory, ConnectOn
+from roomclient import CommandError, RoomClient
+from tests.conftest import AppFactory, ClientFactory, ConnectOn
 from tests.helpers import Api, User, arrivals, departures, equal, eventually
 from tests.test_delivery_slow import MAX_BUFFERED, MESSAGE, slow_reader
 
@@ -330,3 +332,33 @@ async def test_a_join_acks_presence_is_each_users_entry_as_it_is_now() -> None:
     await presence.leave(room, ids[0], "again")
     await presence.leave(room, ids[2], "sid2")
     assert await snapshot() == []
+
+
+async def test_a_leave_that_overtakes_its_join_leaves_nobody_present(
+    api: Api, connect: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ann, ben, doc = await api.room("editor")
+    a, b = await connect(ann), await connect(ben)
+    await a.join(doc["id"])
+    chat = api.client.app[CHAT_SERVICE]
+    entered, release = asyncio.Event(), asyncio.Event()
+    enter_room = chat.enter_room
+
+    async def slow_enter_room(*args: Any) -> Any:  # the join, in the room, not done yet
+        backlog = await enter_room(*args)
+        entered.set()
+        await release.wait()
+        return backlog
+
+    monkeypatch.setattr(chat, "enter_room", slow_enter_room)
+    joining = asyncio.create_task(b.command("join", {"document_id": doc["id"]}))
+    await entered.wait()
+    await b.command("leave", {"document_id": doc["id"]})
+    release.set()
+    with pytest.raises(CommandError) as refused:
+        await joining
+    assert refused.value.code == "not_joined"
+    assert refused.value.message == "the connection left the room before its join completed"
+    ack = await a.command("join", {"document_id": doc["id"]})  # a fresh ack: who is here
+    assert [user["user_id"] for user in ack["presence"]] == [ann.id]
+    assert ben.id not in arrivals(a.events)
