@@ -91,6 +91,8 @@ class ChatService:
         so no message is in both halves or in neither.
         """
         rows: list[messages_repo.MessageRow] = []
+        if since_seq is not None and since_seq >= await self._writer.announced(document_id):
+            since_seq = None  # nothing missed: no read (a reconnect into a quiet room)
         if since_seq is not None:
             async with read_session(self._sessions) as session:
                 rows = await messages_repo.messages_after(
