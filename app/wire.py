@@ -59,16 +59,12 @@ class MessageOut(BaseModel):
 
     @classmethod
     def of_row(cls, row: MessageRow) -> MessageOut:
-        """From a history read's row (``storage.repositories.messages.MessageRow``),
-        whose columns have the types of the fields: constructed, not validated (a
-        catch-up of 100 messages per join)."""
-        return cls.model_construct(
+        """From a history read's row (``storage.repositories.messages.MessageRow``)."""
+        return cls(
             id=row.id,
             document_id=row.document_id,
             seq=row.seq,
-            author=Author.model_construct(
-                kind=row.author_kind, id=row.author_id, username=row.username
-            ),
+            author=Author(kind=row.author_kind, id=row.author_id, username=row.username),
             client_msg_id=row.client_msg_id,
             text=row.text,
             metadata=row.meta,

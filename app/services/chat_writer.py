@@ -239,14 +239,11 @@ class ChatWriter:
             seq = seqs.get(row.id)
             if seq is None:
                 continue  # the document is gone: refused in _finish
-            # Built from checked values: constructed, not validated again.
-            stored[id(message)] = MessageOut.model_construct(
+            stored[id(message)] = MessageOut(
                 id=row.id,
                 document_id=row.document_id,
                 seq=seq,
-                author=Author.model_construct(
-                    kind=row.author_kind, id=row.author_id, username=message.author_name
-                ),
+                author=Author(kind=row.author_kind, id=row.author_id, username=message.author_name),
                 client_msg_id=row.client_msg_id,
                 text=row.text,
                 metadata=row.meta,
