@@ -95,6 +95,20 @@ def test_the_library_calls_what_we_replace() -> None:
     ]
 
 
+def test_what_the_event_path_copies_and_borrows_is_still_there() -> None:
+    # RoomServer._handle_event_internal is python-socketio's for "/" but for the ack's
+    # binary flag: the library's must still trigger the event and ack it this way.
+    source = inspect.getsource(socketio.AsyncServer._handle_event_internal)
+    assert "r = await server._trigger_event(data[0], namespace, sid, *data[1:])" in source
+    assert "packet.ACK, namespace=namespace, id=id, data=data))" in source
+    # WebSocketConnection unmasks simple frames with aiohttp's C helper, in place.
+    from aiohttp._websocket.helpers import websocket_mask
+
+    payload = bytearray(b"\x0f\xf0\x00\xff\x01")
+    websocket_mask(b"\xff\x0f\xf0\x00", payload)
+    assert payload == bytearray(b"\xf0\xff\xf0\xff\xfe")
+
+
 async def test_connections_are_ours_on_both_transports(
     client: TestClient[web.Request, web.Application], connect_on: ConnectOn
 ) -> None:

@@ -2,13 +2,17 @@
 
 aiohttp parses the HTTP upgrade request and writes the ``101`` answer; then the TCP
 transport is handed to a ``WebSocketConnection``, a plain asyncio protocol. Frames
-in are parsed by wsproto; frames out are written as they come, most of them built
-once for a whole room (delivery/encoding.py). aiohttp's per-request state (the
-request, its headers, two tasks, its websocket reader and writer: 14 KiB of an idle
-connection, measured) is released, and no task waits per connection: the transport
-calls back when data arrives and when it can take more.
+in are parsed by wsproto, but for the frames clients send nearly always (whole,
+masked text or binary frames, no extension), which ``_read_simple_frames`` parses at
+a twentieth of wsproto's cost until another kind arrives; frames out are written as
+they come, most of them built once for a whole room (delivery/encoding.py).
+aiohttp's per-request state (the request, its headers, two tasks, its websocket
+reader and writer: 14 KiB of an idle connection, measured) is released, and no task
+waits per connection: the transport calls back when data arrives and when it can take
+more.
 
-The seams with aiohttp's internals are ``detach`` (tests/test_engine_seams.py).
+The seams with aiohttp's internals are ``detach`` and its C ``websocket_mask``
+(tests/test_engine_seams.py).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 from typing import Protocol
 
 from aiohttp import hdrs, web
+from aiohttp._websocket.helpers import websocket_mask
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.extensions import Extension
@@ -60,6 +65,11 @@ class WebSocketConnection(asyncio.Protocol):
         self._binary: list[bytes] = []
         self._size = 0
         self._early = b""  # what arrived before anyone listened
+        # Until another kind of frame arrives, frames are read here, not by wsproto
+        # (which then reads every later byte: it alone knows fragments, control
+        # frames, extensions and protocol errors). _partial: a frame's first bytes.
+        self._simple = not extensions
+        self._partial = b""
         self._abort: asyncio.TimerHandle | None = None
         self._closing = False  # our close frame is sent (or the transport is closing)
 
@@ -81,6 +91,11 @@ class WebSocketConnection(asyncio.Protocol):
         if self.listener is None:
             self._early += data
             return
+        if self._simple:
+            data = self._read_simple_frames(data)
+            if not data:
+                return
+            self._simple = False
         self._ws.receive_data(data)
         for event in self._ws.events():
             if isinstance(event, TextMessage | BytesMessage):
@@ -113,6 +128,45 @@ class WebSocketConnection(asyncio.Protocol):
             self.listener.resume_writing()
 
     # --- ours -------------------------------------------------------------------------
+
+    def _read_simple_frames(self, data: bytes) -> bytes:
+        """Read the whole, masked, unfragmented text and binary frames without RSV bits
+        (RFC 6455 §5.2) at the start of ``data``, keep a partial one for later, and
+        return what follows from the first frame of any other kind (wsproto's to read:
+        it costs ~12 µs a frame, measured, this under 1)."""
+        if self._partial:
+            data, self._partial = self._partial + data, b""
+        offset, end = 0, len(data)
+        while end - offset >= 2:
+            first, second = data[offset], data[offset + 1]
+            opcode = first & 0x0F
+            if first & 0xF0 != 0x80 or opcode not in (1, 2) or not second & 0x80:
+                return data[offset:]  # a fragment, a control frame, RSV bits, unmasked
+            length, start = second & 0x7F, offset + 6
+            if length == 127:
+                return data[offset:]  # 64 KiB and more: wsproto's
+            if length == 126:
+                if end - offset < 4:
+                    break
+                length, start = int.from_bytes(data[offset + 2 : offset + 4]), offset + 8
+            if end < start + length:
+                break
+            payload = bytearray(data[start : start + length])
+            websocket_mask(data[start - 4 : start], payload)
+            message: str | bytes
+            if opcode == 1:
+                try:
+                    message = payload.decode()
+                except UnicodeDecodeError:
+                    return data[offset:]  # wsproto closes with 1007
+            else:
+                message = bytes(payload)
+            offset = start + length
+            self._message(message, True)
+            if self._closing or self.listener is None:
+                return b""
+        self._partial = data[offset:]
+        return b""
 
     def _message(self, data: str | bytes | bytearray, finished: bool) -> None:
         """A frame's payload (wsproto hands over what it has; a message may span many)."""
