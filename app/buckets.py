@@ -30,6 +30,10 @@ class TokenBucket:
             return True
         return False
 
+    def spend(self, tokens: float = 1) -> None:
+        """Spend ``tokens`` that ``wait`` just found there (no second refill)."""
+        self._tokens -= min(tokens, self.burst)
+
     def wait(self, tokens: float = 1) -> float:
         """Seconds until ``tokens`` are available."""
         self._refill()

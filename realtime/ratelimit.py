@@ -48,8 +48,8 @@ class CommandLimits:
         mine, theirs = buckets[kind], self._users[kind].get(user_id)
         wait = max(mine.wait(cost), theirs.wait(cost))
         if wait == 0:
-            mine.take(cost)
-            theirs.take(cost)
+            mine.spend(cost)
+            theirs.spend(cost)
         return wait
 
     def admit(
