@@ -248,21 +248,17 @@ class AuthService:
         # Sessions revoked before this could only have expired access tokens.
         since = datetime.now(UTC) - self._tokens.access_ttl - EXPIRY_LEEWAY
         async with read_session(self._sessions) as session:
-            rows = await users_repo.account_rows(session, user_ids)
-            revoked = await users_repo.revoked_families(session, user_ids, since=since)
-        families: dict[uuid.UUID, set[uuid.UUID]] = {}
-        for user_id, family_id in revoked:
-            families.setdefault(user_id, set()).add(family_id)
+            rows = await users_repo.account_rows(session, user_ids, revoked_since=since)
+        columns: dict[uuid.UUID, tuple[str, GlobalRole, bool, datetime | None]] = {}
+        revoked: dict[uuid.UUID, set[uuid.UUID]] = {}
+        for user_id, username, role, disabled, valid_after, family_id in rows:
+            columns[user_id] = (username, role, disabled, valid_after)
+            families = revoked.setdefault(user_id, set())
+            if family_id is not None:
+                families.add(family_id)
         return {
-            user_id: Account(
-                user_id,
-                username,
-                role,
-                disabled,
-                tokens_valid_after,
-                frozenset(families.get(user_id, ())),
-            )
-            for user_id, username, role, disabled, tokens_valid_after in rows
+            user_id: Account(user_id, *columns[user_id], frozenset(families))
+            for user_id, families in revoked.items()
         }
 
     async def authenticate_api_key(self, key: str) -> Principal:

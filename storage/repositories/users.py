@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -44,19 +44,37 @@ async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
     return await session.get(User, user_id)
 
 
-# What checking a token needs of a user, as plain rows: every connect's account load
-# reads these (many users at once in a burst), and builds no ORM objects.
-AccountRow = tuple[uuid.UUID, str, GlobalRole, bool, datetime | None]
+# What checking a token needs of a user, as a plain row (every connect's account load
+# reads these, many users at once in a burst): id, username, role, disabled,
+# tokens_valid_after, and one of the user's sessions revoked recently (None: none; a
+# user with several has a row for each).
+AccountRow = tuple[uuid.UUID, str, GlobalRole, bool, datetime | None, uuid.UUID | None]
 
 
-async def account_rows(session: AsyncSession, user_ids: Sequence[uuid.UUID]) -> list[AccountRow]:
-    """id, username, role, disabled and tokens_valid_after of those of ``user_ids`` that exist."""
-    query = select(User.id, User.username, User.role, User.disabled, User.tokens_valid_after).where(
-        User.id.in_(user_ids)
+async def account_rows(
+    session: AsyncSession, user_ids: Sequence[uuid.UUID], *, revoked_since: datetime
+) -> list[AccountRow]:
+    """Those of ``user_ids`` that exist, with their sessions (refresh-token families)
+    revoked after ``revoked_since``, in one statement."""
+    revoked = and_(RefreshToken.user_id == User.id, RefreshToken.revoked_at > revoked_since)
+    query = (
+        select(
+            User.id,
+            User.username,
+            User.role,
+            User.disabled,
+            User.tokens_valid_after,
+            RefreshToken.family_id,
+        )
+        .outerjoin(RefreshToken, revoked)
+        .where(User.id.in_(user_ids))
+        .distinct()  # a family's rotations are revoked together
     )
     return [
-        (user_id, username, role, disabled, valid_after)
-        for user_id, username, role, disabled, valid_after in await session.execute(query)
+        (user_id, username, role, disabled, valid_after, family_id)
+        for user_id, username, role, disabled, valid_after, family_id in await session.execute(
+            query
+        )
     ]
 
 
@@ -123,18 +141,6 @@ async def revoke_family(session: AsyncSession, family_id: uuid.UUID, at: datetim
         .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=at)
     )
-
-
-async def revoked_families(
-    session: AsyncSession, user_ids: Sequence[uuid.UUID], *, since: datetime
-) -> list[tuple[uuid.UUID, uuid.UUID]]:
-    """(user, session) for each of the users' sessions (families) revoked after ``since``."""
-    query = (
-        select(RefreshToken.user_id, RefreshToken.family_id)
-        .where(RefreshToken.user_id.in_(user_ids), RefreshToken.revoked_at > since)
-        .distinct()
-    )
-    return [(user_id, family_id) for user_id, family_id in await session.execute(query)]
 
 
 async def revoke_user_tokens(session: AsyncSession, user_id: uuid.UUID, at: datetime) -> None:
