@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from roomclient import CommandError, RoomClient
+from storage.repositories import messages as messages_repo
 from tests.conftest import AppFactory, ClientFactory
 from tests.helpers import Api, arrivals, eventually
 
@@ -230,3 +232,33 @@ async def test_viewers_read_but_cannot_send(api: Api, connect: ClientFactory) ->
     assert refused.value.code == "forbidden"
     history, _ = await v.history(doc["id"])
     assert history == []
+
+
+async def test_joins_at_once_share_one_catch_up_read_and_an_edit_is_read_again(
+    api: Api, connect: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ann, ben, doc = await api.room("editor")
+    author = await connect(ann)
+    await author.join(doc["id"])
+    sent = [await author.send(doc["id"], f"note {i}") for i in range(5)]
+    reads = 0
+    read = messages_repo.messages_after
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await read(*args, **kwargs)
+
+    monkeypatch.setattr(messages_repo, "messages_after", counted)
+    tabs = [await connect(ben) for _ in range(4)]  # 5 connections a user at most
+
+    async def catch_up(tab: RoomClient) -> list[str]:
+        data = await tab.command("join", {"document_id": doc["id"], "since_seq": 0})
+        assert data["last_seq"] == 5 and data["has_more"] is False
+        return [message["text"] for message in data["messages"]]
+
+    texts = [f"note {i}" for i in range(5)]
+    assert await asyncio.gather(*map(catch_up, tabs)) == [texts] * len(tabs)
+    assert reads < len(tabs)  # shared (a read in flight is joined by those after it)
+    await author.edit(doc["id"], sent[0]["id"], "edited")
+    assert await catch_up(await connect(ben)) == ["edited", *texts[1:]]

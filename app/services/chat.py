@@ -8,17 +8,20 @@ or delivered live, never neither and never both.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.auth.principal import Principal
 from app.errors import Forbidden, NotFound
 from app.events import Broadcaster, EventClass
+from app.services.cache import ExpiringCache
 from app.services.chat_writer import Also, ChatWriter, Pending
 from app.services.documents import DocumentView, Memberships, RoomAccess, membership
 from app.wire import MessageOut, ServerEvent, dump
@@ -36,6 +39,28 @@ class Backlog:
     messages: list[MessageOut]
     has_more: bool  # more than one page was missed: page on with `chat:history`
     last_seq: int
+    # The messages as JSON, made once for every join that got the same page.
+    encoded: orjson.Fragment
+
+
+class _Read:
+    """Rows read after a seq, shared by the joins that asked for them while it ran; the
+    page they make is built and encoded once for all of them."""
+
+    __slots__ = ("_page", "page_size", "rows")
+
+    def __init__(self, rows: list[messages_repo.MessageRow], page_size: int) -> None:
+        self.rows = rows
+        self.page_size = page_size
+        self._page: Backlog | None = None
+
+    def backlog(self, last_seq: int) -> Backlog:
+        if self._page is None:
+            messages = [MessageOut.of_row(row) for row in self.rows[: self.page_size]]
+            self._page = Backlog(
+                messages, len(self.rows) > self.page_size, last_seq, _encode(messages)
+            )
+        return dataclasses.replace(self._page, last_seq=last_seq)
 
 
 class ChatService:
@@ -60,6 +85,11 @@ class ChatService:
             max_known=memberships.max_entries,
         )
         self.page_size = page_size
+        # Reads in flight, shared; an edit or a deletion in a document starts new ones.
+        self._reads: ExpiringCache[tuple[uuid.UUID, int, int], _Read] = ExpiringCache(
+            ttl=0, max_entries=1
+        )
+        self._changes: dict[uuid.UUID, int] = {}
 
     async def close(self) -> None:
         """Store the messages queued; refuse later sends."""
@@ -90,31 +120,47 @@ class ChatService:
         The split is the last announced seq: ``enter`` runs in the turn that reads it,
         so no message is in both halves or in neither.
         """
-        rows: list[messages_repo.MessageRow] = []
         if since_seq is not None and since_seq >= await self._writer.announced(document_id):
             since_seq = None  # nothing missed: no read (a reconnect into a quiet room)
+        read: _Read | None = None
         if since_seq is not None:
-            async with read_session(self._sessions) as session:
-                rows = await messages_repo.messages_after(
-                    session, document_id, since_seq, limit=self.page_size + 1
-                )
+            # Joins asking for the same page at the same moment (a crowd arriving) share
+            # its read; one that asks after an edit or a deletion reads again.
+            key = (document_id, since_seq, self._changes.get(document_id, 0))
+
+            async def load() -> _Read:
+                async with read_session(self._sessions) as session:
+                    rows = await messages_repo.messages_after(
+                        session, document_id, since_seq, limit=self.page_size + 1
+                    )
+                return _Read(rows, self.page_size)
+
+            read = await self._reads.get_or_load(key, load)
         await self._writer.announced(document_id)
         last_seq = self._writer.announced_now(document_id)
         enter()
-        if since_seq is not None:
-            # Seqs are gapless: the rows run from since_seq + 1. Those past last_seq
-            # will come live; those committed and announced while the read ran are
-            # read now (a batch at most).
+        if read is None:
+            return Backlog([], has_more=False, last_seq=last_seq, encoded=_encode([]))
+        assert since_seq is not None
+        # Seqs are gapless: the rows run from since_seq + 1. Those past last_seq
+        # will come live; those committed and announced while the read ran are
+        # read now (a batch at most).
+        rows = read.rows
+        if rows and rows[-1].seq > last_seq:  # in seq order: usually all of them
             rows = [row for row in rows if row.seq <= last_seq]
-            read_up_to = since_seq + len(rows)
-            if len(rows) <= self.page_size and read_up_to < last_seq:
-                async with read_session(self._sessions) as session:
-                    more = await messages_repo.messages_after(
-                        session, document_id, read_up_to, limit=self.page_size + 1 - len(rows)
-                    )
-                rows += [row for row in more if row.seq <= last_seq]
+        read_up_to = since_seq + len(rows)
+        if len(rows) <= self.page_size and read_up_to < last_seq:
+            async with read_session(self._sessions) as session:
+                more = await messages_repo.messages_after(
+                    session, document_id, read_up_to, limit=self.page_size + 1 - len(rows)
+                )
+            rows = rows + [row for row in more if row.seq <= last_seq]  # read.rows is shared
+        elif rows is read.rows:
+            return read.backlog(last_seq)  # the page the others sharing the read got
         page = [MessageOut.of_row(row) for row in rows[: self.page_size]]
-        return Backlog(page, has_more=len(rows) > self.page_size, last_seq=last_seq)
+        return Backlog(
+            page, has_more=len(rows) > self.page_size, last_seq=last_seq, encoded=_encode(page)
+        )
 
     async def send(
         self,
@@ -252,6 +298,8 @@ class ChatService:
         self._announce(ServerEvent.CHAT_MESSAGE, message, connection_id)
 
     def _announce(self, event: ServerEvent, message: MessageOut, connection_id: str | None) -> None:
+        if event is not ServerEvent.CHAT_MESSAGE:
+            self._changes[message.document_id] = self._changes.get(message.document_id, 0) + 1
         self._broadcaster.to_room(
             message.document_id,
             event,
@@ -259,3 +307,7 @@ class ChatService:
             kind=EventClass.CHAT,
             skip_connection=connection_id,
         )
+
+
+def _encode(messages: list[MessageOut]) -> orjson.Fragment:
+    return orjson.Fragment(orjson.dumps([dump(message) for message in messages]))

@@ -99,7 +99,7 @@ async def join(call: Call, payload: Join) -> dict[str, Any]:
         "user": {"user_id": str(principal.user_id), "username": principal.username},
         "last_seq": backlog.last_seq,
         "presence": await rt.presence.snapshot(document_id),
-        "messages": [dump(message) for message in backlog.messages],
+        "messages": backlog.encoded,
         "has_more": backlog.has_more,
         "replies": replies,
     }
