@@ -85,11 +85,12 @@ class ChatService:
             max_known=memberships.max_entries,
         )
         self.page_size = page_size
-        # Reads in flight, shared; an edit or a deletion in a document starts new ones.
-        self._reads: ExpiringCache[tuple[uuid.UUID, int, int], _Read] = ExpiringCache(
+        # Catch-up reads in flight, shared by the joins that ask for the same page
+        # meanwhile (nothing is kept once read: ttl 0); an edit or a deletion in a
+        # document drops its reads, so later joins read again.
+        self._reads: ExpiringCache[tuple[uuid.UUID, int], _Read] = ExpiringCache(
             ttl=0, max_entries=1
         )
-        self._changes: dict[uuid.UUID, int] = {}
 
     async def close(self) -> None:
         """Store the messages queued; refuse later sends."""
@@ -126,7 +127,7 @@ class ChatService:
         if since_seq is not None:
             # Joins asking for the same page at the same moment (a crowd arriving) share
             # its read; one that asks after an edit or a deletion reads again.
-            key = (document_id, since_seq, self._changes.get(document_id, 0))
+            key = (document_id, since_seq)
 
             async def load() -> _Read:
                 async with read_session(self._sessions) as session:
@@ -263,6 +264,7 @@ class ChatService:
             message.text = text
             message.edited_at = datetime.now(UTC)
         out = MessageOut.of(message, principal.username)
+        self._reads.drop_where(lambda key: key[0] == document_id)  # joins read the edit
         self._announce(ServerEvent.CHAT_EDITED, out, connection_id)
         return out
 
@@ -291,6 +293,7 @@ class ChatService:
                 user = await users_repo.get_user(session, message.author_id)
                 author = user.username if user is not None else None
         out = MessageOut.of(message, author)
+        self._reads.drop_where(lambda key: key[0] == document_id)  # joins read the deletion
         self._announce(ServerEvent.CHAT_DELETED, out, connection_id)
         return out
 
@@ -298,8 +301,6 @@ class ChatService:
         self._announce(ServerEvent.CHAT_MESSAGE, message, connection_id)
 
     def _announce(self, event: ServerEvent, message: MessageOut, connection_id: str | None) -> None:
-        if event is not ServerEvent.CHAT_MESSAGE:
-            self._changes[message.document_id] = self._changes.get(message.document_id, 0) + 1
         self._broadcaster.to_room(
             message.document_id,
             event,
