@@ -33,6 +33,7 @@ class Writer:
         max_batch: int = 500,
         batches: BatchWriter | None = None,
         one_trip: bool = True,
+        max_known: int = 100,
     ) -> None:
         self.announced: list[MessageOut] = []
         self.writer = ChatWriter(
@@ -40,7 +41,7 @@ class Writer:
             lambda message, _skip: self.announced.append(message),
             batches=batches or (batch_writer(engine) if one_trip else None),
             max_batch=max_batch,
-            max_known=100,
+            max_known=max_known,
         )
 
     def message(self, user: User, doc_id: str, text: str, msg_id: str | None = None) -> Pending:
@@ -220,4 +221,18 @@ async def test_a_sender_that_stops_waiting_leaves_its_message_to_its_batch(api: 
     ((after, _),) = await w.batch(w.message(ann, doc, "after"))
     assert after.seq == 2 and [m.text for m in w.announced] == ["kept", "after"]
     assert await w.writer.announced(uuid.UUID(doc)) == 2
+    await w.writer.close()
+
+
+async def test_documents_it_forgot_are_read_again_with_their_last_seq(api: Api) -> None:
+    ann = await api.user("ann")
+    docs = [(await api.document(ann, f"doc {n}"))["id"] for n in range(8)]
+    w = Writer(engine_of(api), max_known=3)
+    for n, doc in enumerate(docs):  # doc n gets n + 1 messages
+        await w.batch(*(w.message(ann, doc, f"{doc} {k}") for k in range(n + 1)))
+    # Only a few are kept in memory; the others are read back, each with its seq.
+    assert [await w.writer.announced(uuid.UUID(doc)) for doc in docs] == list(range(1, 9))
+    assert [await w.writer.announced(uuid.UUID(doc)) for doc in reversed(docs)] == list(
+        range(8, 0, -1)
+    )
     await w.writer.close()

@@ -125,7 +125,7 @@ class ChatWriter:
             async with self._engine.connect() as connection:
                 stored = await messages_repo.last_seq(connection, document_id)
             if document_id not in self._announced and not self._in_flight[document_id]:
-                self._remember(document_id, stored)
+                self._remember(document_id, stored)  # else a batch began: it knows better
         return self._announced[document_id]
 
     def announced_now(self, document_id: uuid.UUID) -> int:
@@ -133,16 +133,16 @@ class ChatWriter:
         return self._announced[document_id]
 
     def _remember(self, document_id: uuid.UUID, seq: int) -> None:
-        if document_id not in self._announced:
-            self._announced[document_id] = seq
-            if len(self._announced) > self._max_known:
-                self._forget_idle()
+        """Record a document's last announced seq, making room for a new document."""
+        if document_id not in self._announced and len(self._announced) >= self._max_known:
+            self._forget_idle()
+        self._announced[document_id] = seq
 
     def _forget_idle(self) -> None:
         # The oldest documents with nothing in flight: their seq can be read again
         # from the database, as no batch of theirs is between its commit and its
-        # announcement.
-        excess = len(self._announced) - self._max_known
+        # announcement. A tenth more than needed: the scan is paid once in a while.
+        excess = len(self._announced) - self._max_known + 1 + self._max_known // 10
         for document_id in [d for d in self._announced if not self._in_flight[d]][:excess]:
             del self._announced[document_id]
 
@@ -264,7 +264,7 @@ class ChatWriter:
             out = stored.get(id(message))
             if out is not None:
                 self._announce(out, message.skip_connection)
-                self._announced[message.document_id] = out.seq
+                self._remember(message.document_id, out.seq)
         firsts: dict[tuple[Any, ...], MessageOut] = {}
         for message in batch:
             self._landed(message)
