@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import case, insert, select, tuple_, update
+from sqlalchemy import case, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
@@ -359,34 +359,12 @@ def _first_copies(batch: list[Pending]) -> list[Pending]:
 async def _stored_copies(
     connection: AsyncConnection, batch: list[Pending]
 ) -> dict[tuple[Any, ...], MessageOut]:
-    """The batch's messages that are stored already, by key, with their authors."""
+    """The batch's messages that are stored already, by key."""
     keys = {m.key for m in batch if m.key is not None}
     if not keys:
         return {}
-    names: dict[Any, str | None] = {m.key: m.author_name for m in batch}
-    rows = await connection.execute(
-        select(MESSAGES).where(
-            tuple_(ChatMessage.document_id, ChatMessage.author_id, ChatMessage.client_msg_id).in_(
-                list(keys)
-            )
-        )
-    )
-    found: dict[tuple[Any, ...], MessageOut] = {}
-    for row in rows:
-        key = (row.document_id, row.author_id, row.client_msg_id)
-        found[key] = MessageOut(
-            id=row.id,
-            document_id=row.document_id,
-            seq=row.seq,
-            author=Author(kind=row.author_kind, id=row.author_id, username=names.get(key)),
-            client_msg_id=row.client_msg_id,
-            text=row.text,
-            metadata=row.metadata,
-            created_at=row.created_at,
-            edited_at=row.edited_at,
-            deleted=row.deleted_at is not None,
-        )
-    return found
+    rows = await messages_repo.by_client_msg_ids(connection, keys)
+    return {(r.document_id, r.author_id, r.client_msg_id): MessageOut.of_row(r) for r in rows}
 
 
 def _resolve(message: Pending, result: tuple[MessageOut, bool]) -> None:

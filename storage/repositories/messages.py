@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Row, Select, select, update
+from sqlalchemy import Row, Select, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -84,7 +85,7 @@ _ROW_COLUMNS = (
     ChatMessage.author_id,
     ChatMessage.client_msg_id,
     ChatMessage.text,
-    ChatMessage.meta,
+    ChatMessage.meta.label("meta"),  # the column is "metadata"; rows read on a connection too
     ChatMessage.created_at,
     ChatMessage.edited_at,
     ChatMessage.deleted_at,
@@ -94,6 +95,15 @@ _ROW_COLUMNS = (
 
 def _with_author() -> Select[Any]:
     return select(*_ROW_COLUMNS).outerjoin(User, User.id == ChatMessage.author_id)
+
+
+async def by_client_msg_ids(
+    session: AsyncSession | AsyncConnection,
+    keys: Iterable[tuple[uuid.UUID, uuid.UUID | None, str]],
+) -> list[MessageRow]:
+    """The stored messages with these (document, author, ``client_msg_id``) keys."""
+    key = tuple_(ChatMessage.document_id, ChatMessage.author_id, ChatMessage.client_msg_id)
+    return list(await session.execute(_with_author().where(key.in_(list(keys)))))
 
 
 async def get_message(
