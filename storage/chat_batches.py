@@ -12,8 +12,9 @@ for about a tenth of that:
   whole transaction is one hop to that thread. Values are converted by the columns'
   own SQLAlchemy types, so rows read back exactly as the ORM wrote them.
 
-Both answer the seq each message got; a message whose document is gone gets none
-and nothing of it is stored. A constraint that refuses a row (a ``client_msg_id``
+``insert_in`` does the same through SQLAlchemy, in its caller's transaction. All
+answer the seq each message got; a message whose document is gone gets none and
+nothing of it is stored. A constraint that refuses a row (a ``client_msg_id``
 stored already, an author deleted) refuses the whole batch with ``Conflict``.
 """
 
@@ -31,10 +32,13 @@ from typing import Any, Protocol
 
 import asyncpg
 import orjson
+from sqlalchemy import case, insert, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage.db import configure_sqlite, is_sqlite
 from storage.models import AuthorKind, ChatMessage, Document
+
+_MESSAGES = ChatMessage.metadata.tables[ChatMessage.__tablename__]
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +169,7 @@ class SqliteBatches:
         self._connection: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-batches")
         dialect = engine.dialect
-        columns = ChatMessage.metadata.tables[ChatMessage.__tablename__].c
+        columns = _MESSAGES.c
         # How SQLAlchemy writes each value on SQLite (UUIDs as hex, UTC datetimes, JSON).
         self._convert: dict[str, Callable[[Any], Any]] = {}
         for name in _MESSAGE_COLUMNS:
@@ -188,34 +192,28 @@ class SqliteBatches:
         counts = Counter(m.document_id for m in messages)
         connection.execute("BEGIN IMMEDIATE")
         try:
-            next_seq: dict[uuid.UUID, int] = {}
+            last: dict[uuid.UUID, int] = {}
             for document_id, count in counts.items():
                 taken = connection.execute(
                     _SQLITE_TAKE, (count, self._document_id(document_id))
                 ).fetchone()
                 if taken is not None:
-                    next_seq[document_id] = taken[0] - count + 1
-            seqs: dict[uuid.UUID, int] = {}
-            rows = []
-            for m in messages:
-                seq = next_seq.get(m.document_id)
-                if seq is None:
-                    continue  # the document is gone
-                next_seq[m.document_id] = seq + 1
-                seqs[m.id] = seq
-                rows.append(
-                    (
-                        convert["id"](m.id),
-                        convert["document_id"](m.document_id),
-                        seq,
-                        convert["author_kind"](m.author_kind),
-                        convert["author_id"](m.author_id),
-                        m.client_msg_id,
-                        m.text,
-                        convert["metadata"](m.meta),
-                        convert["created_at"](m.created_at),
-                    )
+                    last[document_id] = taken[0]
+            numbered = _numbered(messages, counts, last)
+            rows = [
+                (
+                    convert["id"](m.id),
+                    convert["document_id"](m.document_id),
+                    seq,
+                    convert["author_kind"](m.author_kind),
+                    convert["author_id"](m.author_id),
+                    m.client_msg_id,
+                    m.text,
+                    convert["metadata"](m.meta),
+                    convert["created_at"](m.created_at),
                 )
+                for m, seq in numbered
+            ]
             connection.executemany(_SQLITE_INSERT, rows)
             connection.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
@@ -225,7 +223,7 @@ class SqliteBatches:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
-        return seqs
+        return {m.id: seq for m, seq in numbered}
 
     async def close(self) -> None:
         def close() -> None:
@@ -235,3 +233,59 @@ class SqliteBatches:
 
         await asyncio.get_running_loop().run_in_executor(self._thread, close)
         self._thread.shutdown(wait=True)
+
+
+async def insert_in(
+    connection: AsyncConnection, messages: Sequence[NewMessage]
+) -> dict[uuid.UUID, int]:
+    """What the one-trip writers do, through SQLAlchemy and in the caller's transaction:
+    for batches that write more in it (an assistant reply's usage), and for databases
+    the one-trip writers do not serve."""
+    counts = Counter(m.document_id for m in messages)
+    increment: Any = (
+        next(iter(counts.values()))
+        if len(counts) == 1
+        else case({d: n for d, n in counts.items()}, value=Document.id)
+    )
+    taken = await connection.execute(
+        update(Document)
+        .where(Document.id.in_(counts))
+        .values(last_message_seq=Document.last_message_seq + increment)
+        .returning(Document.id, Document.last_message_seq)
+    )
+    numbered = _numbered(messages, counts, {document_id: last for document_id, last in taken})
+    if numbered:
+        await connection.execute(
+            insert(_MESSAGES),
+            [
+                {
+                    "id": m.id,
+                    "document_id": m.document_id,
+                    "seq": seq,
+                    "author_kind": m.author_kind,
+                    "author_id": m.author_id,
+                    "client_msg_id": m.client_msg_id,
+                    "text": m.text,
+                    "metadata": m.meta,
+                    "created_at": m.created_at,
+                }
+                for m, seq in numbered
+            ],
+        )
+    return {m.id: seq for m, seq in numbered}
+
+
+def _numbered(
+    messages: Sequence[NewMessage], counts: Counter[uuid.UUID], last: dict[uuid.UUID, int]
+) -> list[tuple[NewMessage, int]]:
+    """Each message whose document took its seqs, with its own: ``last`` is each such
+    document's counter after taking ``counts`` of them, so they run up to it in the
+    batch's order. A document missing from ``last`` is gone: its messages get none."""
+    next_seq = {document_id: seq - counts[document_id] + 1 for document_id, seq in last.items()}
+    numbered = []
+    for message in messages:
+        seq = next_seq.get(message.document_id)
+        if seq is not None:
+            next_seq[message.document_id] = seq + 1
+            numbered.append((message, seq))
+    return numbered

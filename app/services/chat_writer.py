@@ -30,21 +30,19 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import case, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.errors import NotFound
 from app.wire import Author, MessageOut
-from storage.chat_batches import BatchWriter, Conflict, NewMessage
-from storage.models import AuthorKind, ChatMessage, Document, utcnow
+from storage.chat_batches import BatchWriter, Conflict, NewMessage, insert_in
+from storage.models import AuthorKind, utcnow
 from storage.repositories import messages as messages_repo
 
 log = logging.getLogger(__name__)
 
 # Writes made in the message's transaction (an assistant reply's usage).
 Also = Callable[[AsyncSession], Awaitable[object]]
-MESSAGES = ChatMessage.metadata.tables[ChatMessage.__tablename__]
 
 
 @dataclass(eq=False, slots=True)
@@ -228,7 +226,7 @@ class ChatWriter:
             seqs = await self._one_trip.insert(rows)
         else:
             async with self._engine.begin() as connection:
-                seqs = await _insert_in(connection, rows)
+                seqs = await insert_in(connection, rows)
                 if also:
                     async with AsyncSession(bind=connection) as session:  # this transaction
                         for write in also:
@@ -297,49 +295,6 @@ class ChatWriter:
         self._in_flight[message.document_id] -= 1
         if not self._in_flight[message.document_id]:
             del self._in_flight[message.document_id]
-
-
-async def _insert_in(connection: AsyncConnection, rows: list[NewMessage]) -> dict[uuid.UUID, int]:
-    """What the one-trip writers do, through SQLAlchemy: for the batches that write
-    more in their transaction (an assistant reply's usage), and databases they do not
-    serve."""
-    counts = Counter(row.document_id for row in rows)
-    increment: Any = (
-        next(iter(counts.values()))
-        if len(counts) == 1
-        else case({d: n for d, n in counts.items()}, value=Document.id)
-    )
-    taken = await connection.execute(
-        update(Document)
-        .where(Document.id.in_(counts))
-        .values(last_message_seq=Document.last_message_seq + increment)
-        .returning(Document.id, Document.last_message_seq)
-    )
-    next_seq = {document_id: last - counts[document_id] + 1 for document_id, last in taken}
-    seqs: dict[uuid.UUID, int] = {}
-    values: list[dict[str, Any]] = []
-    for row in rows:
-        seq = next_seq.get(row.document_id)
-        if seq is None:
-            continue  # the document is gone
-        next_seq[row.document_id] = seq + 1
-        seqs[row.id] = seq
-        values.append(
-            {
-                "id": row.id,
-                "document_id": row.document_id,
-                "seq": seq,
-                "author_kind": row.author_kind,
-                "author_id": row.author_id,
-                "client_msg_id": row.client_msg_id,
-                "text": row.text,
-                "metadata": row.meta,
-                "created_at": row.created_at,
-            }
-        )
-    if values:
-        await connection.execute(insert(MESSAGES), values)
-    return seqs
 
 
 def _first_copies(batch: list[Pending]) -> list[Pending]:
