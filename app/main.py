@@ -130,7 +130,7 @@ def create_app(settings: Settings) -> web.Application:
                 ),
             )
             app[LIVE_DOCUMENTS] = live_documents
-            app[DOCUMENT_SERVICE] = DocumentService(
+            app[DOCUMENT_SERVICE] = documents = DocumentService(
                 sessions,
                 broadcaster,
                 live_documents,
@@ -142,6 +142,7 @@ def create_app(settings: Settings) -> web.Application:
                 engine,
                 broadcaster,
                 memberships,
+                documents.room_access,
                 page_size=settings.history_page_size,
                 max_batch=settings.chat_batch_max_messages,
             )

@@ -59,22 +59,12 @@ class MessageOut(BaseModel):
 
     @classmethod
     def of_row(cls, row: MessageRow) -> MessageOut:
-        """From a history read's row (``storage.repositories.messages.MessageRow``)."""
-        return cls(
-            id=row.id,
-            document_id=row.document_id,
-            seq=row.seq,
-            author=Author(kind=row.author_kind, id=row.author_id, username=row.username),
-            client_msg_id=row.client_msg_id,
-            text=row.text,
-            metadata=row.meta,
-            created_at=row.created_at,
-            edited_at=row.edited_at,
-            deleted=row.deleted_at is not None,
-        )
+        """From a history read's row (``storage.repositories.messages.MessageRow``:
+        the message's columns and its author's username)."""
+        return cls.of(row, row.username)
 
     @classmethod
-    def of(cls, message: ChatMessage, username: str | None) -> MessageOut:
+    def of(cls, message: ChatMessage | MessageRow, username: str | None) -> MessageOut:
         return cls(
             id=message.id,
             document_id=message.document_id,

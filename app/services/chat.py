@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +23,7 @@ from app.errors import Forbidden, NotFound
 from app.events import Broadcaster, EventClass
 from app.services.cache import ExpiringCache
 from app.services.chat_writer import Also, ChatWriter, Pending
-from app.services.documents import DocumentView, Memberships, RoomAccess, membership
+from app.services.documents import Memberships, RoomAccess, membership
 from app.wire import MessageOut, ServerEvent, dump
 from storage.chat_batches import batch_writer
 from storage.db import read_session
@@ -70,13 +70,16 @@ class ChatService:
         engine: AsyncEngine,
         broadcaster: Broadcaster,
         memberships: Memberships,
+        room_access: Callable[[Principal, uuid.UUID], Awaitable[RoomAccess]],
         *,
         page_size: int,
         max_batch: int,
     ) -> None:
+        """``room_access`` is DocumentService's (which fills ``memberships``)."""
         self._sessions = sessions
         self._broadcaster = broadcaster
         self._memberships = memberships
+        self._room_access = room_access
         self._writer = ChatWriter(
             engine,
             self._announce_new,
@@ -95,21 +98,6 @@ class ChatService:
     async def close(self) -> None:
         """Store the messages queued; refuse later sends."""
         await self._writer.close()
-
-    async def member(self, principal: Principal, document_id: uuid.UUID) -> DocumentView:
-        """The document and the caller's role (``NotFound`` for non-members)."""
-        async with read_session(self._sessions) as session:
-            return await membership(session, principal, document_id)
-
-    async def access(self, principal: Principal, document_id: uuid.UUID) -> RoomAccess:
-        """The caller's way into the room (``NotFound`` for non-members); cached, and
-        dropped by the changes that make it stale (DocumentService)."""
-
-        async def load() -> RoomAccess:
-            view = await self.member(principal, document_id)
-            return RoomAccess(view.document.id, view.document.title, view.role)
-
-        return await self._memberships.get_or_load((document_id, principal.user_id), load)
 
     async def enter_room(
         self, document_id: uuid.UUID, since_seq: int | None, enter: Callable[[], None]
@@ -177,7 +165,7 @@ class ChatService:
 
         The role comes from the membership cache: a send costs no read of its own.
         """
-        access = self._memberships.get((document_id, principal.user_id)) or await self.access(
+        access = self._memberships.get((document_id, principal.user_id)) or await self._room_access(
             principal, document_id
         )
         if access.role not in CAN_WRITE:
