@@ -155,9 +155,14 @@ class RoomClient:
     # --- connection -----------------------------------------------------------------
 
     async def connect(self) -> None:
-        # A callable: reconnects present the current token, not the first one.
+        # A callable: reconnects present the current token, not the first one. The
+        # namespace's answer may take longer than python-socketio's 1 s default on a
+        # busy server (a crowd connecting at once): it gets a command's timeout.
         await self.sio.connect(
-            self.url, auth=lambda: {"token": self.token}, transports=self.transports
+            self.url,
+            auth=lambda: {"token": self.token},
+            transports=self.transports,
+            wait_timeout=self.command_timeout,
         )
         await self._connected.wait()
 
