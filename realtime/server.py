@@ -16,7 +16,6 @@ from typing import Any, NoReturn
 import orjson
 import socketio
 from aiohttp import web
-from socketio import packet
 
 from app.config import Settings
 from app.errors import ServerFull
@@ -25,7 +24,7 @@ from app.wire import ServerEvent
 from realtime.admission import Admission
 from realtime.commands import ack_requested
 from realtime.delivery import Delivery, Limits
-from realtime.delivery.encoding import Encoded, encode_event
+from realtime.delivery.encoding import Encoded, encode_ack, encode_event
 from realtime.delivery.manager import DeliveryManager
 from realtime.delivery.metrics import DeliveryMetrics
 from realtime.engine.server import EngineServer
@@ -73,6 +72,7 @@ class RoomServer(socketio.AsyncServer):  # type: ignore[misc]
         self.connect_timeout = connect_timeout
         # Engine.IO connections that have no namespace yet: closed when it fires.
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
+        self._event_tasks: set[asyncio.Task[None]] = set()
         super().__init__(
             client_manager=DeliveryManager(delivery),
             json=_OrjsonModule,
@@ -104,22 +104,41 @@ class RoomServer(socketio.AsyncServer):  # type: ignore[misc]
             # connection has not connected (its attachments then fail to decode).
             log.info("dropped a binary packet for a namespace not connected")
 
-    async def _handle_event_internal(
-        self, server: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: Any
+    async def _handle_event(
+        self, eio_sid: str, namespace: str | None, id: int | None, data: list[Any]
     ) -> None:
-        # Records, for each incoming event, whether the client asked for an ack. Each
-        # event runs in a task of its own, so this does not leak across events.
-        ack_requested.set(id is not None)
-        if namespace != "/":
-            await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
+        """python-socketio's, without its log call and its engine's task wrappers: each
+        event runs in a task of its own (a command may await a commit while the
+        connection's next events are read)."""
+        namespace = namespace or "/"
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None or not self.manager.is_connected(sid, namespace):
             return
-        # python-socketio's, but for the ack's binary flag: a command's result is JSON
-        # (checked payloads, strings, numbers), so it is not walked for attachments.
-        result = await server._trigger_event(data[0], namespace, sid, *data[1:])
-        if result != self.not_handled and id is not None:
-            args = [] if result is None else [result]
-            ack = self.packet_class(packet.ACK, namespace=namespace, id=id, data=args, binary=False)
-            await server._send_packet(eio_sid, ack)
+        if namespace == "/":
+            run = self._run_command(sid, eio_sid, data, id)
+        else:
+            run = self._run_event(sid, eio_sid, data, namespace, id)
+        task = asyncio.get_running_loop().create_task(run)
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_tasks.discard)
+
+    async def _run_command(self, sid: str, eio_sid: str, data: list[Any], id: int | None) -> None:
+        """A command on "/": its namespace's handler, then the ack, encoded directly (a
+        command's result is JSON: checked payloads, strings, numbers)."""
+        ack_requested.set(id is not None)  # in this event's own task: it leaks to no other
+        result = await self.namespace_handlers["/"].trigger_event(data[0], sid, *data[1:])
+        if id is not None and result != self.not_handled:
+            socket = self.eio.sockets.get(eio_sid)
+            if socket is not None:
+                socket.outbox.push(encode_ack("/", id, [] if result is None else [result]))
+
+    async def _run_event(
+        self, sid: str, eio_sid: str, data: list[Any], namespace: str, id: int | None
+    ) -> None:
+        """An event on a document's namespace: python-socketio's handling (its acks may
+        carry bytes)."""
+        ack_requested.set(id is not None)
+        await self._handle_event_internal(self, sid, eio_sid, data, namespace, id)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
         request: web.Request = environ["aiohttp.request"]

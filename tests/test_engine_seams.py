@@ -96,11 +96,31 @@ def test_the_library_calls_what_we_replace() -> None:
 
 
 def test_what_the_event_path_copies_and_borrows_is_still_there() -> None:
-    # RoomServer._handle_event_internal is python-socketio's for "/" but for the ack's
-    # binary flag: the library's must still trigger the event and ack it this way.
-    source = inspect.getsource(socketio.AsyncServer._handle_event_internal)
-    assert "r = await server._trigger_event(data[0], namespace, sid, *data[1:])" in source
-    assert "packet.ACK, namespace=namespace, id=id, data=data))" in source
+    # RoomServer._handle_event replaces python-socketio's, which the library must still
+    # call with each event packet, a binary one once its attachments are in.
+    source = inspect.getsource(socketio.AsyncServer._handle_eio_message)
+    assert source.count("await self._handle_event(eio_sid, pkt.namespace, pkt.id,") == 2
+    assert parameters(socketio.AsyncServer._handle_event) == [
+        "self",
+        "eio_sid",
+        "namespace",
+        "id",
+        "data",
+    ]
+    # Events on documents' namespaces are still handled and acked by the library's.
+    assert parameters(socketio.AsyncServer._handle_event_internal) == [
+        "self",
+        "server",
+        "sid",
+        "eio_sid",
+        "data",
+        "namespace",
+        "id",
+    ]
+    # EngineServer.on_message calls the handler python-socketio registered with its engine.
+    assert "self.eio.on('message', self._handle_eio_message)" in inspect.getsource(
+        socketio.base_server.BaseServer.__init__
+    )
     # WebSocketConnection unmasks simple frames with aiohttp's C helper, in place.
     from aiohttp._websocket.helpers import websocket_mask
 

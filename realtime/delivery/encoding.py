@@ -14,6 +14,7 @@ import struct
 import zlib
 from typing import Any
 
+import orjson
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
@@ -95,9 +96,33 @@ def encode_socketio(packet: sio_packet.Packet) -> Encoded:
 def encode_event(namespace: str, name: str, data: Any, ack_id: int | None = None) -> Encoded:
     """``emit(name, data)`` on ``namespace``; ``ack_id`` when the sender waits for an answer."""
     arguments = [name] if data is None else [name, data]
-    return encode_socketio(
-        sio_packet.Packet(sio_packet.EVENT, data=arguments, namespace=namespace, id=ack_id)
-    )
+    try:
+        return _encode_json(_EVENT, namespace, ack_id, orjson.dumps(arguments))
+    except TypeError:
+        # Bytes in it (orjson writes none): a binary event, its attachments apart.
+        return encode_socketio(
+            sio_packet.Packet(sio_packet.EVENT, data=arguments, namespace=namespace, id=ack_id)
+        )
+
+
+def encode_ack(namespace: str, ack_id: int, arguments: list[Any]) -> Encoded:
+    """The answer to a client's event ``ack_id``: JSON only (commands answer no bytes)."""
+    return _encode_json(_ACK, namespace, ack_id, orjson.dumps(arguments))
+
+
+# python-socketio's Packet.encode writes these the same way, but walks every payload
+# for bytes first, and its JSON is orjson here too (realtime/server.py).
+_EVENT = str(sio_packet.EVENT)
+_ACK = str(sio_packet.ACK)
+
+
+def _encode_json(kind: str, namespace: str, ack_id: int | None, body: bytes) -> Encoded:
+    head = kind if namespace == "/" else f"{kind}{namespace},"
+    if ack_id is not None:
+        head += str(ack_id)
+    text = head + body.decode()
+    packet = eio_packet.Packet(eio_packet.MESSAGE, text)
+    return Encoded((packet,), ws_frame(TEXT, b"4" + head.encode() + body))
 
 
 PING = encode_packets((eio_packet.Packet(eio_packet.PING),))

@@ -69,6 +69,11 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         task.add_done_callback(self._tasks.discard)
         return task
 
+    async def on_message(self, sid: str, data: str | bytes) -> None:
+        """A message read from a websocket, to the Socket.IO layer's handler (python-engineio's
+        ``_trigger_event`` wraps each in a closure of its own)."""
+        await self.handlers["message"](sid, data)
+
     async def _handle_connect(
         self, environ: dict[str, Any], transport: str, jsonp_index: int | None = None
     ) -> Any:

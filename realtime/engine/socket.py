@@ -152,11 +152,11 @@ class EngineSocket(async_socket.AsyncSocket):  # type: ignore[misc]
 
     async def _handle(self, data: str | bytes) -> None:
         if isinstance(data, bytes):  # a binary attachment
-            await self.server._trigger_event("message", self.sid, data, run_async=False)
+            await self.server.on_message(self.sid, data)
             return
         kind = data[:1]
         if kind == "4":
-            await self.server._trigger_event("message", self.sid, data[1:], run_async=False)
+            await self.server.on_message(self.sid, data[1:])
         elif kind == "3":
             self._pong()
         elif kind == "1":
