@@ -15,6 +15,7 @@ from app.services.assistant import Assistant
 from app.services.auth import AuthService
 from app.services.chat import ChatService
 from app.services.documents import DocumentService
+from app.services.knowledge.entries import KnowledgeService
 from app.services.live_documents import LiveDocuments
 from app.services.users import UserService
 
@@ -30,5 +31,6 @@ DOCUMENT_SERVICE = web.AppKey("document_service", DocumentService)
 CHAT_SERVICE = web.AppKey("chat_service", ChatService)
 LIVE_DOCUMENTS = web.AppKey("live_documents", LiveDocuments)
 ASSISTANT = web.AppKey("assistant", Assistant)
+KNOWLEDGE = web.AppKey("knowledge", KnowledgeService)
 # Set when shutdown begins: /ready answers 503 from then on.
 DRAINING = web.AppKey("draining", asyncio.Event)

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from app.api import auth as _auth_routes  # noqa: F401  (routes register on import)
 from app.api import documents as _document_routes  # noqa: F401
+from app.api import knowledge as _knowledge_routes  # noqa: F401
 from app.api import system
 from app.api import usage as _usage_routes  # noqa: F401
 from app.api import users as _user_routes  # noqa: F401
@@ -29,6 +30,7 @@ from app.keys import (
     DOCUMENT_SERVICE,
     DRAINING,
     ENGINE,
+    KNOWLEDGE,
     LIVE_DOCUMENTS,
     METRICS,
     REDIS,
@@ -44,6 +46,7 @@ from app.services.auth import Accounts, AuthService
 from app.services.cache import ExpiringCache
 from app.services.chat import ChatService
 from app.services.documents import DocumentService, Memberships
+from app.services.knowledge.entries import KnowledgeService
 from app.services.live_documents import Limits, LiveDocuments
 from app.services.responders import AnthropicResponder, OfflineResponder, Responder
 from app.services.users import UserService
@@ -146,6 +149,7 @@ def create_app(settings: Settings) -> web.Application:
                 page_size=settings.history_page_size,
                 max_batch=settings.chat_batch_max_messages,
             )
+            app[KNOWLEDGE] = KnowledgeService(sessions)
             responder = make_responder(settings)
             app[ASSISTANT] = assistant = Assistant(
                 sessions, broadcaster, chat, live_documents, responder, assistant_limits(settings)

@@ -243,3 +243,35 @@ class AiUsage(Base):
     cache_read_input_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(12, 6), default=Decimal(0))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class KnowledgeEntry(Base):
+    """One entry of the team's knowledge base: the source of truth for its passages in
+    the vector index, which can always be rebuilt from these rows."""
+
+    __tablename__ = "knowledge_entries"
+    __table_args__ = (
+        Index("ix_knowledge_entries_created_at_id", "created_at", "id"),
+        # The entries whose vectors are behind their text (retried, and swept at start).
+        Index("ix_knowledge_entries_stale", "indexed_version", "version"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    title: Mapped[str] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    source: Mapped[str | None] = mapped_column(String(500))
+    owner_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    approved: Mapped[bool] = mapped_column(Boolean, default=False)
+    approved_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+    approved_at: Mapped[datetime | None]
+    # Bumped by every change that the index must see; the index has caught up with an
+    # entry when indexed_version == version.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    indexed_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -127,6 +127,9 @@ class Caller:
     examples: int | None = None  # per operation that needs credentials; None: by its shape
 
 
+ENTRY = {"title": "Deploying", "text": "Deploys go out from main on weekdays.", "tags": ["ops"]}
+
+
 async def make_callers(api: Api) -> list[Caller]:
     """One caller per global role, an admin's API key, and one without credentials."""
     other = await api.user("other")
@@ -155,6 +158,16 @@ async def make_callers(api: Api) -> list[Caller]:
         if role is GlobalRole.ADMIN:
             api_key = {"X-API-Key": keys[1]["key"]}
             callers.append(Caller("admin's API key", api_key, ids, EXAMPLES_API_KEY))
+    # Knowledge entries: an approved one (every reader's), one pending of the power
+    # user's (theirs and the admins'), one pending of another power user's (hidden).
+    power = await api.user("fuzz_power2", GlobalRole.POWER)
+    by_role = {caller.name: caller.headers for caller in callers}
+    entries = []
+    for headers in (admin.headers, by_role[GlobalRole.POWER], power.headers):
+        entry = await api.call("POST", "/api/v1/knowledge", headers=headers, json=ENTRY, expect=201)
+        entries.append(entry["id"])
+    for caller in callers:
+        caller.ids["entry_id"] = entries
     return callers
 
 
