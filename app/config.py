@@ -61,8 +61,14 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(10, ge=1, description="PostgreSQL pool size per process.")
     redis_url: str | None = Field(
         None,
-        description="redis://...; checked by /ready. Cross-node fan-out and presence "
-        "come with the multi-node work.",
+        description="redis://...; checked by /ready. Set, room events reach the room's "
+        "members on every node sharing this Redis (realtime/cluster/).",
+    )
+    cluster_channel_prefix: str = Field(
+        "roomserver",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Prefix of the Redis pub/sub channels (one per room) the nodes "
+        "share: nodes with the same REDIS_URL and prefix form one cluster.",
     )
 
     # --- auth ----------------------------------------------------------------------

@@ -51,7 +51,7 @@ from app.services.live_documents import Limits, LiveDocuments
 from app.services.responders import AnthropicResponder, OfflineResponder, Responder
 from app.services.users import UserService
 from realtime.server import shutdown
-from realtime.wiring import create_realtime
+from realtime.wiring import cluster_link, create_realtime
 from storage.db import create_engine, create_sessionmaker
 from storage.migrate import current_revision, head_revision
 
@@ -173,8 +173,21 @@ def create_app(settings: Settings) -> web.Application:
         finally:
             await client.aclose()
 
-    # The realtime layer is what services broadcast through.
-    realtime, broadcaster = create_realtime(app, settings, metrics)
+    # The realtime layer is what services broadcast through; with Redis, to every node.
+    cluster = cluster_link(settings, metrics)
+    realtime, broadcaster = create_realtime(app, settings, metrics, cluster)
+
+    async def cluster_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        assert cluster is not None
+        # The resync of clients after an outage (issue 13) goes in on_resumed.
+        await cluster.start(realtime.delivery.to_local_room)
+        try:
+            yield
+        finally:
+            await cluster.close()  # last: what the services store on the way out is sent
+
+    if cluster is not None:
+        app.cleanup_ctx.append(cluster_lifecycle)
     app.cleanup_ctx.append(database)
     if settings.redis_url:
         app.cleanup_ctx.append(redis)

@@ -70,6 +70,36 @@ class Metrics:
             "Connections closed because their backlog passed its bound (slow_consumer).",
             registry=self.registry,
         )
+        self.cluster_up = Gauge(
+            "cluster_link_up",
+            "1 while this node's link to the others through Redis is up (REDIS_URL set).",
+            registry=self.registry,
+        )
+        self.cluster_outages = Counter(
+            "cluster_outages_total",
+            "Times the Redis link went down (each outage once, however long).",
+            registry=self.registry,
+        )
+        self.cluster_published = Counter(
+            "cluster_published_total",
+            "Room events published to the other nodes.",
+            registry=self.registry,
+        )
+        self.cluster_received = Counter(
+            "cluster_received_total",
+            "Room events received from other nodes for rooms with members here.",
+            registry=self.registry,
+        )
+        self.cluster_dropped = Counter(
+            "cluster_dropped_total",
+            "Room events not published because the Redis link was down or stuck.",
+            registry=self.registry,
+        )
+        self.cluster_subscriptions = Gauge(
+            "cluster_subscriptions",
+            "Room channels this node is subscribed to (rooms with members here).",
+            registry=self.registry,
+        )
         self.buffered = BufferedBytes()
         self.registry.register(self.buffered)
 

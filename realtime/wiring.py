@@ -10,6 +10,7 @@ from app.config import Settings
 from app.metrics import Metrics
 from realtime.admission import Admission
 from realtime.broadcaster import SocketBroadcaster
+from realtime.cluster import ClusterMetrics, RedisLink
 from realtime.delivery import Delivery
 from realtime.namespaces.main import MainNamespace
 from realtime.namespaces.yjs import YJS_RATE, YjsNamespace
@@ -19,10 +20,11 @@ from realtime.state import Realtime
 
 
 def create_realtime(
-    app: web.Application, settings: Settings, metrics: Metrics
+    app: web.Application, settings: Settings, metrics: Metrics, cluster: RedisLink | None = None
 ) -> tuple[Realtime, SocketBroadcaster]:
-    """Build the realtime layer and attach its Socket.IO server to ``app``."""
-    delivery = Delivery()
+    """Build the realtime layer and attach its Socket.IO server to ``app``; with
+    ``cluster``, room events reach the rooms' members on the other nodes too."""
+    delivery = Delivery(relay=cluster)
     admission = Admission(
         max_per_user=settings.max_connections_per_user,
         max_namespaces=settings.max_namespaces_per_connection,
@@ -39,6 +41,24 @@ def create_realtime(
     sio.register_namespace(MainNamespace(rt))
     sio.register_namespace(YjsNamespace(rt))
     return rt, SocketBroadcaster(rt)
+
+
+def cluster_link(settings: Settings, metrics: Metrics) -> RedisLink | None:
+    """The link to the other nodes, when ``REDIS_URL`` is set (started by app/main.py)."""
+    if settings.redis_url is None:
+        return None
+    return RedisLink(
+        settings.redis_url,
+        prefix=settings.cluster_channel_prefix,
+        metrics=ClusterMetrics(
+            up=metrics.cluster_up,
+            outages=metrics.cluster_outages,
+            published=metrics.cluster_published,
+            received=metrics.cluster_received,
+            dropped=metrics.cluster_dropped,
+            subscriptions=metrics.cluster_subscriptions,
+        ),
+    )
 
 
 def command_limits(settings: Settings) -> CommandLimits:

@@ -6,21 +6,40 @@ that is all: the event is encoded once per namespace and handed to each recipien
 synchronous, so callers may do it under the lock that orders their events; each
 connection receives events in the order they were handed over (but for the
 superseding of waiting state, outbox.py).
+
+With a ``Relay`` (realtime/cluster/, when Redis is configured) a room's events also go
+to the room's members on the other nodes, and the relay is told when a room gains its
+first member here and loses its last, so that it hears only the rooms this node serves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
 from realtime.delivery.encoding import Encoded, encode_event
 from realtime.delivery.events import Event
 from realtime.delivery.rooms import AckCallback, Endpoint, Room, Rooms
 
 
+class Relay(Protocol):
+    """Carries room events to the other nodes (realtime/cluster/)."""
+
+    def publish(self, room: Room, event: Event) -> None:
+        """Hand ``event`` to every other node that has members in ``room``."""
+
+    def watch(self, room: Room) -> None:
+        """``room`` has members on this node now: hear its events from the others."""
+
+    def unwatch(self, room: Room) -> None:
+        """``room`` has no member left on this node."""
+
+
 class Delivery:
-    def __init__(self) -> None:
+    def __init__(self, relay: Relay | None = None) -> None:
         self.rooms = Rooms()
         self._endpoints: dict[str, Endpoint] = {}
+        self._relay = relay
 
     # --- connections ------------------------------------------------------------------
 
@@ -31,7 +50,8 @@ class Delivery:
         """Forget a connection and take it out of its rooms (and only those)."""
         endpoint = self._endpoints.pop(sid, None)
         if endpoint is not None:
-            self.rooms.leave_all(endpoint)
+            for room in self.rooms.leave_all(endpoint):
+                self._left(room)
         return endpoint
 
     def endpoint(self, sid: str) -> Endpoint | None:
@@ -49,11 +69,22 @@ class Delivery:
 
     def join(self, room: Room, sid: str) -> bool:
         endpoint = self._endpoints.get(sid)
-        return endpoint is not None and self.rooms.join(room, endpoint)
+        if endpoint is None or not self.rooms.join(room, endpoint):
+            return False
+        if self._relay is not None and len(self.rooms.members(room)) == 1:
+            self._relay.watch(room)
+        return True
 
     def leave(self, room: Room, sid: str) -> bool:
         endpoint = self._endpoints.get(sid)
-        return endpoint is not None and self.rooms.leave(room, endpoint)
+        if endpoint is None or not self.rooms.leave(room, endpoint):
+            return False
+        self._left(room)
+        return True
+
+    def _left(self, room: Room) -> None:
+        if self._relay is not None and room not in self.rooms:
+            self._relay.unwatch(room)
 
     def in_room(self, room: Room, sid: str) -> bool:
         return sid in self.rooms.members(room)
@@ -64,7 +95,15 @@ class Delivery:
     # --- sending ----------------------------------------------------------------------
 
     def to_room(self, room: Room, event: Event, *, skip: str | None = None) -> int:
-        """Send ``event`` to every member of ``room`` but ``skip``; returns how many."""
+        """Send ``event`` to every member of ``room`` but ``skip``, on this node and
+        every other; returns how many here."""
+        sent = self.to_local_room(room, event, skip=skip)
+        if self._relay is not None:
+            self._relay.publish(room, event)
+        return sent
+
+    def to_local_room(self, room: Room, event: Event, *, skip: str | None = None) -> int:
+        """``to_room`` on this node only (what the relay does with the others' events)."""
         members = self.rooms.members(room)
         if not members:
             return 0

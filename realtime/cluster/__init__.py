@@ -1,0 +1,12 @@
+"""Many nodes: room events carried between server processes over Redis.
+
+``RedisLink`` (link.py) is ``Delivery``'s relay when ``REDIS_URL`` is set: every room
+event handed to ``Delivery.to_room`` on one node is published once, already turned
+into bytes (codec.py), on the room's channel, and every node with members in that room
+hands it to its own members through the same delivery layer. Without Redis nothing
+here runs: one process delivers alone.
+"""
+
+from realtime.cluster.link import ClusterMetrics, RedisLink
+
+__all__ = ["ClusterMetrics", "RedisLink"]

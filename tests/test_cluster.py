@@ -1,0 +1,472 @@
+"""Many nodes: room events between real server processes through Redis (realtime/cluster/).
+
+Each test starts two or three ``python -m app`` processes on free ports, sharing one
+PostgreSQL database of this module's own and one Redis channel prefix of this run's
+own, and talks to them with real clients: the project's RoomClient (python-socketio)
+and DocumentClient (the y-socket.io protocol). The outage test runs a ``redis-server``
+of its own on a free port, which it stops and starts again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pycrdt import Text
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.config import Settings
+from app.events import EventClass
+from app.metrics import Metrics
+from realtime.cluster import codec
+from realtime.delivery import Event
+from realtime.wiring import cluster_link
+from roomclient import DocumentClient, RoomClient
+from tests.conftest import (
+    REDIS_URL,
+    TEST_JWT_SECRET,
+    _migrate,
+    _truncate,
+    run_blocking,
+    service_missing,
+)
+from tests.helpers import Api, User, eventually
+from tests.test_cli import free_port
+from tests.test_yjs_js import Server
+
+pytestmark = pytest.mark.slow
+
+WAIT = 10.0  # seconds any one delivery may take before the test fails
+PREFIX = f"rs-test-{uuid.uuid4().hex[:8]}"  # this run's channels
+
+
+# --- without Redis, and the bytes between nodes -----------------------------------------
+
+
+def test_without_redis_there_is_no_link() -> None:
+    settings = Settings(jwt_secret=TEST_JWT_SECRET, redis_url=None)
+    assert cluster_link(settings, Metrics()) is None
+
+
+@pytest.mark.parametrize(
+    ("data", "kind", "key"),
+    [
+        ({"document_id": "d", "text": "é ✓", "n": [1, 2.5, None]}, EventClass.CHAT, None),
+        (b"\x00\x01\xffyjs", EventClass.DOCUMENT, uuid.uuid4()),
+        ({"state": {"x": 1}}, EventClass.PRESENCE, ("connection", "sid1")),
+        ({"typing": True}, EventClass.TYPING, uuid.uuid4()),
+    ],
+)
+def test_an_event_crosses_with_its_class_key_and_binary_payload(
+    data: Any, kind: EventClass, key: Any
+) -> None:
+    node = b"n" * codec.NODE_ID_BYTES
+    event = codec.decode(codec.encode(node, Event("some-event", data, kind, key)))
+    assert (event.name, event.data, event.kind, event.key) == ("some-event", data, kind, key)
+    assert type(event.data) is type(data) and type(event.key) is type(key)
+
+
+def test_an_unreadable_message_is_refused() -> None:
+    with pytest.raises(codec.BadMessage):
+        codec.decode(b"n" * codec.NODE_ID_BYTES + b"\x00\x05[1,2")
+
+
+# --- the nodes --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster_database(make_postgres_database: Callable[[], str]) -> str:
+    """This module's PostgreSQL database, migrated once (emptied by each test)."""
+    url = make_postgres_database()
+    run_blocking(_migrate(url))
+    return url
+
+
+@pytest.fixture
+async def shared_redis() -> str:
+    client = Redis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except (OSError, RedisError) as exc:
+        service_missing("Redis", exc)
+    finally:
+        await client.aclose()
+    return REDIS_URL
+
+
+StartNodes = Callable[..., Awaitable[list[Server]]]
+
+
+@pytest.fixture
+async def start_nodes(cluster_database: str, tmp_path: Path) -> AsyncIterator[StartNodes]:
+    """``await start_nodes(count, redis_url)``: server processes on one database and one
+    Redis, all stopped (by PID) when the test ends."""
+    await _truncate(cluster_database)
+    started: list[Server] = []
+
+    async def start(count: int, redis_url: str) -> list[Server]:
+        nodes = []
+        for _ in range(count):
+            index = len(started)
+            env = {key: value for key, value in os.environ.items() if key.isupper()}
+            for key in ("ENV", "LOG_FORMAT", "CORS_ORIGINS"):
+                env.pop(key, None)
+            env.update(
+                DATABASE_URL=cluster_database,
+                DATA_DIR=str(tmp_path / f"node{index}"),
+                JWT_SECRET=TEST_JWT_SECRET,
+                HOST="127.0.0.1",
+                PORT=str(free_port()),
+                LOG_LEVEL="INFO",
+                REDIS_URL=redis_url,
+                CLUSTER_CHANNEL_PREFIX=PREFIX,
+                **{name.upper(): "1000000" for name in _UNLIMITED},
+            )
+            node = Server(env, tmp_path / f"node{index}.log")
+            started.append(node)
+            nodes.append(node)
+        await asyncio.gather(*(node.start() for node in nodes))
+        return nodes
+
+    yield start
+    for node in started:
+        await node.stop()
+
+
+_UNLIMITED = [
+    name
+    for name in Settings.model_fields
+    if name.startswith(("rate_", "login_", "registrations_"))
+    and name.endswith(("_per_second", "_per_minute", "_per_hour", "_burst"))
+]
+
+
+@asynccontextmanager
+async def api_of(node: Server) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession(base_url=node.base) as http:
+        # Api speaks to any client with TestClient's request(): a session with a base URL.
+        yield Api(cast(TestClient[web.Request, web.Application], http))
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Callable[[Server, User], Awaitable[RoomClient]]]:
+    opened: list[RoomClient] = []
+
+    async def open_client(node: Server, user: User) -> RoomClient:
+        client = RoomClient(node.base, user.access_token)
+        opened.append(client)
+        await client.connect()
+        return client
+
+    yield open_client
+    for client in opened:
+        await client.close()
+
+
+async def metric(node: Server, name: str) -> float:
+    async with aiohttp.ClientSession() as http, http.get(f"{node.base}/metrics") as response:
+        text = await response.text()
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert match is not None, name
+    return float(match.group(1))
+
+
+def channel(kind: str, document_id: str) -> bytes:
+    return codec.channel_of(PREFIX, (kind, uuid.UUID(document_id)))
+
+
+async def subscribers(redis_url: str, name: bytes) -> int:
+    client = Redis.from_url(redis_url)
+    try:
+        counts = await client.pubsub_numsub(name)
+    finally:
+        await client.aclose()
+    return int(counts[0][1])
+
+
+def chat_texts(client: RoomClient) -> list[str]:
+    return [data["message"]["text"] for event, data in client.events if event == "chat:message"]
+
+
+async def three_members(api: Api) -> tuple[User, User, User, str]:
+    ann, ben, doc = await api.room("editor")
+    cat = await api.user("cat")
+    await api.share(ann, doc["id"], cat, "editor")
+    return ann, ben, cat, str(doc["id"])
+
+
+# --- room events across nodes -----------------------------------------------------------
+
+
+async def test_chat_presence_and_typing_reach_members_on_every_node(
+    start_nodes: StartNodes,
+    shared_redis: str,
+    clients: Callable[[Server, User], Awaitable[RoomClient]],
+) -> None:
+    a, b, c = await start_nodes(3, shared_redis)
+    async with api_of(a) as api:
+        ann, ben, cat, doc_id = await three_members(api)
+    on_a, on_b, on_c = await clients(a, ann), await clients(b, ben), await clients(c, cat)
+    for client in (on_a, on_b, on_c):
+        await client.join(doc_id)
+
+    async def subscribed_everywhere() -> None:
+        assert await subscribers(shared_redis, channel("doc", doc_id)) == 3
+
+    await eventually(subscribed_everywhere, timeout=WAIT)
+
+    for i in range(5):
+        await on_a.send(doc_id, f"from a {i}")
+    await on_b.send(doc_id, "from b")
+    expected = [f"from a {i}" for i in range(5)] + ["from b"]
+
+    def everyone_has_them() -> None:
+        for client in (on_b, on_c):
+            assert [m["text"] for m in client.room(doc_id).messages] == expected
+        assert [m["text"] for m in on_a.room(doc_id).messages] == expected
+
+    await eventually(everyone_has_them, timeout=WAIT)
+
+    await on_b.update_presence(doc_id, {"cursor": 7})
+    await on_c.set_typing(doc_id, True)
+
+    def state_and_typing_arrived() -> None:
+        for client in (on_a, on_c):
+            connections = client.room(doc_id).presence[ben.id]["connections"]
+            assert list(connections.values()) == [{"cursor": 7}]
+        for client in (on_a, on_b):
+            assert cat.id in client.room(doc_id).typing
+
+    await eventually(state_and_typing_arrived, timeout=WAIT)
+    # Once each: a node hears its own publications back from Redis and skips them.
+    assert chat_texts(on_c).count("from a 0") == 1
+    assert chat_texts(on_a).count("from b") == 1
+    # Arrivals from other nodes are announced too (presence across nodes is node-local
+    # state until its own slice: each node announces the joins it saw).
+    await eventually(lambda: _present(on_a, doc_id, {ann.id, ben.id, cat.id}), timeout=WAIT)
+
+
+def _present(client: RoomClient, doc_id: str, users: set[str]) -> None:
+    assert set(client.room(doc_id).presence) >= users
+
+
+async def test_a_yjs_update_reaches_a_document_client_on_another_node(
+    start_nodes: StartNodes, shared_redis: str
+) -> None:
+    a, b = await start_nodes(2, shared_redis)
+    async with api_of(a) as api:
+        ann, ben, doc = await api.room("editor")
+    doc_id = str(doc["id"])
+    on_a = DocumentClient(a.base, ann.access_token, doc_id)
+    on_b = DocumentClient(b.base, ben.access_token, doc_id)
+    try:
+        for client in (on_a, on_b):
+            await client.connect()
+            await asyncio.wait_for(client.synced.wait(), WAIT)
+
+        async def subscribed() -> None:
+            assert await subscribers(shared_redis, channel("yjs", doc_id)) == 2
+
+        await eventually(subscribed, timeout=WAIT)
+        # Multi-byte text: an update damaged on the way would not apply, or would
+        # apply as something else.
+        on_a.edit(lambda text: text.insert(0, "héllo ✓ "))
+        await eventually(lambda: _equal(on_b.text, "héllo ✓ "), timeout=WAIT)
+        # The other way. Node A's copy of the document has not applied what node B's
+        # client wrote (documents across nodes are a later slice): an edit that builds
+        # on it would wait there for what it follows, so this one stands alone.
+        with on_b.doc.transaction():
+            on_b.doc.get("notes", type=Text).insert(0, "from b ✓")
+        await eventually(
+            lambda: _equal(str(on_a.doc.get("notes", type=Text)), "from b ✓"), timeout=WAIT
+        )
+        on_a.set_awareness({"user": "ann"})
+        await eventually(
+            lambda: _equal(on_b.awareness.states.get(on_a.doc.client_id), {"user": "ann"}),
+            timeout=WAIT,
+        )
+    finally:
+        await on_a.close()
+        await on_b.close()
+
+
+def _equal(actual: object, expected: object) -> None:
+    assert actual == expected
+
+
+async def test_a_node_with_no_member_in_a_room_hears_nothing_of_it(
+    start_nodes: StartNodes,
+    shared_redis: str,
+    clients: Callable[[Server, User], Awaitable[RoomClient]],
+) -> None:
+    a, b, c = await start_nodes(3, shared_redis)
+    async with api_of(a) as api:
+        ann, ben, cat, doc_id = await three_members(api)
+    on_a, on_b = await clients(a, ann), await clients(b, ben)
+    on_c = await clients(c, cat)  # connected to C, in no room
+    await on_a.join(doc_id)
+    await on_b.join(doc_id)
+
+    async def two_subscribers() -> None:
+        assert await subscribers(shared_redis, channel("doc", doc_id)) == 2
+
+    await eventually(two_subscribers, timeout=WAIT)
+    for i in range(10):
+        await on_a.send(doc_id, f"m{i}")
+    await on_b.update_presence(doc_id, {"cursor": 1})
+    await eventually(lambda: _equal(len(on_b.room(doc_id).messages), 10), timeout=WAIT)
+    await eventually(lambda: _equal(len(on_a.room(doc_id).presence[ben.id]["connections"]), 1))
+
+    # C is subscribed to its one user's own room (role changes), nothing else.
+    assert await metric(c, "cluster_subscriptions") == 1
+    assert await metric(c, "cluster_received_total") == 0
+    assert await metric(b, "cluster_received_total") >= 10
+
+    # Once someone joins there, C hears the room; once they leave, it stops.
+    await on_c.join(doc_id)
+
+    async def three_subscribers() -> None:
+        assert await subscribers(shared_redis, channel("doc", doc_id)) == 3
+
+    await eventually(three_subscribers, timeout=WAIT)
+    await on_a.send(doc_id, "now c too")
+    await eventually(lambda: _equal(chat_texts(on_c), ["now c too"]), timeout=WAIT)
+    await on_c.leave(doc_id)
+    await eventually(two_subscribers, timeout=WAIT)
+    received = await metric(c, "cluster_received_total")
+    await on_a.send(doc_id, "c left")
+    await eventually(lambda: _equal(chat_texts(on_b)[-1], "c left"), timeout=WAIT)
+    assert await metric(c, "cluster_received_total") == received
+
+
+# --- Redis going away -------------------------------------------------------------------
+
+
+class RedisProcess:
+    """A ``redis-server`` of this test's own on a free port; stopped by its own PID."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.directory),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+
+        async def answers() -> None:
+            client = Redis.from_url(self.url)
+            try:
+                assert await client.ping()
+            except (OSError, RedisError) as exc:
+                raise AssertionError(repr(exc)) from exc
+            finally:
+                await client.aclose()
+
+        await eventually(answers, timeout=WAIT, interval=0.05)
+
+    async def stop(self) -> None:
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), WAIT)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+@pytest.fixture
+async def own_redis(tmp_path: Path) -> AsyncIterator[RedisProcess]:
+    if shutil.which("redis-server") is None:
+        service_missing("redis-server", FileNotFoundError("redis-server"))
+    redis = RedisProcess(tmp_path)
+    await redis.start()
+    try:
+        yield redis
+    finally:
+        await redis.stop()
+
+
+async def test_redis_stopped_and_started_again_mid_traffic(
+    own_redis: RedisProcess,  # first: it outlives the nodes
+    start_nodes: StartNodes,
+    clients: Callable[[Server, User], Awaitable[RoomClient]],
+) -> None:
+    a, b = await start_nodes(2, own_redis.url)
+    async with api_of(a) as api:
+        ann, ben, cat, doc_id = await three_members(api)
+    on_a, local, on_b = await clients(a, ann), await clients(a, cat), await clients(b, ben)
+    for client in (on_a, local, on_b):
+        await client.join(doc_id)
+
+    async def subscribed() -> None:
+        assert await subscribers(own_redis.url, channel("doc", doc_id)) == 2
+
+    await eventually(subscribed, timeout=WAIT)
+    await on_a.send(doc_id, "before")
+    await eventually(lambda: _equal(chat_texts(on_b), ["before"]), timeout=WAIT)
+
+    await own_redis.stop()
+    # Local members are served as before: every send is acked and reaches them.
+    for i in range(5):
+        await on_a.send(doc_id, f"during {i}")
+    await eventually(lambda: _equal(chat_texts(local)[-1], "during 4"), timeout=WAIT)
+    for node in (a, b):
+        await eventually(partial(_up, node, 0), timeout=WAIT)
+
+    await own_redis.start()
+    # Cross-node delivery resumes by itself, with no restart of either node.
+    sent = 0
+
+    async def resumed() -> None:
+        nonlocal sent
+        sent += 1
+        await on_a.send(doc_id, f"after {sent}")
+        await asyncio.sleep(0.1)
+        assert any(text.startswith("after") for text in chat_texts(on_b))
+
+    await eventually(resumed, timeout=WAIT, interval=0.1)
+    await on_b.send(doc_id, "from b, after")
+    await eventually(lambda: _equal(chat_texts(local)[-1], "from b, after"), timeout=WAIT)
+    for node in (a, b):
+        assert await metric(node, "cluster_outages_total") == 1
+        assert await metric(node, "cluster_link_up") == 1
+        # Logged once per outage, however many reconnection attempts it took.
+        assert node.log.read_text().count("Redis link down") == 1
+
+
+async def _up(node: Server, value: int) -> None:
+    assert await metric(node, "cluster_link_up") == value
