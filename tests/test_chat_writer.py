@@ -103,6 +103,34 @@ async def test_one_batch_takes_the_seqs_of_several_documents_in_order(
     await w.writer.close()
 
 
+async def test_the_senders_are_answered_before_the_writes_of_the_announcements(
+    api: Api,
+) -> None:
+    # An announcement's first write schedules the turn's flush (outbox.Flusher); the
+    # senders resumed before it push their acks into that same write.
+    ann = await api.user("ann")
+    doc = (await api.document(ann, "one write"))["id"]
+    order: list[str] = []
+    w = Writer(engine_of(api))
+    announce = w.writer._announce
+
+    def announce_and_flush(message: MessageOut, skip: str | None) -> None:
+        if not w.announced:
+            asyncio.get_running_loop().call_soon(order.append, "flush")
+        announce(message, skip)
+
+    w.writer._announce = announce_and_flush
+
+    async def send(text: str) -> None:
+        await w.writer.write(w.message(ann, doc, text))
+        order.append(f"ack {text}")
+
+    await asyncio.gather(send("a"), send("b"))
+    assert order == ["ack a", "ack b", "flush"]
+    assert [m.text for m in w.announced] == ["a", "b"]
+    await w.writer.close()
+
+
 async def test_a_retry_in_the_same_batch_or_a_later_one_stores_nothing_more(
     api: Api, one_trip: bool
 ) -> None:
