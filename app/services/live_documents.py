@@ -44,10 +44,13 @@ from app.events import Broadcaster
 from app.services.text_edits import TextEdit, apply_edit
 from app.services.yjs_updates import (
     EMPTY_UPDATE,
+    DeleteSet,
     apply_contained,
     build_document,
     check_update,
+    delete_set_of,
     rebuilds,
+    took_effect_whole,
     waits_in,
     would_change,
 )
@@ -101,6 +104,10 @@ class LiveDocument:
     # Applied updates of which a part still waits for a dependency (``waits_in``):
     # the document's encoding leaves that part out, so a snapshot keeps them in the log.
     waiting: list[bytes] = field(default_factory=list)
+    # The delete set of ``_deleted_of`` (``deleted``), kept until the document changes:
+    # a viewer's sync answers are judged against it, and reading it walks the document.
+    _deleted: DeleteSet | None = None
+    _deleted_of: Doc[Any] | None = None
     _loaded: asyncio.Future[None] = field(init=False)
     _pending: list[_Pending] = field(default_factory=list)
     _writer: asyncio.Task[None] | None = None
@@ -132,7 +139,13 @@ class LiveDocument:
 
     def would_change(self, update: bytes) -> bool:
         """Whether applying ``update`` would change the document (``would_change``)."""
-        return would_change(self.doc, update)
+        return would_change(self.doc, update, self.deleted)
+
+    def deleted(self) -> DeleteSet:
+        """The document's delete set, read again only after it changed (or was rebuilt)."""
+        if self._deleted is None or self._deleted_of is not self.doc:
+            self._deleted, self._deleted_of = delete_set_of(self.doc), self.doc
+        return self._deleted
 
     def cancel_timers(self) -> None:
         for timer in (self._snapshot_timer, self._unload_timer):
@@ -145,10 +158,15 @@ class LiveDocument:
         whether that is more than ``update``: it supplied a dependency that parts of
         earlier updates waited for, and they were integrated with it."""
         changes: list[bytes] = []
+        whole = False
 
         def seen(event: TransactionEvent) -> None:
+            nonlocal whole
             changes.append(event.update)
+            # Read here: the event is valid only while its transaction commits.
+            whole = took_effect_whole(update, event)
 
+        self._deleted = None
         subscription = self.doc.observe(seen)
         try:
             apply_contained(self.doc, update)
@@ -157,7 +175,9 @@ class LiveDocument:
         waited = len(self.waiting)
         if waited:
             self.waiting = [earlier for earlier in self.waiting if waits_in(self.doc, earlier)]
-        if waits_in(self.doc, update):
+        # The transaction says so for an ordinary edit; otherwise a diff against the
+        # document's state (one more decode) tells.
+        if not whole and waits_in(self.doc, update):
             self.waiting.append(update)
             if len(self.waiting) > MAX_WAITING:
                 # Each is checked again after every update: their number is bounded.

@@ -1,21 +1,34 @@
 """What a Yjs update is and does, decided without a live document's bookkeeping: is it
-well formed, would it change a document, apply it without letting yrs take the
-process down, build a document from what is stored."""
+well formed, would it change a document, did it take effect whole, apply it without
+letting yrs take the process down, build a document from what is stored.
+
+An accepted update is decoded twice on its way in, each time by yrs applying it: to a
+scratch document (``check_update``, before it is stored) and to the live one (after).
+What else is asked of it is answered from those two: the scratch document's state
+vector says whether its encoding needs checking, and the live apply's transaction
+whether any of it waits (``took_effect_whole``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from pycrdt import Decoder, Doc, Text, get_update
+from pycrdt import Decoder, Doc, Text, TransactionEvent, get_update
 
 from app.errors import InvalidUpdate, UnappliableUpdate, UpdateTooLarge
 from storage.repositories.crdt import StoredDocument
 
 # A Yjs v1 update with no structs and an empty delete set.
 EMPTY_UPDATE = b"\x00\x00"
+# The state vector of a document that holds no struct (yrs lists a client at clock 0
+# after some crafted updates: not this).
+EMPTY_STATE = b"\x00"
+
+# A Yjs delete set: client -> [(clock, length)].
+DeleteSet = dict[int, list[tuple[int, int]]]
 
 
 @contextlib.contextmanager
@@ -45,6 +58,11 @@ def check_update(update: bytes, max_bytes: int) -> None:
     scratch: Doc[Any] = Doc()
     with contained(InvalidUpdate):
         scratch.apply_update(update)
+        if scratch.get_state() == EMPTY_STATE:
+            # Nothing of it was integrated (an edit of existing content waits here for
+            # that content, a deletion for its items): the scratch document is empty,
+            # and so is its encoding. No encoding to check: no second decode.
+            return
         encoded = scratch.get_update()
     if not rebuilds(scratch, encoded):
         raise InvalidUpdate("the update cannot be stored faithfully")
@@ -110,10 +128,13 @@ def state_vector(encoded: bytes) -> dict[int, int]:
     return {client: clock for client, clock in clocks.items() if clock}
 
 
-def would_change(doc: Doc[Any], update: bytes) -> bool:
+def would_change(
+    doc: Doc[Any], update: bytes, deleted: Callable[[], DeleteSet] | None = None
+) -> bool:
     """Whether applying ``update`` would change ``doc``, decided from the update and
     the document's state vector and delete set (a copy of the document per update made
-    a viewer's keystrokes cost its whole size).
+    a viewer's keystrokes cost its whole size). ``deleted``: the document's delete set
+    (``delete_set_of``), if its caller keeps it.
 
     A client always answers a sync request with its whole delete set, so even a
     viewer's answer is rarely empty; only what it adds is an edit: structs the
@@ -127,13 +148,59 @@ def would_change(doc: Doc[Any], update: bytes) -> bool:
         return True  # structs the document lacks
     if not deletes:
         return False
-    # The document's own delete set: an update of no structs ("00") and then it.
-    have = _read_delete_set(Decoder(doc.get_update(doc.get_state())[1:]))
+    have = deleted() if deleted is not None else delete_set_of(doc)
     return any(
         not _covered(start, length, have.get(client, ()))
         for client, ranges in deletes.items()
         for start, length in ranges
     )
+
+
+def delete_set_of(doc: Doc[Any]) -> DeleteSet:
+    """The document's delete set (its encoding against its own state vector is an
+    update of no structs, "00", and then it): a walk of the whole document."""
+    return _read_delete_set(Decoder(doc.get_update(doc.get_state())[1:]))
+
+
+def took_effect_whole(update: bytes, event: TransactionEvent) -> bool:
+    """Whether all of ``update`` took effect in the transaction that applied it, told
+    from the transaction (``event``, read in its observer) without decoding ``update``
+    again: if its structs are the ones the transaction integrated, and its deletions
+    the ones it made, nothing of it waits for a dependency. False means: ask
+    ``waits_in``.
+
+    The transaction's update is the same bytes for an ordinary edit, but for its
+    delete set, which yrs writes in another client order than Yjs (a deletion across
+    several authors' text): compared as sets then.
+    """
+    change: bytes = event.update
+    if change == update:
+        return True
+    # pycrdt 0.14's stub leaves ``delete_set`` out; the event has it (its encoding).
+    deleted: bytes = event.delete_set  # type: ignore[attr-defined]
+    structs = len(change) - len(deleted)
+    # The struct section's bytes alike: the same header (clients, structs per
+    # client), so the same structs and the same end; what follows is each's deletions.
+    if (
+        structs < 1
+        or change[structs:] != deleted
+        or update[:structs] != change[:structs]
+        or len(update) <= structs
+    ):
+        return False
+    try:
+        rest = Decoder(update[structs:])
+        theirs = _read_delete_set(rest)
+        if rest.length:
+            return False
+        made = _read_delete_set(Decoder(deleted))
+    except (IndexError, RuntimeError):
+        return False
+    return _ranges(theirs) == _ranges(made)
+
+
+def _ranges(deletes: DeleteSet) -> dict[int, list[tuple[int, int]]]:
+    return {client: sorted(ranges) for client, ranges in deletes.items() if ranges}
 
 
 def waits_in(doc: Doc[Any], update: bytes) -> bool:
@@ -156,7 +223,7 @@ def waits_in(doc: Doc[Any], update: bytes) -> bool:
     )
 
 
-def _deletes_past(update: bytes, state: bytes) -> dict[int, list[tuple[int, int]]] | None:
+def _deletes_past(update: bytes, state: bytes) -> DeleteSet | None:
     """None if ``update`` has structs past the state vector ``state``; otherwise its
     delete set (a diff keeps an update's whole delete set)."""
     with contained(InvalidUpdate):
@@ -166,9 +233,9 @@ def _deletes_past(update: bytes, state: bytes) -> dict[int, list[tuple[int, int]
         return _read_delete_set(decoder)
 
 
-def _read_delete_set(decoder: Decoder) -> dict[int, list[tuple[int, int]]]:
+def _read_delete_set(decoder: Decoder) -> DeleteSet:
     """A Yjs v1 delete set: client -> [(clock, length)]."""
-    deletes: dict[int, list[tuple[int, int]]] = {}
+    deletes: DeleteSet = {}
     for _ in range(decoder.read_var_uint()):
         client = decoder.read_var_uint()
         ranges = deletes.setdefault(client, [])
