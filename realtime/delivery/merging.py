@@ -1,4 +1,11 @@
-"""How two waiting events of a mergeable class become one (docs/protocol.md §5.10)."""
+"""How two waiting events of a mergeable class become one (docs/protocol.md §5.10).
+
+A broadcast that finds many connections behind finds most of them holding the same
+waiting event (the previous broadcast, or the same merge of earlier ones): the pair
+is merged once, and the one merged event, encoded once, goes to all of them. For Yjs
+updates that is one ``merge_updates`` (a decode of both) per broadcast, not one per
+connection behind.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,26 @@ from pycrdt import Decoder, Encoder, merge_updates
 from app.events import EventClass
 from realtime.delivery.events import Event
 
+# The merges made with the newest event merged: id(older) -> (older, newer, merged).
+# Only one newer event's: a broadcast reaches every connection in one pass, and the
+# events are held so that their ids stay theirs.
+_merged: dict[int, tuple[Event, Event, Event]] = {}
+
 
 def merge(older: Event, newer: Event) -> Event:
-    """One event that tells a late reader what ``older`` then ``newer`` would have."""
+    """One event that tells a late reader what ``older`` then ``newer`` would have;
+    the same event for every connection that merges the same two."""
+    known = _merged.get(id(older))
+    if known is not None and known[0] is older and known[1] is newer:
+        return known[2]
+    merged = _merge(older, newer)
+    if _merged and next(iter(_merged.values()))[1] is not newer:
+        _merged.clear()
+    _merged[id(older)] = (older, newer, merged)
+    return merged
+
+
+def _merge(older: Event, newer: Event) -> Event:
     kind = newer.kind
     if kind is EventClass.AI_CHUNK:
         data = dict(newer.data)
