@@ -180,7 +180,7 @@ def create_app(settings: Settings) -> web.Application:
     async def cluster_lifecycle(app: web.Application) -> AsyncIterator[None]:
         assert cluster is not None
         # The resync of clients after an outage (issue 13) goes in on_resumed.
-        await cluster.start(realtime.delivery.to_local_room)
+        await cluster.start(realtime.delivery.to_local_room, act=broadcaster.act)
         try:
             yield
         finally:

@@ -1,13 +1,21 @@
-"""The ``Broadcaster`` that services publish through, on ``Delivery``."""
+"""The ``Broadcaster`` that services publish through, on ``Delivery``.
+
+Room events reach other nodes through ``Delivery`` itself. What the other calls do to
+connections (end them, take them out of a room, change a Yjs connection's role) each
+node does to its own: with a cluster link, the node where the change was made does
+it here and ``announce``s it, and every other node does it on hearing (``act``).
+"""
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import Hashable
 from typing import Any
 
 from app.events import EventClass, RevokedBecause
 from app.wire import ServerEvent
+from realtime.cluster import RedisLink
 from realtime.delivery import Event
 from realtime.namespaces.main import end_connection
 from realtime.namespaces.rooms import leave_room
@@ -23,9 +31,23 @@ REVOKED_MESSAGES: dict[RevokedBecause, str] = {
 }
 
 
+class Action(enum.StrEnum):
+    """What one node asks of the others' connections (``RedisLink.announce``)."""
+
+    MEMBERSHIP_CHANGED = "membership_changed"
+    DOCUMENT_DELETED = "document_deleted"
+    USER_DISABLED = "user_disabled"
+    SESSION_REVOKED = "session_revoked"
+
+
+def _id(value: str | None) -> uuid.UUID:
+    return uuid.UUID(value)
+
+
 class SocketBroadcaster:
-    def __init__(self, rt: Realtime) -> None:
+    def __init__(self, rt: Realtime, cluster: RedisLink | None = None) -> None:
         self.rt = rt
+        self._cluster = cluster
 
     def to_room(
         self,
@@ -51,6 +73,60 @@ class SocketBroadcaster:
     async def membership_changed(
         self, document_id: uuid.UUID, user_id: uuid.UUID, role: DocumentRole | None
     ) -> None:
+        self._announce(Action.MEMBERSHIP_CHANGED, document_id, user_id, role and role.value)
+        await self._membership_changed_here(document_id, user_id, role)
+        if role is not None:  # a room event: Delivery takes it to every node
+            data = {"document_id": str(document_id), "role": role.value}
+            self.rt.delivery.to_room(
+                user_room_of(user_id), Event(ServerEvent.ROOM_ROLE, data, EventClass.CONTROL)
+            )
+
+    async def document_deleted(self, document_id: uuid.UUID) -> None:
+        self._announce(Action.DOCUMENT_DELETED, document_id)
+        await self._document_deleted_here(document_id)
+
+    async def user_disabled(self, user_id: uuid.UUID) -> None:
+        self._announce(Action.USER_DISABLED, user_id)
+        await self._user_disabled_here(user_id)
+
+    async def session_revoked(
+        self, user_id: uuid.UUID, session_id: uuid.UUID, because: RevokedBecause
+    ) -> None:
+        self._announce(Action.SESSION_REVOKED, user_id, session_id, because)
+        await self._session_revoked_here(user_id, session_id, because)
+
+    # --- on this node, for this node's change or another's --------------------------
+
+    def act(self, action: str, args: list[str | None]) -> None:
+        """Another node's ``announce``: do it to this node's connections."""
+        self.rt.spawn(self._act(action, args))
+
+    async def _act(self, action: str, args: list[str | None]) -> None:
+        match action:
+            case Action.MEMBERSHIP_CHANGED:
+                document, user, role = args
+                await self._membership_changed_here(
+                    _id(document), _id(user), DocumentRole(role) if role else None
+                )
+            case Action.DOCUMENT_DELETED:
+                await self._document_deleted_here(_id(*args))
+            case Action.USER_DISABLED:
+                await self._user_disabled_here(_id(*args))
+            case Action.SESSION_REVOKED:
+                user, session, because = args
+                if because not in REVOKED_MESSAGES:
+                    raise ValueError(f"no such reason: {because!r}")
+                await self._session_revoked_here(_id(user), _id(session), because)
+            case _:
+                raise ValueError(f"no such action: {action!r}")
+
+    def _announce(self, action: Action, *args: uuid.UUID | str | None) -> None:
+        if self._cluster is not None:
+            self._cluster.announce(action, *(None if a is None else str(a) for a in args))
+
+    async def _membership_changed_here(
+        self, document_id: uuid.UUID, user_id: uuid.UUID, role: DocumentRole | None
+    ) -> None:
         for yjs in self._documents(document_id):
             if yjs.user_id != user_id:
                 continue
@@ -61,25 +137,20 @@ class SocketBroadcaster:
         if role is None:
             for sid in self._in_room(document_id, user_id):
                 await self._remove(sid, document_id, "removed")
-            return
-        data = {"document_id": str(document_id), "role": role.value}
-        self.rt.delivery.to_room(
-            user_room_of(user_id), Event(ServerEvent.ROOM_ROLE, data, EventClass.CONTROL)
-        )
 
-    async def document_deleted(self, document_id: uuid.UUID) -> None:
+    async def _document_deleted_here(self, document_id: uuid.UUID) -> None:
         for yjs in self._documents(document_id):
             await end_yjs_connection(self.rt, yjs, "deleted", "the document was deleted")
         for sid in self.rt.delivery.members(room_of(document_id)):
             await self._remove(sid, document_id, "deleted")
 
-    async def user_disabled(self, user_id: uuid.UUID) -> None:
+    async def _user_disabled_here(self, user_id: uuid.UUID) -> None:
         for yjs in self.rt.yjs.of_user(user_id):
             await end_yjs_connection(self.rt, yjs, "user_disabled", "the account was disabled")
         for sid in self.rt.delivery.members(user_room_of(user_id)):
             await end_connection(self.rt, sid, "user_disabled", "the account was disabled")
 
-    async def session_revoked(
+    async def _session_revoked_here(
         self, user_id: uuid.UUID, session_id: uuid.UUID, because: RevokedBecause
     ) -> None:
         # The user's other sessions (another device, a second sign-in) stay open.

@@ -40,7 +40,7 @@ def create_realtime(
     )
     sio.register_namespace(MainNamespace(rt))
     sio.register_namespace(YjsNamespace(rt))
-    return rt, SocketBroadcaster(rt)
+    return rt, SocketBroadcaster(rt, cluster)
 
 
 def cluster_link(settings: Settings, metrics: Metrics) -> RedisLink | None:

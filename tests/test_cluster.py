@@ -85,6 +85,15 @@ def test_an_unreadable_message_is_refused() -> None:
         codec.decode(b"n" * codec.NODE_ID_BYTES + b"\x00\x05[1,2")
 
 
+def test_an_action_crosses_with_its_arguments() -> None:
+    node = b"n" * codec.NODE_ID_BYTES
+    message = codec.encode_action(node, "membership_changed", ("a", "b", None))
+    assert codec.decode_action(message) == ("membership_changed", ["a", "b", None])
+    for bad in (b"[1]", b"{}", b'["x", 2]', b"not json"):
+        with pytest.raises(codec.BadMessage):
+            codec.decode_action(node + bad)
+
+
 # --- the nodes --------------------------------------------------------------------------
 
 
@@ -470,3 +479,49 @@ async def test_redis_stopped_and_started_again_mid_traffic(
 
 async def _up(node: Server, value: int) -> None:
     assert await metric(node, "cluster_link_up") == value
+
+
+# --- what one node does to the others' connections --------------------------------------
+
+
+async def test_removals_roles_sign_outs_and_deletions_reach_connections_on_other_nodes(
+    start_nodes: StartNodes,
+    shared_redis: str,
+    clients: Callable[[Server, User], Awaitable[RoomClient]],
+) -> None:
+    a, b = await start_nodes(2, shared_redis)
+    async with api_of(a) as api:
+        ann, ben, cat, doc_id = await three_members(api)
+        dan = await api.user("dan")
+        await api.share(ann, doc_id, dan, "editor")
+        ben_b, cat_b, dan_b = await clients(b, ben), await clients(b, cat), await clients(b, dan)
+        for client in (ben_b, cat_b, dan_b):
+            await client.join(doc_id)
+        ben_doc = DocumentClient(b.base, ben.access_token, doc_id)
+        try:
+            await ben_doc.connect()
+            await asyncio.wait_for(ben_doc.synced.wait(), WAIT)
+
+            # Each change is made through node A; the connections are all on node B.
+            path = f"/api/v1/documents/{doc_id}/members"
+            await api.call("DELETE", f"{path}/{ben.id}", user=ann, expect=204)
+            removed = {"document_id": doc_id, "reason": "removed"}
+            await eventually(lambda: _has(ben_b, "room:removed", removed), timeout=WAIT)
+            await eventually(lambda: _equal((ben_doc.ended or {}).get("code"), "removed"))
+
+            await api.call("PUT", f"{path}/{cat.id}", user=ann, json={"role": "viewer"}, expect=200)
+            await eventually(lambda: _equal(cat_b.room(doc_id).role, "viewer"), timeout=WAIT)
+            await api.call(
+                "POST", "/api/v1/auth/logout", json={"refresh_token": cat.refresh_token}, expect=204
+            )
+            await eventually(lambda: _equal((cat_b.ended or {}).get("code"), "session_revoked"))
+
+            await api.call("DELETE", f"/api/v1/documents/{doc_id}", user=ann, expect=204)
+            deleted = {"document_id": doc_id, "reason": "deleted"}
+            await eventually(lambda: _has(dan_b, "room:removed", deleted), timeout=WAIT)
+        finally:
+            await ben_doc.close()
+
+
+def _has(client: RoomClient, event: str, data: dict[str, Any]) -> None:
+    assert (event, data) in client.events, client.events[-5:]

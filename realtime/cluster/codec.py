@@ -1,4 +1,5 @@
-"""A room event as bytes between nodes, and a room as a Redis channel.
+"""A room event as bytes between nodes, and a room as a Redis channel (and an action
+one node asks of the others, as JSON).
 
 A message is the sending node's id, then a small JSON header (the event's name, class
 and key, and whether the payload is binary), then the payload: the bytes themselves
@@ -55,6 +56,21 @@ def decode(message: bytes, offset: int = NODE_ID_BYTES) -> Event:
         return Event(name, data, EventClass(kind), _key_in(key))
     except (struct.error, ValueError, TypeError) as exc:
         raise BadMessage(str(exc)) from exc
+
+
+def encode_action(node: bytes, action: str, args: tuple[str | None, ...]) -> bytes:
+    return node + orjson.dumps([action, *args])
+
+
+def decode_action(message: bytes, offset: int = NODE_ID_BYTES) -> tuple[str, list[str | None]]:
+    """An ``announce``d action and its arguments (strings or None)."""
+    try:
+        action, *args = orjson.loads(memoryview(message)[offset:])
+    except (ValueError, TypeError) as exc:
+        raise BadMessage(str(exc)) from exc
+    if not isinstance(action, str) or not all(a is None or isinstance(a, str) for a in args):
+        raise BadMessage(f"not an action: {action!r}")
+    return action, args
 
 
 def _key_out(key: Hashable) -> Any:

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 Deliver = Callable[[Room, Event], object]
 Resumed = Callable[[list[Room]], None]
+Act = Callable[[str, list[str | None]], None]
 
 # Events waiting for the publisher at most (a hung Redis): past it they are dropped.
 MAX_OUTGOING = 10_000
@@ -88,6 +89,8 @@ class RedisLink:
         self._max_backoff = max_backoff
         self.node = os.urandom(codec.NODE_ID_BYTES)
         self._deliver: Deliver = lambda room, event: None
+        self._act: Act = lambda action, args: None
+        self._control = f"{prefix}:control".encode()
         self._on_resumed: Resumed = lambda rooms: None
         # Publishing.
         self._outgoing: list[tuple[bytes, bytes]] = []
@@ -121,7 +124,18 @@ class RedisLink:
         except (TypeError, ValueError):  # a payload JSON cannot carry: a bug, not Redis
             log.exception("cluster: %r cannot cross nodes", event)
             return
-        channel = self._channels.get(room) or codec.channel_of(self._prefix, room)
+        self._queue(self._channels.get(room) or codec.channel_of(self._prefix, room), message)
+
+    def announce(self, action: str, *args: str | None) -> None:
+        """Tell every other node to do ``action`` to its own connections (a removal, a
+        deletion, a disabled user, a revoked session: rare, so on one channel that
+        every node hears)."""
+        if not self.up:
+            self._metrics.dropped.inc()
+            return
+        self._queue(self._control, codec.encode_action(self.node, action, args))
+
+    def _queue(self, channel: bytes, message: bytes) -> None:
         if not self._outgoing:
             self._wake_publisher.set()
             self._idle.clear()
@@ -146,11 +160,15 @@ class RedisLink:
 
     # --- lifecycle ----------------------------------------------------------------------
 
-    async def start(self, deliver: Deliver, on_resumed: Resumed | None = None) -> None:
-        """Start hearing (into ``deliver``) and publishing; returns at once, Redis up
-        or not. ``on_resumed`` is told the rooms that may have missed events after an
-        outage."""
+    async def start(
+        self, deliver: Deliver, *, act: Act | None = None, on_resumed: Resumed | None = None
+    ) -> None:
+        """Start hearing (room events into ``deliver``, the others' ``announce``s into
+        ``act``) and publishing; returns at once, Redis up or not. ``on_resumed`` is
+        told the rooms that may have missed events after an outage."""
         self._deliver = deliver
+        if act is not None:
+            self._act = act
         if on_resumed is not None:
             self._on_resumed = on_resumed
         loop = asyncio.get_running_loop()
@@ -239,6 +257,7 @@ class RedisLink:
                 await connection.read_response()
                 self._subscribed = set()
                 self._changed = set()
+                await connection.send_command("SUBSCRIBE", self._control, check_health=False)
                 await self._subscribe(connection, list(self._rooms))
                 self._generation += 1
                 self._set_up(True)
@@ -289,6 +308,9 @@ class RedisLink:
     def _receive(self, channel: bytes, message: bytes) -> None:
         if message.startswith(self.node):
             return  # our own, delivered here when it was published
+        if channel == self._control:
+            self._receive_action(message)
+            return
         room = self._rooms.get(channel)
         if room is None:
             return  # unwatched since; its UNSUBSCRIBE is on its way
@@ -302,6 +324,17 @@ class RedisLink:
             self._deliver(room, event)
         except Exception:
             log.exception("cluster: delivering %r failed", event)
+
+    def _receive_action(self, message: bytes) -> None:
+        try:
+            action, args = codec.decode_action(message)
+        except codec.BadMessage as exc:
+            log.warning("cluster: an unreadable action: %s", exc)
+            return
+        try:
+            self._act(action, args)
+        except Exception:
+            log.exception("cluster: %s %s failed", action, args)
 
     async def _follow(self, connection: AbstractConnection) -> None:
         """Bring the connection's subscriptions in line with the rooms watched."""
