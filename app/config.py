@@ -205,6 +205,25 @@ class Settings(BaseSettings):
     qdrant_path: Path | None = Field(
         None, description="Folder for Qdrant local mode (default DATA_DIR/qdrant)."
     )
+    embeddings: Literal["local", "api"] = Field(
+        "local",
+        description="local: all-MiniLM-L6-v2 computed in this process (offline); api: a "
+        "hosted embedding API (EMBEDDINGS_API_URL). Changing it needs a reindex.",
+    )
+    embeddings_api_url: str | None = Field(
+        None, description="The API's embeddings endpoint (the /v1/embeddings request shape)."
+    )
+    embeddings_api_key: SecretStr | None = Field(None, description="Its Bearer key.")
+    embeddings_api_model: str = Field("text-embedding-3-small", description="Its model.")
+    embeddings_api_dimension: int = Field(
+        1536, ge=1, description="The length of that model's vectors."
+    )
+    knowledge_retry_seconds: float = Field(
+        5,
+        gt=0,
+        description="A failed write to the vector index is retried after this, doubling "
+        "up to 5 minutes.",
+    )
 
     # --- limits --------------------------------------------------------------------
     max_body_bytes: int = Field(
@@ -458,6 +477,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'roomserver.sqlite3').resolve()}"
+
+    @property
+    def resolved_qdrant_path(self) -> Path:
+        return self.qdrant_path or self.data_dir / "qdrant"
 
     @property
     def resolved_log_format(self) -> Literal["json", "text"]:

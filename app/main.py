@@ -46,7 +46,10 @@ from app.services.auth import Accounts, AuthService
 from app.services.cache import ExpiringCache
 from app.services.chat import ChatService
 from app.services.documents import DocumentService, Memberships
+from app.services.knowledge.embeddings import ApiEmbedder, Embedder, MiniLMEmbedder
 from app.services.knowledge.entries import KnowledgeService
+from app.services.knowledge.entry_index import EntryIndexer
+from app.services.knowledge.index import SearchIndex
 from app.services.live_documents import Limits, LiveDocuments
 from app.services.responders import AnthropicResponder, OfflineResponder, Responder
 from app.services.users import UserService
@@ -54,6 +57,7 @@ from realtime.server import shutdown
 from realtime.wiring import cluster_link, create_realtime
 from storage.db import create_engine, create_sessionmaker
 from storage.migrate import current_revision, head_revision
+from storage.vectors import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +153,15 @@ def create_app(settings: Settings) -> web.Application:
                 page_size=settings.history_page_size,
                 max_batch=settings.chat_batch_max_messages,
             )
-            app[KNOWLEDGE] = KnowledgeService(sessions)
+            app[KNOWLEDGE] = knowledge = KnowledgeService(
+                sessions,
+                EntryIndexer(
+                    sessions,
+                    make_search_index(settings),
+                    retry_seconds=settings.knowledge_retry_seconds,
+                ),
+            )
+            knowledge.start()
             responder = make_responder(settings)
             app[ASSISTANT] = assistant = Assistant(
                 sessions, broadcaster, chat, live_documents, responder, assistant_limits(settings)
@@ -161,6 +173,7 @@ def create_app(settings: Settings) -> web.Application:
             await chat.close()  # after the replies it stores
             await responder.close()
             await live_documents.close_all()
+            await knowledge.close()
         finally:
             await engine.dispose()
 
@@ -213,6 +226,34 @@ def make_responder(settings: Settings) -> Responder:
         api_key=settings.anthropic_api_key.get_secret_value(),
         base_url=settings.anthropic_base_url,
         model=settings.anthropic_model,
+    )
+
+
+def make_search_index(settings: Settings) -> SearchIndex:
+    """The vector index: Qdrant local mode in a folder unless ``QDRANT_URL`` is set."""
+    embedder = make_embedder(settings)
+    # One collection per embedding model: vectors of two models never mix.
+    collection = "passages_" + "".join(c if c.isalnum() else "_" for c in embedder.name.lower())
+    store = VectorStore(
+        url=settings.qdrant_url,
+        path=None if settings.qdrant_url else settings.resolved_qdrant_path,
+        collection=collection,
+        dimension=embedder.dimension,
+    )
+    return SearchIndex(store, embedder)
+
+
+def make_embedder(settings: Settings) -> Embedder:
+    if settings.embeddings == "local":
+        return MiniLMEmbedder()
+    if settings.embeddings_api_url is None:
+        raise ValueError("EMBEDDINGS=api needs EMBEDDINGS_API_URL")
+    key = settings.embeddings_api_key
+    return ApiEmbedder(
+        url=settings.embeddings_api_url,
+        model=settings.embeddings_api_model,
+        dimension=settings.embeddings_api_dimension,
+        api_key=key.get_secret_value() if key else None,
     )
 
 

@@ -14,6 +14,10 @@ from app.api.knowledge_schemas import (
     EntryOut,
     EntryPage,
     EntryUpdate,
+    ReindexOut,
+    SearchHit,
+    SearchHits,
+    SearchQuery,
 )
 from app.api.routing import path_uuid
 from app.api.v1 import api
@@ -59,17 +63,29 @@ async def create_entry(request: web.Request, principal: Principal, body: EntryCr
     "/knowledge",
     query=EntryListQuery,
     response=EntryPage,
-    errors=(401, 403, 422),
+    errors=(401, 403, 422, 503),
     tag="knowledge",
 )
 async def list_entries(
     request: web.Request, principal: Principal, query: EntryListQuery
 ) -> EntryPage:
-    """Entries you may read: newest first, or with `q` the best matches first."""
+    """Entries you may read: newest first, or with `q` the best matches first (hybrid
+    search: meaning and keywords, fused)."""
     tags = parse_tags(query.tags)
     service = request.app[KNOWLEDGE]
+    if query.q is not None:
+        if query.cursor is not None:
+            raise ValidationFailed(
+                details=[{"field": "cursor", "message": "q is not paged", "type": "exclusive"}]
+            )
+        hits = await service.search(principal, query.q, tags=tags, limit=query.limit)
+        items = [
+            EntryItem(**entry_out(hit.entry).model_dump(), score=hit.score, passage=hit.passage)
+            for hit in hits
+        ]
+        return EntryPage(items=items, next_cursor=None)
     after = decode_cursor(query.cursor) if query.cursor else None
-    entries = await service.list(principal, tags=tags, limit=query.limit + 1, after=after)
+    entries = await service.list_entries(principal, tags=tags, limit=query.limit + 1, after=after)
     page = entries[: query.limit]
     next_cursor = None
     if len(entries) > query.limit:
@@ -123,3 +139,32 @@ async def approve_entry(request: web.Request, principal: Principal) -> EntryOut:
     """Approve an entry so that users read it (admins)."""
     entry = await request.app[KNOWLEDGE].approve(principal, path_uuid(request, "entry_id"))
     return entry_out(entry)
+
+
+@api.route(
+    "POST", "/knowledge/reindex", response=ReindexOut, errors=(401, 403, 503), tag="knowledge"
+)
+async def reindex(request: web.Request, principal: Principal) -> ReindexOut:
+    """Rebuild the search index from the database (admins)."""
+    done = await request.app[KNOWLEDGE].reindex(principal)
+    return ReindexOut(entries=done.entries, documents=done.documents, passages=done.passages)
+
+
+@api.route(
+    "GET",
+    "/search",
+    query=SearchQuery,
+    response=SearchHits,
+    errors=(401, 422, 503),
+    tag="knowledge",
+)
+async def search(request: web.Request, principal: Principal, query: SearchQuery) -> SearchHits:
+    """Passages you may read that match `q` best: knowledge entries (by your role) and
+    the documents you are a member of."""
+    passages = await request.app[KNOWLEDGE].passages(principal, query.q, limit=query.limit)
+    return SearchHits(
+        items=[
+            SearchHit(kind=p.kind, id=p.id, title=p.title, passage=p.text, score=p.score)
+            for p in passages
+        ]
+    )

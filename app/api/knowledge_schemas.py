@@ -67,6 +67,9 @@ class EntryPage(Output):
 
 
 class EntryListQuery(Query):
+    q: Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=NO_NUL)] | None = (
+        Field(None, description="a question or keywords: the best matches, best first")
+    )
     tags: Annotated[str, StringConstraints(max_length=1000, pattern=NO_NUL)] | None = Field(
         None, description="comma-separated: only entries with every one of these tags"
     )

@@ -127,3 +127,13 @@ async def remove_member(session: AsyncSession, document_id: uuid.UUID, user_id: 
         )
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def member_document_titles(session: AsyncSession, user_id: uuid.UUID) -> dict[uuid.UUID, str]:
+    """The documents the user is a member of, with their titles."""
+    query = (
+        select(Document.id, Document.title)
+        .join(DocumentMember, DocumentMember.document_id == Document.id)
+        .where(DocumentMember.user_id == user_id)
+    )
+    return {document_id: title for document_id, title in await session.execute(query)}

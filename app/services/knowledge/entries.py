@@ -16,18 +16,50 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.principal import Principal
-from app.errors import Forbidden, NotFound
+from app.errors import Forbidden, NotFound, ServiceUnavailable
+from app.services.knowledge.entry_index import EntryIndexer, IndexFailure
 from storage.db import read_session
 from storage.models import GlobalRole, KnowledgeEntry, utcnow
+from storage.repositories import documents as documents_repo
 from storage.repositories import knowledge as knowledge_repo
+from storage.vectors import Found, Scope
 
 EDITABLE = ("title", "text", "tags", "source")
+# A search asks the index for this many passages per hit wanted: several passages of
+# one entry, and entries the database no longer lets the caller read, are left out.
+OVERFETCH = 3
+
+
+@dataclass(frozen=True, slots=True)
+class EntryHit:
+    entry: KnowledgeEntry
+    score: float
+    passage: str
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A passage the caller may read: of a knowledge entry or of a room document."""
+
+    kind: Literal["knowledge", "document"]
+    id: uuid.UUID
+    title: str
+    text: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reindexed:
+    entries: int
+    documents: int
+    passages: int
 
 
 def check_reader(principal: Principal) -> None:
@@ -47,8 +79,9 @@ def check_admin(principal: Principal) -> None:
 
 
 class KnowledgeService:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], indexer: EntryIndexer) -> None:
         self._sessions = sessions
+        self._indexer = indexer
 
     async def create(
         self,
@@ -81,7 +114,7 @@ class KnowledgeService:
         async with read_session(self._sessions) as session:
             return await _readable(session, principal, entry_id)
 
-    async def list(
+    async def list_entries(
         self,
         principal: Principal,
         *,
@@ -156,13 +189,110 @@ class KnowledgeService:
         await self._changed(entry)
         return entry
 
-    # --- the index (none yet) -----------------------------------------------------------
+    # --- search -------------------------------------------------------------------------
+
+    async def search(
+        self, principal: Principal, query: str, *, tags: Sequence[str], limit: int
+    ) -> list[EntryHit]:
+        """The entries the caller may read that match ``query`` best, best first, each
+        with its best passage."""
+        check_reader(principal)
+        scope = Scope(
+            knowledge=_knowledge_scope(principal),
+            owner=str(principal.user_id),
+            tags=tags,
+            kinds=frozenset({"knowledge"}),
+        )
+        found = await self._search(query, scope, limit=limit * OVERFETCH)
+        best: dict[uuid.UUID, Found] = {}
+        for passage in found:
+            best.setdefault(uuid.UUID(passage.ref), passage)
+        async with read_session(self._sessions) as session:
+            entries = await knowledge_repo.get_entries(session, list(best))
+        hits = []
+        for entry_id, passage in best.items():
+            entry = entries.get(entry_id)
+            # The database decides: an entry changed since it was indexed is checked again.
+            if entry is None or not may_read(principal, entry) or not set(tags) <= set(entry.tags):
+                continue
+            hits.append(EntryHit(entry, passage.score, passage.text))
+        return hits[:limit]
+
+    async def passages(
+        self,
+        principal: Principal,
+        query: str,
+        *,
+        limit: int,
+        documents: Sequence[uuid.UUID] | None = None,
+    ) -> list[Passage]:
+        """The passages that match ``query`` best among those the caller may read:
+        knowledge entries by their role, and the documents they are a member of (only
+        ``documents`` of those, when given)."""
+        async with read_session(self._sessions) as session:
+            titles = await documents_repo.member_document_titles(session, principal.user_id)
+        if documents is not None:
+            titles = {key: title for key, title in titles.items() if key in set(documents)}
+        knowledge = None if principal.role is GlobalRole.GUEST else _knowledge_scope(principal)
+        scope = Scope(
+            knowledge=knowledge, owner=str(principal.user_id), documents=[str(d) for d in titles]
+        )
+        found = await self._search(query, scope, limit=limit * OVERFETCH)
+        async with read_session(self._sessions) as session:
+            entries = await knowledge_repo.get_entries(
+                session, [uuid.UUID(p.ref) for p in found if p.kind == "knowledge"]
+            )
+        passages: list[Passage] = []
+        for passage in found:
+            ref = uuid.UUID(passage.ref)
+            if passage.kind == "knowledge":
+                entry = entries.get(ref)
+                if knowledge is None or entry is None or not may_read(principal, entry):
+                    continue
+                passages.append(Passage("knowledge", ref, entry.title, passage.text, passage.score))
+            elif passage.kind == "document" and ref in titles:
+                passages.append(Passage("document", ref, titles[ref], passage.text, passage.score))
+        return passages[:limit]
+
+    async def _search(self, query: str, scope: Scope, *, limit: int) -> list[Found]:
+        try:
+            return await self._indexer.index.search(query, scope, limit=limit)
+        except IndexFailure as exc:
+            raise ServiceUnavailable("the search index is unavailable; try again") from exc
+
+    async def reindex(self, principal: Principal) -> Reindexed:
+        """Rebuild the index from the database (admins)."""
+        check_reader(principal)
+        check_admin(principal)
+        try:
+            entries, passages = await self._indexer.rebuild()
+        except IndexFailure as exc:
+            raise ServiceUnavailable("the search index is unavailable; try again") from exc
+        return Reindexed(entries=entries, documents=0, passages=passages)
+
+    # --- the index ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Catch up with what an earlier process left out of the index."""
+        self._indexer.start()
+
+    async def close(self) -> None:
+        await self._indexer.close()
+        await self._indexer.index.close()
 
     async def _changed(self, entry: KnowledgeEntry) -> None:
-        pass
+        # Written before the answer, so that what was just added is found; a failure
+        # leaves it to the retries (the change itself is committed).
+        await self._indexer.sync(entry.id)
 
     async def _deleted(self, entry_id: uuid.UUID) -> None:
-        pass
+        await self._indexer.removed(entry_id)
+
+
+def _knowledge_scope(principal: Principal) -> Literal["all", "approved", "approved_or_own"]:
+    if principal.is_admin:
+        return "all"
+    return "approved_or_own" if principal.role is GlobalRole.POWER else "approved"
 
 
 async def _readable(

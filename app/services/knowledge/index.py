@@ -1,0 +1,79 @@
+"""Passages of knowledge entries and room documents: chunked, embedded (dense and
+keyword vectors) and kept in the vector store; searched by both, fused."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from app.services.knowledge.embeddings import Embedder, Vectors
+from app.services.knowledge.text import chunks, keyword_vector
+from storage.vectors import Found, Point, Scope, VectorStore
+
+# Passages are embedded in batches of this many (memory stays bounded for long texts).
+EMBED_BATCH = 64
+
+
+class SearchIndex:
+    def __init__(self, store: VectorStore, embedder: Embedder, *, chunk_chars: int = 800) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.chunk_chars = chunk_chars
+        # Embedding is CPU work: one thread of its own, so that it never takes both
+        # cores from the event loop, and apart from the store's thread.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self.embedder.embed, list(texts))
+
+    async def points(
+        self, kind: str, ref: str, title: str, text: str, payload: dict[str, Any]
+    ) -> list[Point]:
+        """The passages of one entry or document, embedded."""
+        passages = chunks(text, max_chars=self.chunk_chars)
+        points: list[Point] = []
+        for start in range(0, len(passages), EMBED_BATCH):
+            batch = passages[start : start + EMBED_BATCH]
+            # The title goes with each passage into both vectors: it says what the
+            # passage is about when the passage itself does not.
+            vectors = await self.embed([f"{title}. {passage}" for passage in batch])
+            for offset, (passage, vector) in enumerate(zip(batch, vectors, strict=True)):
+                keywords = keyword_vector(f"{title}. {passage}")
+                points.append(
+                    Point(
+                        kind=kind,
+                        ref=ref,
+                        chunk=start + offset,
+                        dense=vector.tolist(),
+                        sparse_indices=keywords.indices,
+                        sparse_values=keywords.values,
+                        payload={"title": title, "text": passage, **payload},
+                    )
+                )
+        return points
+
+    async def put(self, kind: str, ref: str, title: str, text: str, payload: dict[str, Any]) -> int:
+        """Replace the passages of (kind, ref); returns how many it has now."""
+        points = await self.points(kind, ref, title, text, payload)
+        await self.store.replace(kind, ref, points)
+        return len(points)
+
+    async def remove(self, kind: str, refs: Sequence[str]) -> None:
+        if refs:
+            await self.store.delete(kind, refs)
+
+    async def search(self, query: str, scope: Scope, *, limit: int) -> list[Found]:
+        [dense] = await self.embed([query])
+        keywords = keyword_vector(query, query=True)
+        return await self.store.search(
+            dense.tolist(), keywords.indices, keywords.values, scope, limit=limit
+        )
+
+    async def close(self) -> None:
+        try:
+            await self.store.close()
+        finally:
+            self._thread.shutdown(wait=True)
