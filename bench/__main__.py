@@ -1,7 +1,7 @@
 """``python -m bench``: run every scenario against roomserver and the baselines.
 
 ``--only documents`` (or ``fanout``, ``connections``, ``chat``, ``joins``, ``assistant``,
-comma-separated) runs some of them and keeps the other sections of the existing report,
+``cluster``, comma-separated) runs some of them and keeps the other sections of the existing report,
 each credited to the run that measured it.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import report
 from bench.harness import ROOT, ensure_node_modules
-from bench.scenarios import assistant, chat, connections, documents, fanout
+from bench.scenarios import assistant, chat, cluster, connections, documents, fanout
 from bench.scenarios import joins as joining
 from bench.targets import (
     node_baseline,
@@ -30,7 +30,7 @@ from bench.targets import (
 
 COMPRESSION = {"WEBSOCKET_COMPRESSION": "true"}
 NO_GC_FREEZE = {"GC_FREEZE": "false"}
-SCENARIOS = ("fanout", "connections", "chat", "joins", "documents", "assistant")
+SCENARIOS = ("fanout", "connections", "chat", "joins", "documents", "assistant", "cluster")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--yjs-seconds", type=float, default=3.0, help="length of a typing run")
     parser.add_argument("--join-bytes", type=int, default=1_000_000, help="document to join")
     parser.add_argument("--joins", type=int, default=7, help="fresh clients joining it")
+    parser.add_argument(
+        "--cluster-sizes", default="300,3000", help="room sizes for cross-node fan-out"
+    )
     parser.add_argument(
         "--only",
         default=",".join(SCENARIOS),
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             yjs_seconds=args.yjs_seconds,
             join_bytes=args.join_bytes,
             joins=args.joins,
+            cluster_sizes=tuple(int(size) for size in args.cluster_sizes.split(",")),
             only=only,
             plots=args.output.parent / "bench",
         )
@@ -114,6 +118,7 @@ async def run(
     yjs_seconds: float,
     join_bytes: int,
     joins: int,
+    cluster_sizes: tuple[int, ...],
     only: tuple[str, ...],
     plots: Path,
 ) -> list[str]:
@@ -219,6 +224,20 @@ async def run(
             )
             assistant_results.append(assistant_result)
         sections.append(report.assistant_section(assistant_results, plots))
+    if "cluster" in only:
+        cluster_results = []
+        async for spread in cluster.run(cluster_sizes, repeats=repeats, rates=rates):
+            at_rate = spread.latency.get(rates[0]) if rates else None
+            p99 = at_rate.percentile(0.99) if at_rate is not None else None
+            commands = spread.median("commands_per_broadcast") or 0
+            print(
+                f"cluster {spread.variant} N={spread.size}: {spread.delivered_per_s:,.0f}/s, "
+                f"p99 at {rates[0] if rates else '-'}/s {_ms(p99)} ms, "
+                f"{commands:.2f} Redis commands a broadcast",
+                flush=True,
+            )
+            cluster_results.append(spread)
+        sections.append(report.cluster_section(cluster_results, rates))
     return sections
 
 

@@ -1,9 +1,10 @@
 """Render results as docs/benchmarks.md with PNG plots beside it: one module per
-section (rooms, connections, chat, joins, documents, assistant), the file around them
+section (rooms, connections, chat, joins, documents, assistant, cluster), the file around them
 (file.py)."""
 
 from bench.report.assistant import assistant_section
 from bench.report.chat import chat_section
+from bench.report.cluster import cluster_section
 from bench.report.connections import connections_section
 from bench.report.documents import documents_section
 from bench.report.file import write
@@ -13,6 +14,7 @@ from bench.report.rooms import fanout_section
 __all__ = [
     "assistant_section",
     "chat_section",
+    "cluster_section",
     "connections_section",
     "documents_section",
     "fanout_section",
