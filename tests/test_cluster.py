@@ -422,8 +422,8 @@ async def own_redis(tmp_path: Path) -> AsyncIterator[RedisProcess]:
     if shutil.which("redis-server") is None:
         service_missing("redis-server", FileNotFoundError("redis-server"))
     redis = RedisProcess(tmp_path)
-    await redis.start()
     try:
+        await redis.start()  # stopped below even if it never answered
         yield redis
     finally:
         await redis.stop()
