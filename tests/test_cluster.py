@@ -525,3 +525,59 @@ async def test_removals_roles_sign_outs_and_deletions_reach_connections_on_other
 
 def _has(client: RoomClient, event: str, data: dict[str, Any]) -> None:
     assert (event, data) in client.events, client.events[-5:]
+
+
+async def test_a_link_started_while_redis_is_down_connects_when_it_comes(
+    own_redis: RedisProcess,
+) -> None:
+    """In process: two links on a Redis that is not there yet; local work goes on (what
+    cannot be sent is counted); they link up by themselves once it starts, and neither
+    hears its own events."""
+    await own_redis.stop()
+    settings = Settings(
+        jwt_secret=TEST_JWT_SECRET, redis_url=own_redis.url, cluster_channel_prefix=PREFIX
+    )
+    metrics = [Metrics(), Metrics()]
+    first, second = (cluster_link(settings, m) for m in metrics)
+    assert first is not None and second is not None
+    heard: tuple[list[Any], list[Any]] = ([], [])
+    await first.start(lambda room, event: heard[0].append((room, event.data)))
+    await second.start(lambda room, event: heard[1].append((room, event.data)))
+    room = ("doc", uuid.uuid4())
+
+    def event(n: int) -> Event:
+        return Event("chat:message", {"n": n}, EventClass.CHAT)
+
+    try:
+        first.watch(room)
+        second.watch(room)
+        second.publish(room, event(0))
+        assert not second.up
+        assert metrics[1].registry.get_sample_value("cluster_dropped_total") == 1
+
+        await own_redis.start()
+        await eventually(lambda: _equal((first.up, second.up), (True, True)), timeout=WAIT)
+
+        async def subscribed() -> None:
+            assert await subscribers(own_redis.url, codec.channel_of(PREFIX, room)) == 2
+
+        await eventually(subscribed, timeout=WAIT)
+        second.publish(room, event(1))
+        await eventually(lambda: _equal(heard[0], [(room, {"n": 1})]), timeout=WAIT)
+        first.publish(room, event(2))
+        await eventually(lambda: _equal(heard[1], [(room, {"n": 2})]), timeout=WAIT)
+        # Redis sends first's subscription its own 2 before 3: had it not skipped it,
+        # it would be here.
+        second.publish(room, event(3))
+        await eventually(lambda: _equal(len(heard[0]), 2), timeout=WAIT)
+        assert heard[0] == [(room, {"n": 1}), (room, {"n": 3})]
+
+        first.unwatch(room)
+        await eventually(lambda: _subscribers_are(own_redis.url, room, 1), timeout=WAIT)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def _subscribers_are(redis_url: str, room: Any, count: int) -> None:
+    assert await subscribers(redis_url, codec.channel_of(PREFIX, room)) == count
