@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from app.api import auth as _auth_routes  # noqa: F401  (routes register on import)
 from app.api import documents as _document_routes  # noqa: F401
 from app.api import knowledge as _knowledge_routes  # noqa: F401
-from app.api import system
+from app.api import system, webui
 from app.api import usage as _usage_routes  # noqa: F401
 from app.api import users as _user_routes  # noqa: F401
 from app.api.middleware import cors, errors, observe
@@ -215,6 +215,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(drain)
     api.install(app)
     system.install(app)
+    webui.install(app)  # the page at /, from the build shipped in app/webui/
     return app
 
 

@@ -1,0 +1,572 @@
+// One document's room on "/" (docs/protocol.md §5.5-5.9): join and catch up by seq,
+// presence per user, who is typing, chat (history pages, sends retried with their
+// client_msg_id, edits, deletions) and the assistant's streamed answers.
+
+import { ApiError, type DocRole, type Message, type Session } from "./api";
+import { append, clear, field, h, time } from "./dom";
+import type { Live } from "./live";
+
+const PAGE = 50;
+const TYPING_REPEAT_MS = 2000;
+const TYPING_IDLE_MS = 3000;
+const RETRY_MS = 2000;
+
+interface JoinAck {
+  role: DocRole;
+  connection_id: string;
+  user: { user_id: string; username: string };
+  last_seq: number;
+  presence: { user_id: string; username: string; connection_count: number }[];
+  messages: Message[];
+  has_more: boolean;
+  replies: { reply_id: string; seq: number; text: string }[];
+}
+
+interface Page {
+  messages: Message[];
+  has_more: boolean;
+}
+
+interface Pending {
+  clientMsgId: string;
+  text: string;
+  error: string | null;
+  inFlight: boolean;
+}
+
+interface Reply {
+  id: string;
+  askedBy: string;
+  question: string;
+  text: string;
+  seq: number;
+  status: "streaming" | "completed" | "cancelled" | "failed";
+  usage: Record<string, number> | null;
+  citations: unknown[];
+  error: string | null;
+}
+
+export interface RoomElements {
+  presence: HTMLElement;
+  chat: HTMLElement;
+  assistant: HTMLElement;
+}
+
+export class Room {
+  role: DocRole;
+  private joined = false;
+  private readonly messages = new Map<number, Message>();
+  private hasOlder = false;
+  private loadingOlder = false;
+  private readonly pending = new Map<string, Pending>();
+  private readonly present = new Map<string, { username: string; count: number }>();
+  private readonly typing = new Set<string>();
+  private readonly replies = new Map<string, Reply>();
+  private editing: string | null = null;
+  private typingSentAt = 0;
+  private typingTimer: number | undefined;
+  private readonly handlers: [string, (...args: never[]) => void][] = [];
+  private readonly roleListeners: ((role: DocRole) => void)[] = [];
+
+  private readonly presenceList = h("ul", { class: "people", "aria-label": "People here" });
+  private readonly typingLine = h("p", { class: "typing", "aria-live": "polite" });
+  private readonly list = h("ol", { class: "messages", "aria-label": "Messages", tabindex: "0" });
+  private readonly olderButton = h("button", { type: "button", class: "link" }, "Load older messages");
+  private readonly input = h("textarea", { rows: 2, maxlength: 4000, name: "message" });
+  private readonly sendButton = h("button", { type: "submit" }, "Send");
+  private readonly chatNote = h("p", { class: "note" });
+  private readonly question = h("textarea", { rows: 2, maxlength: 4000, name: "question" });
+  private readonly askButton = h("button", { type: "submit" }, "Ask");
+  private readonly askNote = h("p", { class: "note", role: "status" });
+  private readonly replyList = h("ol", { class: "replies", "aria-label": "Assistant answers", "aria-live": "polite" });
+
+  constructor(
+    private readonly live: Live,
+    private readonly session: Session,
+    readonly documentId: string,
+    initialRole: DocRole,
+    elements: RoomElements,
+  ) {
+    this.role = initialRole;
+    this.build(elements);
+    this.on("chat:message", (event: { document_id: string; message: Message }) => this.upsert(event));
+    this.on("chat:edited", (event: { document_id: string; message: Message }) => this.upsert(event));
+    this.on("chat:deleted", (event: { document_id: string; message: Message }) => this.upsert(event));
+    this.on("presence:changed", (event: { document_id: string; left: string[]; joined: { user_id: string; username: string }[] }) => {
+      if (event.document_id !== this.documentId) return;
+      for (const id of event.left) {
+        this.present.delete(id);
+        this.typing.delete(id);
+      }
+      for (const user of event.joined) {
+        if (!this.present.has(user.user_id)) this.present.set(user.user_id, { username: user.username, count: 1 });
+      }
+      this.renderPresence();
+    });
+    this.on("typing", (event: { document_id: string; user_id: string; typing: boolean }) => {
+      if (event.document_id !== this.documentId) return;
+      if (event.typing) this.typing.add(event.user_id);
+      else this.typing.delete(event.user_id);
+      this.renderPresence();
+    });
+    this.on("room:role", (event: { document_id: string; role: DocRole }) => {
+      if (event.document_id === this.documentId) this.setRole(event.role);
+    });
+    this.on("room:removed", (event: { document_id: string; reason: string }) => {
+      if (event.document_id !== this.documentId) return;
+      this.joined = false;
+      this.chatNote.textContent =
+        event.reason === "deleted" ? "This document was deleted." : "You no longer have access to this document.";
+      this.setRole("viewer");
+    });
+    this.on("ai:started", (event: { document_id: string; reply_id: string; asked_by: { username: string }; question: string }) => {
+      if (event.document_id !== this.documentId) return;
+      this.reply(event.reply_id, event.asked_by.username, event.question);
+      this.renderReplies();
+    });
+    this.on("ai:chunk", (event: { document_id: string; reply_id: string; seq: number; first_seq?: number; text: string }) => {
+      if (event.document_id !== this.documentId) return;
+      const reply = this.reply(event.reply_id, "", "");
+      const first = event.first_seq ?? event.seq;
+      if (event.seq <= reply.seq || first > reply.seq + 1) return; // held already, or a gap
+      reply.text += event.text;
+      reply.seq = event.seq;
+      this.renderReplies();
+    });
+    const ended = (event: {
+      document_id: string;
+      reply_id: string;
+      status: Reply["status"];
+      usage?: Record<string, number>;
+      error?: { message: string };
+      citations?: unknown;
+      message: Message | null;
+    }) => {
+      if (event.document_id !== this.documentId) return;
+      const reply = this.reply(event.reply_id, "", "");
+      reply.status = event.status;
+      reply.usage = event.usage ?? null;
+      reply.error = event.error?.message ?? null;
+      if (Array.isArray(event.citations)) reply.citations = event.citations;
+      if (event.message !== null && event.message.text.length >= reply.text.length) reply.text = event.message.text;
+      this.renderReplies();
+    };
+    this.on("ai:done", ended);
+    this.on("ai:error", ended);
+    live.connectListeners.push(this.onConnect);
+    if (live.socket.connected) this.onConnect();
+  }
+
+  private on<T>(event: string, handler: (payload: T) => void): void {
+    const wrapped = handler as (...args: never[]) => void;
+    this.live.socket.on(event, wrapped as never);
+    this.handlers.push([event, wrapped]);
+  }
+
+  onRole(listener: (role: DocRole) => void): void {
+    this.roleListeners.push(listener);
+  }
+
+  private readonly onConnect = (): void => {
+    void this.join().catch((error: unknown) => {
+      this.chatNote.textContent = `Could not join the room: ${describe(error)}`;
+    });
+  };
+
+  private get lastSeq(): number {
+    let last = 0;
+    for (const seq of this.messages.keys()) last = Math.max(last, seq);
+    return last;
+  }
+
+  /** Join (again after a reconnect: catch up from the last seq held, §5.8). */
+  private async join(): Promise<void> {
+    const first = !this.joined;
+    const ack = await this.live.command<JoinAck>("join", {
+      document_id: this.documentId,
+      since_seq: first ? null : this.lastSeq,
+    });
+    this.joined = true;
+    this.setRole(ack.role);
+    this.present.clear();
+    for (const person of ack.presence) {
+      this.present.set(person.user_id, { username: person.username, count: person.connection_count });
+    }
+    this.typing.clear();
+    this.renderPresence();
+    for (const streaming of ack.replies) {
+      const reply = this.reply(streaming.reply_id, "", "");
+      reply.text = streaming.text;
+      reply.seq = streaming.seq;
+    }
+    this.renderReplies();
+    if (first) {
+      const page = await this.history({});
+      this.hasOlder = page.has_more;
+      this.merge(page.messages, true);
+    } else {
+      this.merge(ack.messages, false);
+      let more = ack.has_more;
+      while (more) {
+        const page = await this.history({ after_seq: this.lastSeq, limit: 100 });
+        this.merge(page.messages, false);
+        more = page.has_more;
+      }
+    }
+    this.chatNote.textContent = "";
+    for (const pending of this.pending.values()) void this.trySend(pending);
+  }
+
+  private history(bounds: { before_seq?: number; after_seq?: number; limit?: number }): Promise<Page> {
+    return this.live.command<Page>("chat:history", { document_id: this.documentId, limit: PAGE, ...bounds });
+  }
+
+  private async loadOlder(): Promise<void> {
+    if (!this.hasOlder || this.loadingOlder || this.messages.size === 0) return;
+    this.loadingOlder = true;
+    const before = Math.min(...this.messages.keys());
+    const height = this.list.scrollHeight;
+    try {
+      const page = await this.history({ before_seq: before });
+      this.hasOlder = page.has_more;
+      this.merge(page.messages, false);
+      this.list.scrollTop += this.list.scrollHeight - height; // keep the reader's place
+    } catch (error) {
+      this.chatNote.textContent = `Could not load older messages: ${describe(error)}`;
+    } finally {
+      this.loadingOlder = false;
+    }
+  }
+
+  private upsert(event: { document_id: string; message: Message }): void {
+    if (event.document_id === this.documentId) this.merge([event.message], false);
+  }
+
+  private merge(messages: Message[], scrollToEnd: boolean): void {
+    const atEnd = this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 40;
+    for (const message of messages) this.messages.set(message.seq, message);
+    this.renderMessages();
+    if (scrollToEnd || atEnd) this.list.scrollTop = this.list.scrollHeight;
+  }
+
+  // --- sending --------------------------------------------------------------------
+
+  private send(text: string): void {
+    const pending: Pending = { clientMsgId: crypto.randomUUID(), text, error: null, inFlight: false };
+    this.pending.set(pending.clientMsgId, pending);
+    this.renderMessages();
+    this.list.scrollTop = this.list.scrollHeight;
+    void this.trySend(pending);
+  }
+
+  /** Send, and on a timeout or a dropped connection send again with the same
+   * client_msg_id: the server stores it once (§5.8). */
+  private async trySend(pending: Pending): Promise<void> {
+    if (pending.inFlight || !this.joined || !this.live.socket.connected) return;
+    pending.inFlight = true;
+    pending.error = null;
+    try {
+      const ack = await this.live.command<{ id: string; seq: number; created_at: string }>("chat:send", {
+        document_id: this.documentId,
+        client_msg_id: pending.clientMsgId,
+        text: pending.text,
+      });
+      this.pending.delete(pending.clientMsgId);
+      const user = this.session.user;
+      this.merge(
+        [
+          {
+            id: ack.id,
+            document_id: this.documentId,
+            seq: ack.seq,
+            author: { kind: "user", id: user?.id ?? null, username: user?.username ?? null },
+            client_msg_id: pending.clientMsgId,
+            text: pending.text,
+            metadata: {},
+            created_at: ack.created_at,
+            edited_at: null,
+            deleted: false,
+          },
+        ],
+        true,
+      );
+    } catch (error) {
+      pending.inFlight = false;
+      const code = error instanceof ApiError ? error.code : "";
+      if (code === "timeout" || code === "internal" || code === "rate_limited" || code === "not_joined") {
+        window.setTimeout(() => void this.trySend(pending), RETRY_MS);
+      } else {
+        pending.error = describe(error);
+      }
+      this.renderMessages();
+    }
+  }
+
+  private typed(): void {
+    window.clearTimeout(this.typingTimer);
+    if (this.input.value.trim() === "") {
+      this.stopTyping();
+      return;
+    }
+    const now = Date.now();
+    if (now - this.typingSentAt > TYPING_REPEAT_MS && this.joined) {
+      this.typingSentAt = now;
+      void this.live.command("typing", { document_id: this.documentId, typing: true }).catch(() => undefined);
+    }
+    this.typingTimer = window.setTimeout(() => this.stopTyping(), TYPING_IDLE_MS);
+  }
+
+  private stopTyping(): void {
+    window.clearTimeout(this.typingTimer);
+    if (this.typingSentAt === 0) return;
+    this.typingSentAt = 0;
+    if (this.joined) {
+      void this.live.command("typing", { document_id: this.documentId, typing: false }).catch(() => undefined);
+    }
+  }
+
+  private async edit(message: Message, text: string): Promise<void> {
+    try {
+      const ack = await this.live.command<{ message: Message }>("chat:edit", {
+        document_id: this.documentId,
+        message_id: message.id,
+        text,
+      });
+      this.editing = null;
+      this.merge([ack.message], false);
+    } catch (error) {
+      this.chatNote.textContent = `Could not edit: ${describe(error)}`;
+    }
+  }
+
+  private async remove(message: Message): Promise<void> {
+    if (!window.confirm("Delete this message?")) return;
+    try {
+      const ack = await this.live.command<{ message: Message }>("chat:delete", {
+        document_id: this.documentId,
+        message_id: message.id,
+      });
+      this.merge([ack.message], false);
+    } catch (error) {
+      this.chatNote.textContent = `Could not delete: ${describe(error)}`;
+    }
+  }
+
+  // --- the assistant --------------------------------------------------------------
+
+  private reply(id: string, askedBy: string, question: string): Reply {
+    let reply = this.replies.get(id);
+    if (reply === undefined) {
+      reply = { id, askedBy, question, text: "", seq: 0, status: "streaming", usage: null, citations: [], error: null };
+      this.replies.set(id, reply);
+    } else if (askedBy !== "") {
+      reply.askedBy = askedBy;
+      reply.question = question;
+    }
+    return reply;
+  }
+
+  private async ask(question: string): Promise<void> {
+    this.askNote.textContent = "";
+    try {
+      await this.live.command("ai:ask", { document_id: this.documentId, question });
+      this.question.value = "";
+    } catch (error) {
+      this.askNote.textContent = `The assistant could not take the question: ${describe(error)}`;
+    }
+  }
+
+  private async cancel(replyId: string): Promise<void> {
+    try {
+      await this.live.command("ai:cancel", { document_id: this.documentId, reply_id: replyId });
+    } catch (error) {
+      this.askNote.textContent = `Could not cancel: ${describe(error)}`;
+    }
+  }
+
+  // --- rendering ------------------------------------------------------------------
+
+  private setRole(role: DocRole): void {
+    this.role = role;
+    const writer = role !== "viewer";
+    for (const control of [this.input, this.sendButton, this.question, this.askButton]) control.disabled = !writer;
+    this.askNote.textContent = writer ? "" : "Viewers can read the answers but not ask.";
+    this.chatNote.textContent = writer ? this.chatNote.textContent : "You are a viewer: you can read the chat.";
+    for (const listener of this.roleListeners) listener(role);
+    this.renderMessages();
+    this.renderReplies();
+  }
+
+  private build(elements: RoomElements): void {
+    append(elements.presence, h("h2", {}, "Here now"), this.presenceList, this.typingLine);
+
+    this.olderButton.addEventListener("click", () => void this.loadOlder());
+    this.list.addEventListener("scroll", () => {
+      if (this.list.scrollTop < 40) void this.loadOlder();
+    });
+    this.input.addEventListener("input", () => this.typed());
+    this.input.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey) {
+        event.preventDefault();
+        form.requestSubmit();
+      }
+    });
+    const form = h("form", { class: "compose" }, field("Your message", this.input), this.sendButton);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const text = this.input.value;
+      if (text.trim() === "") return;
+      this.input.value = "";
+      this.stopTyping();
+      this.send(text);
+    });
+    append(elements.chat, h("h2", {}, "Chat"), this.olderButton, this.list, this.chatNote, form);
+
+    const askForm = h("form", { class: "compose" }, field("Ask the assistant", this.question), this.askButton);
+    askForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const question = this.question.value.trim();
+      if (question !== "") void this.ask(question);
+    });
+    append(elements.assistant, h("h2", {}, "Assistant"), this.replyList, askForm, this.askNote);
+  }
+
+  private renderPresence(): void {
+    clear(this.presenceList);
+    const me = this.session.user?.id;
+    const people = [...this.present.entries()].sort((a, b) => a[1].username.localeCompare(b[1].username));
+    for (const [id, person] of people) {
+      const typing = this.typing.has(id) && id !== me;
+      append(
+        this.presenceList,
+        h(
+          "li",
+          { "data-user": person.username },
+          person.username,
+          id === me ? " (you)" : "",
+          person.count > 1 ? ` · ${person.count} tabs` : "",
+          typing ? h("span", { class: "badge" }, " typing…") : null,
+        ),
+      );
+    }
+    const names = [...this.typing].filter((id) => id !== me).map((id) => this.present.get(id)?.username ?? "someone");
+    this.typingLine.textContent =
+      names.length === 0 ? "" : `${names.join(", ")} ${names.length === 1 ? "is" : "are"} typing…`;
+  }
+
+  private renderMessages(): void {
+    this.olderButton.hidden = !this.hasOlder;
+    clear(this.list);
+    const me = this.session.user?.id;
+    const seqs = [...this.messages.keys()].sort((a, b) => a - b);
+    for (const seq of seqs) {
+      const message = this.messages.get(seq);
+      if (message !== undefined) append(this.list, this.renderMessage(message, me));
+    }
+    for (const pending of this.pending.values()) {
+      const item = h(
+        "li",
+        { class: "message pending", "data-client-msg-id": pending.clientMsgId },
+        h("span", { class: "who" }, this.session.user?.username ?? "you"),
+        h("span", { class: "text" }, pending.text),
+        h("span", { class: "meta" }, pending.error === null ? "sending…" : `not sent: ${pending.error}`),
+      );
+      if (pending.error !== null) {
+        item.append(
+          h("button", { type: "button", class: "link", onclick: () => void this.trySend(pending) }, "Retry"),
+          h("button", {
+            type: "button",
+            class: "link",
+            onclick: () => {
+              this.pending.delete(pending.clientMsgId);
+              this.renderMessages();
+            },
+          }, "Discard"),
+        );
+      }
+      this.list.append(item);
+    }
+  }
+
+  private renderMessage(message: Message, me: string | undefined): HTMLElement {
+    const mine = message.author.kind === "user" && message.author.id === me;
+    const who = message.author.kind === "assistant" ? "Assistant" : (message.author.username ?? "someone");
+    const item = h("li", { class: `message${message.author.kind === "assistant" ? " ai" : ""}`, "data-seq": message.seq });
+    item.append(h("span", { class: "who" }, who), h("time", { datetime: message.created_at, class: "meta" }, time(message.created_at)));
+    if (message.deleted) {
+      item.append(h("span", { class: "text deleted" }, "message deleted"));
+      return item;
+    }
+    if (this.editing === message.id) {
+      const box = h("input", { type: "text", value: message.text, "aria-label": "Edit message", maxlength: 4000 });
+      const form = h("form", { class: "inline" }, box, h("button", { type: "submit" }, "Save"),
+        h("button", { type: "button", onclick: () => { this.editing = null; this.renderMessages(); } }, "Cancel"));
+      form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        if (box.value.trim() !== "") void this.edit(message, box.value);
+      });
+      item.append(form);
+      queueMicrotask(() => box.focus());
+      return item;
+    }
+    item.append(h("span", { class: "text" }, message.text));
+    if (message.edited_at !== null) item.append(h("span", { class: "meta" }, "(edited)"));
+    const writer = this.role !== "viewer";
+    if (mine && writer) {
+      item.append(h("button", { type: "button", class: "link", "aria-label": `Edit message ${message.seq}`, onclick: () => { this.editing = message.id; this.renderMessages(); } }, "Edit"));
+    }
+    if (writer && (mine || this.role === "owner")) {
+      item.append(h("button", { type: "button", class: "link", "aria-label": `Delete message ${message.seq}`, onclick: () => void this.remove(message) }, "Delete"));
+    }
+    return item;
+  }
+
+  private renderReplies(): void {
+    clear(this.replyList);
+    const writer = this.role !== "viewer";
+    for (const reply of this.replies.values()) {
+      const item = h("li", { class: `reply ${reply.status}`, "data-reply": reply.id, "data-status": reply.status });
+      if (reply.question !== "") item.append(h("p", { class: "question" }, h("strong", {}, reply.askedBy || "someone"), " asked: ", reply.question));
+      item.append(h("p", { class: "answer" }, reply.text || (reply.status === "streaming" ? "…" : "")));
+      if (reply.status === "streaming") {
+        item.append(h("p", { class: "meta" }, "answering…"));
+        if (writer) item.append(h("button", { type: "button", onclick: () => void this.cancel(reply.id) }, "Cancel"));
+      } else {
+        const usage = reply.usage;
+        const tokens = usage === null ? "" : ` · ${usage["input_tokens"] ?? 0} tokens in, ${usage["output_tokens"] ?? 0} out`;
+        item.append(h("p", { class: "meta usage" }, `${reply.status}${tokens}`));
+        if (reply.error !== null) item.append(h("p", { class: "error" }, reply.error));
+        if (reply.citations.length > 0) item.append(renderCitations(reply.citations));
+      }
+      this.replyList.append(item);
+    }
+  }
+
+  destroy(): void {
+    const index = this.live.connectListeners.indexOf(this.onConnect);
+    if (index >= 0) this.live.connectListeners.splice(index, 1);
+    for (const [event, handler] of this.handlers) this.live.socket.off(event, handler as never);
+    this.stopTyping();
+    if (this.joined && this.live.socket.connected) {
+      void this.live.command("leave", { document_id: this.documentId }).catch(() => undefined);
+    }
+  }
+}
+
+function renderCitations(citations: unknown[]): HTMLElement {
+  const list = h("ol", { class: "citations", "aria-label": "Sources" });
+  for (const citation of citations) {
+    const item = citation as Record<string, unknown>;
+    const title = [item["title"], item["source"], item["id"]].find((value) => typeof value === "string");
+    const snippet = [item["text"], item["snippet"], item["quote"]].find((value) => typeof value === "string");
+    list.append(
+      h("li", {}, typeof title === "string" ? title : JSON.stringify(citation), typeof snippet === "string" ? h("q", {}, snippet) : null),
+    );
+  }
+  return h("div", { class: "sources" }, h("h3", {}, "Sources"), list);
+}
+
+export function describe(error: unknown): string {
+  if (error instanceof ApiError) return error.message;
+  return error instanceof Error ? error.message : String(error);
+}
