@@ -218,6 +218,15 @@ class Settings(BaseSettings):
     embeddings_api_dimension: int = Field(
         1536, ge=1, description="The length of that model's vectors."
     )
+    document_index_debounce_seconds: float = Field(
+        5,
+        ge=0,
+        description="A document's passages are indexed for search once its edits have "
+        "been quiet this long...",
+    )
+    document_index_max_delay_seconds: float = Field(
+        30, ge=0, description="...and no later than this after the first edit not indexed."
+    )
     knowledge_retry_seconds: float = Field(
         5,
         gt=0,

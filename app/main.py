@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -46,6 +47,7 @@ from app.services.auth import Accounts, AuthService
 from app.services.cache import ExpiringCache
 from app.services.chat import ChatService
 from app.services.documents import DocumentService, Memberships
+from app.services.knowledge.document_index import DocumentIndexer
 from app.services.knowledge.embeddings import ApiEmbedder, Embedder, MiniLMEmbedder
 from app.services.knowledge.entries import KnowledgeService
 from app.services.knowledge.entry_index import EntryIndexer
@@ -125,6 +127,20 @@ def create_app(settings: Settings) -> web.Application:
                 allow_registration=settings.allow_registration,
             )
             app[USER_SERVICE] = UserService(sessions, broadcaster, accounts)
+            search_index = make_search_index(settings)
+
+            async def document_text(document_id: uuid.UUID) -> str:
+                async with live_documents.opened(document_id) as live:
+                    return str(live.text)
+
+            document_index = DocumentIndexer(
+                sessions,
+                search_index,
+                document_text,
+                debounce=settings.document_index_debounce_seconds,
+                max_delay=settings.document_index_max_delay_seconds,
+                retry_seconds=settings.knowledge_retry_seconds,
+            )
             live_documents = LiveDocuments(
                 sessions,
                 broadcaster,
@@ -135,6 +151,7 @@ def create_app(settings: Settings) -> web.Application:
                     snapshot_max_delay=settings.yjs_snapshot_max_delay_seconds,
                     unload_after=settings.yjs_unload_after_seconds,
                 ),
+                on_change=document_index.changed,
             )
             app[LIVE_DOCUMENTS] = live_documents
             app[DOCUMENT_SERVICE] = documents = DocumentService(
@@ -143,6 +160,7 @@ def create_app(settings: Settings) -> web.Application:
                 live_documents,
                 memberships,
                 max_owned=settings.max_documents_per_user,
+                index=document_index,
             )
             app[CHAT_SERVICE] = chat = ChatService(
                 sessions,
@@ -156,10 +174,9 @@ def create_app(settings: Settings) -> web.Application:
             app[KNOWLEDGE] = knowledge = KnowledgeService(
                 sessions,
                 EntryIndexer(
-                    sessions,
-                    make_search_index(settings),
-                    retry_seconds=settings.knowledge_retry_seconds,
+                    sessions, search_index, retry_seconds=settings.knowledge_retry_seconds
                 ),
+                document_index,
             )
             knowledge.start()
             responder = make_responder(settings)
@@ -172,8 +189,8 @@ def create_app(settings: Settings) -> web.Application:
             await assistant.close()
             await chat.close()  # after the replies it stores
             await responder.close()
+            await knowledge.close()  # no document is opened for the index after this
             await live_documents.close_all()
-            await knowledge.close()
         finally:
             await engine.dispose()
 

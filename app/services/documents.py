@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -58,6 +59,14 @@ class MemberView:
     added_at: datetime
 
 
+class DocumentIndex(Protocol):
+    """The search index's side of documents (app/services/knowledge/document_index.py)."""
+
+    def changed(self, document_id: uuid.UUID) -> None: ...
+
+    async def removed(self, document_id: uuid.UUID) -> None: ...
+
+
 class DocumentService:
     def __init__(
         self,
@@ -67,8 +76,10 @@ class DocumentService:
         memberships: Memberships,
         *,
         max_owned: int,
+        index: DocumentIndex | None = None,
     ) -> None:
         self._sessions = sessions
+        self._index = index
         self._max_owned = max_owned
         self._broadcaster = broadcaster
         self._live_documents = live_documents
@@ -145,6 +156,8 @@ class DocumentService:
             view.document.title = title
             await session.flush()
         self._forget_document(document_id)
+        if self._index is not None:  # the title goes with each passage
+            self._index.changed(document_id)
         return view
 
     async def delete(self, principal: Principal, document_id: uuid.UUID) -> None:
@@ -156,6 +169,8 @@ class DocumentService:
         self._forget_document(document_id)
         self._live_documents.forget(document_id)
         await self._broadcaster.document_deleted(document_id)
+        if self._index is not None:
+            await self._index.removed(document_id)
 
     # --- content (the Yjs document) ----------------------------------------------------
 

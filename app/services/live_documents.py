@@ -193,10 +193,14 @@ class LiveDocuments:
         sessions: async_sessionmaker[AsyncSession],
         broadcaster: Broadcaster,
         limits: Limits,
+        *,
+        on_change: Callable[[uuid.UUID], None] | None = None,
     ) -> None:
         self._sessions = sessions
         self._broadcaster = broadcaster
         self.limits = limits
+        # Told of each stored batch that changed a document (its search index, debounced).
+        self._on_change = on_change
         self._documents: dict[uuid.UUID, LiveDocument] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -410,6 +414,8 @@ class LiveDocuments:
                         # nowhere), to its sender too.
                         self._broadcaster.document_updated(live.id, change, skip_connection=None)
                 self._schedule_snapshot(live)
+                if changed and self._on_change is not None:
+                    self._on_change(live.id)
         finally:
             live._writer = None
 

@@ -137,3 +137,7 @@ async def member_document_titles(session: AsyncSession, user_id: uuid.UUID) -> d
         .where(DocumentMember.user_id == user_id)
     )
     return {document_id: title for document_id, title in await session.execute(query)}
+
+
+async def all_document_ids(session: AsyncSession) -> Sequence[uuid.UUID]:
+    return (await session.scalars(select(Document.id))).all()

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.principal import Principal
 from app.errors import Forbidden, NotFound, ServiceUnavailable
+from app.services.knowledge.document_index import DocumentIndexer
 from app.services.knowledge.entry_index import EntryIndexer, IndexFailure
 from storage.db import read_session
 from storage.models import GlobalRole, KnowledgeEntry, utcnow
@@ -79,9 +80,15 @@ def check_admin(principal: Principal) -> None:
 
 
 class KnowledgeService:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], indexer: EntryIndexer) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        indexer: EntryIndexer,
+        documents: DocumentIndexer,
+    ) -> None:
         self._sessions = sessions
         self._indexer = indexer
+        self.documents = documents
 
     async def create(
         self,
@@ -265,10 +272,12 @@ class KnowledgeService:
         check_reader(principal)
         check_admin(principal)
         try:
-            entries, passages = await self._indexer.rebuild()
+            entries = await self._indexer.rebuild()
+            documents = await self.documents.rebuild()
+            passages = await self._indexer.index.store.count()
         except IndexFailure as exc:
             raise ServiceUnavailable("the search index is unavailable; try again") from exc
-        return Reindexed(entries=entries, documents=0, passages=passages)
+        return Reindexed(entries=entries, documents=documents, passages=passages)
 
     # --- the index ----------------------------------------------------------------------
 
@@ -277,6 +286,7 @@ class KnowledgeService:
         self._indexer.start()
 
     async def close(self) -> None:
+        await self.documents.close()
         await self._indexer.close()
         await self._indexer.index.close()
 

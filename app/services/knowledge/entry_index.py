@@ -152,8 +152,8 @@ class EntryIndexer:
 
     # --- all of it ------------------------------------------------------------------
 
-    async def rebuild(self) -> tuple[int, int]:
-        """Drop the index and write every entry again: (entries, passages)."""
+    async def rebuild(self) -> int:
+        """Drop the index and write every entry again: how many."""
         await self.index.store.drop()
         async with self._sessions.begin() as session:
             await knowledge_repo.mark_all_stale(session)
@@ -165,7 +165,7 @@ class EntryIndexer:
             if not await self.sync(entry_id):
                 raise VectorStoreError("the index failed while it was rebuilt")
             entries += 1
-        return entries, await self.index.store.count()
+        return entries
 
     async def close(self) -> None:
         self._closed = True
