@@ -50,7 +50,10 @@ export class CollabEditor {
       { autoConnect: true, disableBc: true },
       // The provider spreads these over its own options: the token is read at each
       // (re)connect, so a renewed one is used after a drop.
-      { auth: (cb: (data: object) => void) => cb({ token: session.accessToken }) },
+      {
+        auth: (cb: (data: object) => void) => cb({ token: session.accessToken }),
+        reconnectionDelayMax: 3000,
+      },
     );
     const colour = colourOf(user.id);
     this.provider.awareness.setLocalStateField("user", {

@@ -209,13 +209,17 @@ async function documentView(documentId: string): Promise<void> {
   open = { room, editor };
 }
 
+let membersShown = 0;
+
 async function renderMembers(section: HTMLElement, documentId: string, role: DocRole): Promise<void> {
+  const mine = ++membersShown; // a list read before a later change must not overwrite it
   let items: Member[];
   try {
     items = ((await session.call("GET", `/api/v1/documents/${documentId}/members`)) as { items: Member[] }).items;
   } catch {
     return;
   }
+  if (mine !== membersShown) return;
   clear(section);
   const error = h("p", { class: "error", role: "alert" });
   const list = h("ul", { class: "member-list" });

@@ -1,0 +1,446 @@
+"""The web page end to end: Debian's Chromium driven by Playwright (its executablePath,
+no browser download) against a real ``python -m app`` process serving the shipped
+build, with the assistant pointed at the local Messages-API stand-in.
+
+Each step saves a screenshot under ``WEBUI_SCREENSHOTS`` (a folder) or, unset, under
+pytest's temporary folder (``webui-screenshots*``); none is committed. One server,
+one browser for the module; each test makes its own users and document; the restart
+test comes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestServer
+
+from roomclient import RoomClient
+from tests.conftest import REQUIRE_SERVICES, TEST_JWT_SECRET, UNLIMITED_RATES
+from tests.fake_anthropic import FakeAnthropic, Plan
+from tests.helpers import PASSWORD, eventually
+from tests.test_cli import free_port
+from tests.test_yjs_js import Server
+
+playwright_api = pytest.importorskip("playwright.async_api")
+Browser = playwright_api.Browser
+BrowserContext = playwright_api.BrowserContext
+Page = playwright_api.Page
+expect = playwright_api.expect
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+# As this machine's notes start it: no sandbox as root, and no background networking
+# (this machine's closed network refuses those connections).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 15_000  # any one thing the page must show, at most this long
+
+
+def _missing(reason: str) -> None:
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} and REQUIRE_SERVICES=1", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = os.environ.get("WEBUI_SCREENSHOTS")
+    if folder:
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp("webui-screenshots")
+
+
+async def shot(page: Any, shots: Path, name: str) -> None:
+    await page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def claude() -> AsyncIterator[tuple[FakeAnthropic, str]]:
+    fake = FakeAnthropic()
+    server = TestServer(fake.app, host="127.0.0.1")
+    await server.start_server()
+    yield fake, str(server.make_url("")).rstrip("/")
+    await server.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server(
+    claude: tuple[FakeAnthropic, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Server]:
+    """``python -m app`` on SQLite, Claude at the stand-in, limits out of the way."""
+    folder = tmp_path_factory.mktemp("webui-server")
+    env = {key: value for key, value in os.environ.items() if key.isupper()}
+    for key in ("REDIS_URL", "ENV", "LOG_FORMAT", "CORS_ORIGINS", "DATABASE_URL"):
+        env.pop(key, None)
+    env.update({name.upper(): str(value) for name, value in UNLIMITED_RATES.items()})
+    env.update(
+        DATABASE_URL=f"sqlite+aiosqlite:///{folder / 'server.sqlite3'}",
+        DATA_DIR=str(folder / "data"),
+        JWT_SECRET=TEST_JWT_SECRET,
+        HOST="127.0.0.1",
+        PORT=str(free_port()),
+        LOG_LEVEL="INFO",
+        ANTHROPIC_API_KEY="test-key",
+        ANTHROPIC_BASE_URL=claude[1],
+        AI_CHUNK_INTERVAL_SECONDS="0.05",
+    )
+    process = Server(env, folder / "server.log")
+    assert await process.run("migrate") == 0, process.log.read_text()[-2000:]
+    await process.start()
+    try:
+        yield process
+    finally:
+        await process.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Any]:
+    if shutil.which(CHROMIUM) is None:
+        _missing(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
+    async with playwright_api.async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        await launched.close()
+
+
+class Person:
+    """A user with a browser context of their own (signed in by the page's storage)."""
+
+    def __init__(self, username: str, user: dict[str, Any], tokens: dict[str, Any]) -> None:
+        self.username = username
+        self.id = str(user["id"])
+        self.tokens = tokens
+        self.page: Any = None
+        self.console: list[str] = []
+
+    @property
+    def token(self) -> str:
+        return str(self.tokens["access_token"])
+
+
+class Site:
+    def __init__(self, server: Server, browser: Any, shots: Path) -> None:
+        self.server = server
+        self.browser = browser
+        self.shots = shots
+        self.contexts: list[Any] = []
+        self.people: list[Person] = []
+
+    async def rest(self, method: str, path: str, token: str | None = None, body: Any = None) -> Any:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(method, self.server.base + path, json=body, headers=headers) as response,
+        ):
+            assert response.status < 300, (method, path, response.status, await response.text())
+            return None if response.status == 204 else await response.json()
+
+    async def person(self, prefix: str, *, signed_in: bool = True) -> Person:
+        username = f"{prefix}{uuid.uuid4().hex[:6]}"
+        credentials = {"username": username, "password": PASSWORD}
+        user = await self.rest("POST", "/api/v1/auth/register", body=credentials)
+        tokens = await self.rest("POST", "/api/v1/auth/login", body=credentials)
+        person = Person(username, user, tokens)
+        context = await self.browser.new_context(viewport={"width": 1280, "height": 900})
+        self.contexts.append(context)
+        if signed_in:
+            # The page keeps its session in localStorage under this key (web/src/api.ts).
+            session = json.dumps(json.dumps(tokens))
+            await context.add_init_script(
+                f"if (!localStorage.getItem('roomserver.session'))"
+                f" localStorage.setItem('roomserver.session', {session});"
+            )
+        person.page = await context.new_page()
+        person.page.set_default_timeout(WAIT_MS)
+        person.page.on("console", lambda message: person.console.append(message.text))
+        self.people.append(person)
+        return person
+
+    async def document(self, owner: Person, title: str, **members: str) -> str:
+        doc = await self.rest("POST", "/api/v1/documents", owner.token, {"title": title})
+        for person_id, role in members.items():
+            await self.rest(
+                "PUT",
+                f"/api/v1/documents/{doc['id']}/members/{person_id}",
+                owner.token,
+                {"role": role},
+            )
+        return str(doc["id"])
+
+    async def open(self, person: Person, document_id: str) -> Any:
+        page = person.page
+        await page.goto(f"{self.server.base}/#/d/{document_id}")
+        await expect(page.locator(".cm-content")).to_be_visible()
+        await expect(
+            page.locator(".people li", has_text=f"{person.username} (you)")
+        ).to_be_visible()
+        return page
+
+    async def close(self) -> None:
+        for context in self.contexts:
+            await context.close()
+        refused = [line for p in self.people for line in p.console if "Content Security" in line]
+        assert refused == [], refused  # the page needs nothing its policy refuses
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def site(server: Server, browser: Any, shots: Path) -> AsyncIterator[Site]:
+    opened = Site(server, browser, shots)
+    yield opened
+    await opened.close()
+
+
+async def type_in_editor(page: Any, text: str) -> None:
+    await page.locator(".cm-content").click()
+    await page.keyboard.press("Control+End")
+    await page.keyboard.type(text)
+
+
+# The editor's text as the person reads it: without the remote carets' name labels.
+TEXT_SCRIPT = """content => {
+  const copy = content.cloneNode(true);
+  copy.querySelectorAll(".cm-ySelectionCaret, .cm-widgetBuffer").forEach(n => n.remove());
+  return [...copy.querySelectorAll(".cm-line")].map(line => line.textContent).join("\\n");
+}"""
+
+
+async def editor_text(page: Any) -> str:
+    return str(await page.locator(".cm-content").evaluate(TEXT_SCRIPT))
+
+
+async def shows(page: Any, expected: str, *, whole: bool = True) -> None:
+    """The editor shows ``expected`` (as the whole text, or within it) within WAIT_MS."""
+    deadline = asyncio.get_running_loop().time() + WAIT_MS / 1000
+    while True:
+        text = await editor_text(page)
+        if text == expected if whole else expected in text:
+            return
+        assert asyncio.get_running_loop().time() < deadline, (text, expected)
+        await asyncio.sleep(0.05)
+
+
+# --- the tests ---------------------------------------------------------------------------
+
+
+async def test_two_people_edit_one_document_and_see_each_others_text_and_cursors(
+    site: Site,
+) -> None:
+    ann = await site.person("ann", signed_in=False)
+    ben = await site.person("ben")
+    page = ann.page
+    await page.goto(site.server.base + "/")
+    await shot(page, site.shots, "01-sign-in")
+    await page.get_by_label("Username").fill(ann.username)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_text(f"Signed in as {ann.username}")).to_be_visible()
+    await page.get_by_label("New document title").fill("Launch plan")
+    await page.get_by_role("button", name="Create").click()
+    await expect(page.locator(".cm-content")).to_be_visible()
+    match = re.search(r"#/d/([0-9a-f-]{36})$", page.url)
+    assert match is not None, page.url
+    document_id = match[1]
+    # The owner adds ben by his id, as an editor.
+    await page.get_by_label("User id").fill(ben.id)
+    await page.get_by_label("Role", exact=True).select_option("editor")
+    await page.get_by_role("button", name="Add member").click()
+    await expect(page.get_by_label(f"Role of {ben.username}")).to_have_value("editor")
+
+    await type_in_editor(page, "Ann writes the plan.")
+    other = await site.open(ben, document_id)
+    await shows(other, whole=False, expected="Ann writes the plan.")
+    await type_in_editor(other, " Ben adds a line.")
+    await shows(page, whole=False, expected="Ann writes the plan. Ben adds a line.")
+    await type_in_editor(page, " And ann answers.")
+    for one in (page, other):
+        await shows(one, "Ann writes the plan. Ben adds a line. And ann answers.")
+    # Each sees the other's caret with their name, in their colour, and who is here.
+    await expect(page.locator(".cm-ySelectionInfo", has_text=ben.username)).to_be_visible()
+    await expect(other.locator(".cm-ySelectionInfo", has_text=ann.username)).to_be_visible()
+    await expect(page.locator(".people li", has_text=ben.username)).to_be_visible()
+    await expect(other.locator(".people li", has_text=ann.username)).to_be_visible()
+    # Who is typing (in the chat box).
+    await other.get_by_label("Your message").fill("thinking")
+    await expect(page.locator(".typing")).to_have_text(f"{ben.username} is typing…")
+    await shot(page, site.shots, "02-ann-sees-ben-editing")
+    await shot(other, site.shots, "02-ben-sees-ann-editing")
+    stored = await site.rest("GET", f"/api/v1/documents/{document_id}/content", ann.token)
+    assert stored["text"] == "Ann writes the plan. Ben adds a line. And ann answers."
+
+
+async def test_chat_both_ways_with_history_older_pages_edits_and_deletions(site: Site) -> None:
+    ann, ben = await site.person("ann"), await site.person("ben")
+    document_id = await site.document(ann, "Chatty", **{ben.id: "editor"})
+    async with RoomClient(site.server.base, ann.token) as client:  # history to page back through
+        await client.join(document_id)
+        for i in range(1, 61):
+            await client.send(document_id, f"earlier {i}")
+    page, other = await site.open(ann, document_id), await site.open(ben, document_id)
+    await expect(page.locator(".message", has_text="earlier 60")).to_be_visible()
+    # The newest page (50) first; scrolled to the top, the older ones.
+    await expect(
+        page.locator(".message .text", has_text=re.compile(r"^earlier 10$"))
+    ).to_have_count(0)
+    await page.locator(".messages").evaluate("list => { list.scrollTop = 0; }")
+    await expect(page.locator(".message .text", has_text=re.compile(r"^earlier 1$"))).to_have_count(
+        1
+    )
+
+    await page.get_by_label("Your message").fill("hello ben")
+    await page.get_by_label("Your message").press("Enter")
+    await expect(other.locator(".message", has_text="hello ben")).to_be_visible()
+    await other.get_by_label("Your message").fill("hi ann")
+    await other.get_by_role("button", name="Send").click()
+    await expect(page.locator(".message", has_text="hi ann")).to_be_visible()
+
+    mine = other.locator(".message", has_text="hi ann")
+    await mine.get_by_role("button", name=re.compile("^Edit message")).click()
+    await other.get_by_label("Edit message").fill("hi ann, edited")
+    await other.get_by_role("button", name="Save").click()
+    await expect(page.locator(".message", has_text="hi ann, edited")).to_contain_text("(edited)")
+    page.once("dialog", lambda dialog: dialog.accept())
+    await (
+        page.locator(".message", has_text="hello ben")
+        .get_by_role("button", name=re.compile("^Delete message"))
+        .click()
+    )
+    await expect(other.locator(".message", has_text="hello ben")).to_have_count(0)
+    await expect(other.locator(".message .deleted")).to_have_count(1)
+    await shot(other, site.shots, "03-chat")
+
+    await page.reload()
+    await expect(page.locator(".message", has_text="hi ann, edited")).to_be_visible()
+    await expect(page.locator(".message .deleted")).to_have_count(1)
+    texts = await page.locator(".message .text").all_inner_texts()
+    assert texts[-2:] == ["message deleted", "hi ann, edited"], texts[-5:]
+    await shot(page, site.shots, "04-chat-after-reload")
+
+
+async def test_the_assistant_streams_into_both_pages_and_cancel_stops_it(
+    site: Site, claude: tuple[FakeAnthropic, str]
+) -> None:
+    fake, _ = claude
+    ann, ben = await site.person("ann"), await site.person("ben")
+    document_id = await site.document(ann, "Ask me", **{ben.id: "editor"})
+    page, other = await site.open(ann, document_id), await site.open(ben, document_id)
+    words = [f"word{i} " for i in range(40)]
+    fake.plan(
+        Plan(tokens=words, delay=0.05, input_tokens=321),
+        Plan(tokens=["tick "] * 600, delay=0.05),
+    )
+    await page.get_by_label("Ask the assistant").fill("What is the plan?")
+    await page.get_by_role("button", name="Ask").click()
+    for one in (page, other):  # streaming: part of the answer shown before its end
+        streaming = one.locator(".reply[data-status=streaming] .answer")
+        await expect(streaming).to_contain_text("word3")
+    await shot(other, site.shots, "05-assistant-streaming")
+    for one in (page, other):
+        done = one.locator(".reply[data-status=completed]")
+        await expect(done.locator(".answer")).to_have_text("".join(words).strip())
+        await expect(done.locator(".usage")).to_have_text("completed · 321 tokens in, 40 out")
+        await expect(done.get_by_text("What is the plan?")).to_be_visible()
+
+    await other.get_by_label("Ask the assistant").fill("Count for ever")
+    await other.get_by_role("button", name="Ask").click()
+    streaming = page.locator(".reply[data-status=streaming]")
+    await expect(streaming.locator(".answer")).to_contain_text("tick tick tick")
+    await streaming.get_by_role("button", name="Cancel").click()
+    for one in (page, other):
+        await expect(one.locator(".reply[data-status=cancelled] .usage")).to_contain_text(
+            "cancelled"
+        )
+    await eventually(lambda: _truthy(fake.requests[-1].disconnected.is_set()), timeout=5)
+    assert not fake.requests[-1].finished
+    await shot(page, site.shots, "06-assistant-cancelled")
+
+
+def _truthy(value: object) -> None:
+    assert value
+
+
+async def test_a_viewer_cannot_type_until_made_an_editor(site: Site) -> None:
+    ann, cy = await site.person("ann"), await site.person("cy")
+    document_id = await site.document(ann, "Read me", **{cy.id: "viewer"})
+    page = await site.open(ann, document_id)
+    await type_in_editor(page, "Only editors write here.")
+    viewer = await site.open(cy, document_id)
+    await shows(viewer, "Only editors write here.")
+    await expect(viewer.locator("#read-only-note")).to_be_visible()
+    await expect(viewer.locator(".cm-content")).to_have_attribute("contenteditable", "false")
+    await viewer.locator(".cm-content").click()
+    await viewer.keyboard.type("VIEWER WAS HERE")
+    await expect(viewer.get_by_label("Your message")).to_be_disabled()
+    await expect(viewer.get_by_label("Ask the assistant")).to_be_disabled()
+    await shot(viewer, site.shots, "07-viewer")
+    await shows(viewer, "Only editors write here.")
+    await shows(page, "Only editors write here.")
+
+    # The owner makes cy an editor: the open page may write at once.
+    await page.get_by_label(f"Role of {cy.username}").select_option("editor")
+    await expect(viewer.locator("#my-role")).to_have_text("editor")
+    await type_in_editor(viewer, " Cy too, now.")
+    await shows(page, "Only editors write here. Cy too, now.")
+
+
+async def test_the_server_restarted_under_the_page_and_nothing_is_lost(site: Site) -> None:
+    ann, ben = await site.person("ann"), await site.person("ben")
+    document_id = await site.document(ann, "Survives", **{ben.id: "editor"})
+    page, other = await site.open(ann, document_id), await site.open(ben, document_id)
+    await type_in_editor(page, "Before the restart.")
+    await page.get_by_label("Your message").fill("sent before")
+    await page.get_by_label("Your message").press("Enter")
+    await expect(other.locator(".message", has_text="sent before")).to_be_visible()
+    await shows(other, "Before the restart.")
+
+    await site.server.stop()
+    for one in (page, other):
+        await expect(one.locator("#banner")).to_have_attribute("data-state", "reconnecting")
+    await shot(page, site.shots, "08-server-away")
+    # While it is away: ann edits and sends; both wait on the page.
+    await type_in_editor(page, " Written while away.")
+    await page.get_by_label("Your message").fill("sent while away")
+    await page.get_by_label("Your message").press("Enter")
+    await expect(page.locator(".message.pending", has_text="sent while away")).to_be_visible()
+
+    await site.server.start()
+    # "back" shows for a few seconds once a page's socket is connected again.
+    await expect(page.locator("#banner")).to_have_attribute("data-state", "back", timeout=30_000)
+    await expect(other.locator("#banner")).to_have_attribute(
+        "data-state", re.compile("^(back|online)$"), timeout=30_000
+    )
+    await shot(page, site.shots, "09-back")
+    expected = "Before the restart. Written while away."
+    await shows(other, expected)
+    await expect(other.locator(".message", has_text="sent while away")).to_have_count(1)
+    await expect(page.locator(".message.pending")).to_have_count(0)
+    await type_in_editor(other, " And after.")
+    await shows(page, expected + " And after.")
+
+    await other.reload()
+    await shows(other, expected + " And after.")
+    texts = await other.locator(".message .text").all_inner_texts()
+    assert texts == ["sent before", "sent while away"], texts
+    stored = await site.rest("GET", f"/api/v1/documents/{document_id}/content", ann.token)
+    assert stored["text"] == expected + " And after."
+    await shot(other, site.shots, "10-after-restart-reload")
