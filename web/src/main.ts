@@ -185,8 +185,11 @@ async function documentView(documentId: string): Promise<void> {
   append(main,
     h("div", { class: "doc-head" }, h("a", { href: "#/" }, "← Documents"), h("h2", { id: "doc-title" }, doc.title), roleBadge),
     h("div", { class: "room" },
-      h("section", { class: "panel doc", "aria-labelledby": "doc-title" }, readOnlyNote, editorBox, h("h3", {}, "Editing now"), peers),
-      h("div", { class: "side" }, presence, assistant, chat, members)));
+      h("div", { class: "side" },
+        h("section", { class: "panel doc", "aria-labelledby": "doc-title" }, readOnlyNote, editorBox,
+          h("p", { class: "note" }, "Tab indents; Esc then Tab leaves the editor."), h("h3", {}, "Editing now"), peers),
+        chat),
+      h("div", { class: "side" }, presence, assistant, members)));
   const editor = new CollabEditor(editorBox, documentId, session, { id: user.id, username: user.username }, doc.role === "viewer", `Text of ${doc.title}`);
   editor.onPeers((list: Peer[]) => {
     clear(peers);

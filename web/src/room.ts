@@ -511,6 +511,10 @@ export class Room {
     }
     item.append(h("span", { class: "text" }, message.text));
     if (message.edited_at !== null) item.append(h("span", { class: "meta" }, "(edited)"));
+    const cited = message.metadata["citations"];
+    if (message.author.kind === "assistant" && Array.isArray(cited) && cited.length > 0) {
+      item.append(renderCitations(cited));
+    }
     const writer = this.role !== "viewer";
     if (mine && writer) {
       item.append(h("button", { type: "button", class: "link", "aria-label": `Edit message ${message.seq}`, onclick: () => { this.editing = message.id; this.renderMessages(); } }, "Edit"));
@@ -553,14 +557,21 @@ export class Room {
   }
 }
 
+/** ai:done's citations: {kind, id, title, passage}; [n] in the answer is the n-th. */
 function renderCitations(citations: unknown[]): HTMLElement {
   const list = h("ol", { class: "citations", "aria-label": "Sources" });
   for (const citation of citations) {
-    const item = citation as Record<string, unknown>;
-    const title = [item["title"], item["source"], item["id"]].find((value) => typeof value === "string");
-    const snippet = [item["text"], item["snippet"], item["quote"]].find((value) => typeof value === "string");
+    const item = (typeof citation === "object" && citation !== null ? citation : {}) as Record<string, unknown>;
+    const text = (key: string): string | null => (typeof item[key] === "string" ? (item[key] as string) : null);
+    const title = text("title") ?? text("id") ?? "a source";
+    const id = text("id");
+    const heading =
+      text("kind") === "document" && id !== null && /^[0-9a-f-]{36}$/.test(id)
+        ? h("a", { href: `#/d/${id}` }, title)
+        : h("strong", {}, title);
+    const passage = text("passage") ?? text("text");
     list.append(
-      h("li", {}, typeof title === "string" ? title : JSON.stringify(citation), typeof snippet === "string" ? h("q", {}, snippet) : null),
+      h("li", {}, heading, text("kind") !== null ? ` (${text("kind")})` : "", passage !== null ? h("q", {}, passage) : null),
     );
   }
   return h("div", { class: "sources" }, h("h3", {}, "Sources"), list);
