@@ -143,6 +143,13 @@ class Settings(BaseSettings):
     ai_document_chars: int = Field(
         20000, ge=0, description="At most this much of the document's text goes with a question."
     )
+    ai_passages: int = Field(
+        5,
+        ge=0,
+        le=20,
+        description="Passages found for a question (knowledge and documents the asker may "
+        "read) that go with it, each cited in the reply; 0: none.",
+    )
     ai_replies_per_room: int = Field(
         1, ge=1, description="Replies that may stream in one room at the same time."
     )

@@ -43,6 +43,7 @@ from app.keys import (
 from app.metrics import Metrics
 from app.services.ai_limits import AssistantLimits, Prices
 from app.services.assistant import Assistant
+from app.services.assistant_context import ContextBuilder
 from app.services.auth import Accounts, AuthService
 from app.services.cache import ExpiringCache
 from app.services.chat import ChatService
@@ -51,7 +52,7 @@ from app.services.knowledge.document_index import DocumentIndexer
 from app.services.knowledge.embeddings import ApiEmbedder, Embedder, MiniLMEmbedder
 from app.services.knowledge.entries import KnowledgeService
 from app.services.knowledge.entry_index import EntryIndexer
-from app.services.knowledge.index import SearchIndex
+from app.services.knowledge.index import PASSAGE_CHARS, SearchIndex
 from app.services.live_documents import Limits, LiveDocuments
 from app.services.responders import AnthropicResponder, OfflineResponder, Responder
 from app.services.users import UserService
@@ -180,8 +181,12 @@ def create_app(settings: Settings) -> web.Application:
             )
             knowledge.start()
             responder = make_responder(settings)
+            limits = assistant_limits(settings)
+            context = ContextBuilder(
+                sessions, live_documents, limits, knowledge, passages=settings.ai_passages
+            )
             app[ASSISTANT] = assistant = Assistant(
-                sessions, broadcaster, chat, live_documents, responder, assistant_limits(settings)
+                sessions, broadcaster, chat, context, responder, limits
             )
             yield
             # After the connections ended (on_shutdown): replies streaming are
@@ -281,6 +286,8 @@ def assistant_limits(settings: Settings) -> AssistantLimits:
         system_prompt=settings.ai_system_prompt,
         context_tokens=settings.ai_context_tokens,
         document_chars=settings.ai_document_chars,
+        # Each retrieved passage: its text, title and number.
+        sources_chars=settings.ai_passages * (PASSAGE_CHARS + 250),
         replies_per_room=settings.ai_replies_per_room,
         replies_per_user=settings.ai_replies_per_user,
         daily_tokens_per_user=settings.ai_daily_tokens_per_user,

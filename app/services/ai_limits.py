@@ -36,6 +36,7 @@ class AssistantLimits:
     breaker_failures: int
     breaker_reset: float
     prices: Prices
+    sources_chars: int = 0  # the retrieved passages that go with a question, at most
 
     def most_tokens(self, asked: str) -> int:
         """The most a reply may cost before its prompt is built: the largest prompt these
@@ -44,6 +45,7 @@ class AssistantLimits:
         chars = (
             len(self.system_prompt)
             + self.document_chars
+            + self.sources_chars
             + 4 * self.context_tokens  # a line's estimate is at least its length / 4
             + len(asked)
             + PROMPT_FRAME_CHARS

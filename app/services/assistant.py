@@ -29,9 +29,9 @@ from app.auth.principal import Principal
 from app.errors import AiBusy, AiUnavailable, AppError, Forbidden, NotFound
 from app.events import Broadcaster, EventClass
 from app.services.ai_limits import FREE, AssistantLimits, CircuitBreaker, Hold, Prices, TokenBudgets
+from app.services.assistant_context import Citation, ContextBuilder
 from app.services.chat import CAN_WRITE, ChatService
 from app.services.documents import membership
-from app.services.live_documents import LiveDocuments
 from app.services.responders import (
     OFFLINE_MODEL,
     Outcome,
@@ -43,8 +43,6 @@ from app.services.responders import (
 )
 from app.wire import MessageOut, ServerEvent, dump
 from storage.db import read_session
-from storage.models import AuthorKind
-from storage.repositories import messages as messages_repo
 from storage.repositories import usage as usage_repo
 from storage.repositories.usage import UsageTotals
 
@@ -69,6 +67,8 @@ class Reply:
     outcome: Outcome = field(default_factory=Outcome)
     task: asyncio.Task[None] | None = None
     cancelled_by: uuid.UUID | None = None
+    # The retrieved passages that were in its prompt (the [n] its text may cite).
+    citations: list[Citation] = field(default_factory=list)
 
     def so_far(self) -> dict[str, Any]:
         return {"reply_id": str(self.id), "seq": self.seq, "text": self.text}
@@ -80,14 +80,14 @@ class Assistant:
         sessions: async_sessionmaker[AsyncSession],
         broadcaster: Broadcaster,
         chat: ChatService,
-        documents: LiveDocuments,
+        context: ContextBuilder,
         responder: Responder,
         limits: AssistantLimits,
     ) -> None:
         self._sessions = sessions
         self._broadcaster = broadcaster
         self._chat = chat
-        self._documents = documents
+        self._context = context
         self.responder = responder
         self.limits = limits
         self.breaker = CircuitBreaker(limits.breaker_failures, limits.breaker_reset)
@@ -203,9 +203,13 @@ class Assistant:
                     "question": reply.question,
                 },
             )
-            # The deadline covers building the prompt too (it opens the document).
+            # The deadline covers building the prompt too (it opens the document and
+            # searches).
             async with asyncio.timeout(self.limits.deadline) as deadline:
-                prompt = await self._prompt(reply)
+                context = await self._context.build(
+                    reply.document_id, reply.asked_by, reply.question
+                )
+                prompt, reply.citations = context.prompt, context.citations
                 self.budgets.shrink(reply.hold, self.limits.worst_case(prompt))
                 await self._stream(reply, prompt, deadline, batched=flusher is not None)
         except asyncio.CancelledError:
@@ -310,6 +314,7 @@ class Assistant:
             "stop_reason": reply.outcome.stop_reason,
             "usage": _usage_body(usage),
             "asked_by": str(reply.asked_by.user_id),
+            "citations": [citation.body() for citation in reply.citations],
         }
         message: MessageOut | None = None
         record = functools.partial(self._record_usage, reply=reply, status=status)
@@ -331,6 +336,7 @@ class Assistant:
             "message": dump(message) if message is not None else None,
             "usage": _usage_body(usage),
             "stop_reason": reply.outcome.stop_reason,
+            "citations": meta["citations"],
         }
         if error is None:
             self._emit(reply, ServerEvent.AI_DONE, body)
@@ -363,42 +369,6 @@ class Assistant:
             {"document_id": str(reply.document_id), "reply_id": str(reply.id), **data},
             kind=kind,
             key=reply.id,
-        )
-
-    # --- context --------------------------------------------------------------------
-
-    async def _prompt(self, reply: Reply) -> Prompt:
-        limits = self.limits
-        async with self._documents.opened(reply.document_id) as live:
-            document = str(live.text)
-        if len(document) > limits.document_chars:
-            cut = limits.document_chars
-            document = document[:cut] + f"\n[... {len(document) - cut} more characters not shown]"
-        async with read_session(self._sessions) as session:
-            recent = await messages_repo.messages_before(
-                session, reply.document_id, None, limit=200
-            )
-        lines: list[str] = []
-        budget = limits.context_tokens
-        for message in reversed(recent):  # newest first, until the budget is spent
-            if message.deleted_at is not None:
-                continue
-            who = "assistant" if message.author_kind is AuthorKind.ASSISTANT else message.username
-            line = f"{who}: {message.text}"
-            budget -= estimate_tokens(line)
-            if budget < 0:
-                break
-            lines.append(line)
-        lines.reverse()
-        content = (
-            f"<document>\n{document}\n</document>\n\n"
-            f"<chat>\n" + "\n".join(lines) + "\n</chat>\n\n"
-            f"{reply.asked_by.username} asks the assistant:\n{reply.question}"
-        )
-        return Prompt(
-            system=limits.system_prompt,
-            messages=[{"role": "user", "content": content}],
-            max_tokens=limits.max_tokens,
         )
 
 

@@ -14,10 +14,14 @@ from storage.vectors import Found, Point, Scope, VectorStore
 
 # Passages are embedded in batches of this many (memory stays bounded for long texts).
 EMBED_BATCH = 64
+# A passage's length at most (about 200 of the model's tokens; it reads 256).
+PASSAGE_CHARS = 800
 
 
 class SearchIndex:
-    def __init__(self, store: VectorStore, embedder: Embedder, *, chunk_chars: int = 800) -> None:
+    def __init__(
+        self, store: VectorStore, embedder: Embedder, *, chunk_chars: int = PASSAGE_CHARS
+    ) -> None:
         self.store = store
         self.embedder = embedder
         self.chunk_chars = chunk_chars
