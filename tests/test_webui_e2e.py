@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 WAIT_MS = 15_000  # any one thing the page must show, at most this long
+expect.set_options(timeout=WAIT_MS)
 
 
 def _missing(reason: str) -> None:
@@ -84,12 +85,8 @@ async def claude() -> AsyncIterator[tuple[FakeAnthropic, str]]:
     await server.close()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def server(
-    claude: tuple[FakeAnthropic, str], tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Server]:
+async def start_server(folder: Path, claude_url: str, **settings: str) -> Server:
     """``python -m app`` on SQLite, Claude at the stand-in, limits out of the way."""
-    folder = tmp_path_factory.mktemp("webui-server")
     env = {key: value for key, value in os.environ.items() if key.isupper()}
     for key in ("REDIS_URL", "ENV", "LOG_FORMAT", "CORS_ORIGINS", "DATABASE_URL"):
         env.pop(key, None)
@@ -102,12 +99,21 @@ async def server(
         PORT=str(free_port()),
         LOG_LEVEL="INFO",
         ANTHROPIC_API_KEY="test-key",
-        ANTHROPIC_BASE_URL=claude[1],
+        ANTHROPIC_BASE_URL=claude_url,
         AI_CHUNK_INTERVAL_SECONDS="0.05",
+        **settings,
     )
     process = Server(env, folder / "server.log")
     assert await process.run("migrate") == 0, process.log.read_text()[-2000:]
     await process.start()
+    return process
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server(
+    claude: tuple[FakeAnthropic, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Server]:
+    process = await start_server(tmp_path_factory.mktemp("webui-server"), claude[1])
     try:
         yield process
     finally:
@@ -227,6 +233,11 @@ TEXT_SCRIPT = """content => {
 
 async def editor_text(page: Any) -> str:
     return str(await page.locator(".cm-content").evaluate(TEXT_SCRIPT))
+
+
+async def until(check: Callable[[], Awaitable[None]], *, within: float) -> None:
+    """Retry ``check`` until it passes, at most ``within`` seconds."""
+    await eventually(check, timeout=within)  # type: ignore[arg-type]
 
 
 async def shows(page: Any, expected: str, *, whole: bool = True) -> None:
@@ -403,6 +414,67 @@ async def test_a_viewer_cannot_type_until_made_an_editor(site: Site) -> None:
     await shows(page, "Only editors write here. Cy too, now.")
 
 
+# Records the banner's states from now on (window.bannerStates), in the page.
+WATCH_BANNER = """() => {
+  window.bannerStates = [];
+  const banner = document.getElementById("banner");
+  new MutationObserver(() => window.bannerStates.push(banner.dataset.state))
+    .observe(banner, {attributes: true, attributeFilter: ["data-state"]});
+}"""
+STORED_SESSION = "() => JSON.parse(localStorage.getItem('roomserver.session'))"
+ACCESS_TTL = 8  # seconds, for the next test: tokens that expire while it runs
+
+
+async def test_tokens_are_renewed_over_the_socket_and_a_signed_out_session_is_shown(
+    browser: Any, shots: Path, claude: tuple[FakeAnthropic, str], tmp_path: Path
+) -> None:
+    server = await start_server(
+        tmp_path,
+        claude[1],
+        ACCESS_TOKEN_TTL_SECONDS=str(ACCESS_TTL),
+        TOKEN_RENEW_GRACE_SECONDS="1",
+    )
+    site = Site(server, browser, shots)
+    try:
+        ann, ben = await site.person("ann"), await site.person("ben")
+        document_id = await site.document(ann, "Long day", **{ben.id: "editor"})
+        started = asyncio.get_running_loop().time()
+        page, other = await site.open(ann, document_id), await site.open(ben, document_id)
+        await page.evaluate(WATCH_BANNER)
+
+        # auth:expiring -> POST /auth/refresh -> auth:refresh, on the same connection.
+        async def renewed() -> None:
+            stored = await page.evaluate(STORED_SESSION)
+            assert stored["access_token"] != ann.token
+
+        await until(renewed, within=ACCESS_TTL + 5)
+        # Past the first token's expiry and grace: without renewal "/" would have been
+        # ended; the document connection (which cannot renew) was, and came back.
+        await asyncio.sleep(max(0.0, started + ACCESS_TTL + 3 - asyncio.get_running_loop().time()))
+        await type_in_editor(page, "Still here after the token expired.")
+        await shows(other, "Still here after the token expired.")
+        await type_in_editor(other, " Both of us.")
+        await shows(page, "Still here after the token expired. Both of us.")
+        await page.get_by_label("Your message").fill("still talking")
+        await page.get_by_label("Your message").press("Enter")
+        await expect(other.locator(".message", has_text="still talking")).to_be_visible()
+        assert await page.evaluate("() => window.bannerStates") == []  # "/" never dropped
+
+        # Signed out elsewhere (the session the page holds): the page says so.
+        stored = await page.evaluate(STORED_SESSION)
+        await site.rest(
+            "POST", "/api/v1/auth/logout", body={"refresh_token": stored["refresh_token"]}
+        )
+        await expect(page.locator("#banner")).to_have_attribute("data-state", "ended")
+        await expect(page.locator("#banner")).to_contain_text("Your session ended")
+        await expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+        await shot(page, shots, "08-session-ended")
+        await expect(other.locator("#banner")).to_be_hidden()  # ben's session goes on
+    finally:
+        await site.close()
+        await server.stop()
+
+
 async def test_the_server_restarted_under_the_page_and_nothing_is_lost(site: Site) -> None:
     ann, ben = await site.person("ann"), await site.person("ben")
     document_id = await site.document(ann, "Survives", **{ben.id: "editor"})
@@ -416,7 +488,7 @@ async def test_the_server_restarted_under_the_page_and_nothing_is_lost(site: Sit
     await site.server.stop()
     for one in (page, other):
         await expect(one.locator("#banner")).to_have_attribute("data-state", "reconnecting")
-    await shot(page, site.shots, "08-server-away")
+    await shot(page, site.shots, "09-server-away")
     # While it is away: ann edits and sends; both wait on the page.
     await type_in_editor(page, " Written while away.")
     await page.get_by_label("Your message").fill("sent while away")
@@ -429,7 +501,7 @@ async def test_the_server_restarted_under_the_page_and_nothing_is_lost(site: Sit
     await expect(other.locator("#banner")).to_have_attribute(
         "data-state", re.compile("^(back|online)$"), timeout=30_000
     )
-    await shot(page, site.shots, "09-back")
+    await shot(page, site.shots, "10-back")
     expected = "Before the restart. Written while away."
     await shows(other, expected)
     await expect(other.locator(".message", has_text="sent while away")).to_have_count(1)
@@ -443,4 +515,4 @@ async def test_the_server_restarted_under_the_page_and_nothing_is_lost(site: Sit
     assert texts == ["sent before", "sent while away"], texts
     stored = await site.rest("GET", f"/api/v1/documents/{document_id}/content", ann.token)
     assert stored["text"] == expected + " And after."
-    await shot(other, site.shots, "10-after-restart-reload")
+    await shot(other, site.shots, "11-after-restart-reload")

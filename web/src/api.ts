@@ -119,6 +119,13 @@ export class Session {
     }
   }
 
+  /** The access token if it has a while to live (another connection may have renewed
+   * it already), or a refreshed one. */
+  async freshToken(): Promise<string> {
+    const expires = expiryOf(this.accessToken);
+    return expires !== null && expires - Date.now() > 30_000 ? this.accessToken : this.refresh();
+  }
+
   /** A fresh access token (one refresh at a time); ends the session if refused. */
   refresh(): Promise<string> {
     if (this.refreshing === null) {
@@ -164,6 +171,17 @@ export class Session {
       if (error instanceof ApiError && error.status === 401) this.end();
       throw error;
     }
+  }
+}
+
+/** A JWT's exp in milliseconds (the token is only read here; the server checks it). */
+function expiryOf(token: string): number | null {
+  try {
+    const part = token.split(".")[1] ?? "";
+    const payload = JSON.parse(atob(part.replace(/-/g, "+").replace(/_/g, "/"))) as { exp?: unknown };
+    return typeof payload.exp === "number" ? payload.exp * 1000 : null;
+  } catch {
+    return null;
   }
 }
 

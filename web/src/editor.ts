@@ -83,14 +83,16 @@ export class CollabEditor {
     this.provider.awareness.on("change", () => this.announcePeers());
     this.provider.socket.on("session:ended", (body: { code: string; message: string }) => {
       if (body.code === "token_expired") {
-        void session.refresh().then(() => this.provider.connect(), () => undefined);
+        // The provider cannot renew its token over the socket (docs/protocol.md §6.6):
+        // it is ended at expiry, and connects again with the current one.
+        void session.freshToken().then(() => this.provider.connect(), () => undefined);
       } else if (body.code === "removed" || body.code === "deleted") {
         this.tell(body.code === "deleted" ? "This document was deleted." : "You were removed from this document.");
       }
     });
     this.provider.socket.on("connect_error", (error: Error & { data?: { code?: string } }) => {
       if (error.data?.code === "token_expired") {
-        void session.refresh().then(() => this.provider.connect(), () => undefined);
+        void session.freshToken().then(() => this.provider.connect(), () => undefined);
       }
     });
     this.provider.on("sync", (synced: boolean) => {

@@ -58,7 +58,7 @@ export class Live {
     this.socket.on("connect_error", (error: Error & { data?: { code?: string } }) => {
       const code = error.data?.code;
       if (code === "token_expired") {
-        void this.session.refresh().then(() => this.socket.connect(), () => undefined);
+        void this.session.freshToken().then(() => this.socket.connect(), () => undefined);
       } else if (code === "unauthorized" || code === "invalid_token" || code === "user_disabled") {
         this.session.end();
       } else if (code !== undefined) {
@@ -72,7 +72,7 @@ export class Live {
     this.socket.on("auth:expiring", () => void this.renew());
     this.socket.on("session:ended", (body: { code: string; message: string }) => {
       if (body.code === "token_expired") {
-        void this.session.refresh().then(() => this.socket.connect(), () => undefined);
+        void this.session.freshToken().then(() => this.socket.connect(), () => undefined);
       } else if (body.code === "slow_consumer") {
         this.setStatus("reconnecting", body.message);
       } else {

@@ -201,60 +201,68 @@ async function documentView(documentId: string): Promise<void> {
   });
   editor.onNotice((text) => { readOnlyNote.hidden = false; readOnlyNote.textContent = text; editor.setReadOnly(true); });
   const room = new Room(live, session, documentId, doc.role, { presence, chat, assistant });
+  const showMembers = membersPanel(members, documentId);
   const setRole = (role: DocRole): void => {
     roleBadge.textContent = role;
     readOnlyNote.hidden = role !== "viewer";
     editor.setReadOnly(role === "viewer");
-    void renderMembers(members, documentId, role);
+    showMembers(role);
   };
   room.onRole(setRole);
   setRole(doc.role);
   open = { room, editor };
 }
 
-let membersShown = 0;
-
-async function renderMembers(section: HTMLElement, documentId: string, role: DocRole): Promise<void> {
-  const mine = ++membersShown; // a list read before a later change must not overwrite it
-  let items: Member[];
-  try {
-    items = ((await session.call("GET", `/api/v1/documents/${documentId}/members`)) as { items: Member[] }).items;
-  } catch {
-    return;
-  }
-  if (mine !== membersShown) return;
-  clear(section);
-  const error = h("p", { class: "error", role: "alert" });
+/** The members panel: the list is read again after each change; the add form stays
+ * (what the owner is typing into it is not lost when the list is redrawn). */
+function membersPanel(section: HTMLElement, documentId: string): (role: DocRole) => void {
+  let role: DocRole = "viewer";
+  let shown = 0;
   const list = h("ul", { class: "member-list" });
-  const owner = role === "owner";
+  const error = h("p", { class: "error", role: "alert" });
+  const userId = h("input", { type: "text", name: "user_id", required: true, pattern: "[0-9a-fA-F-]{36}", placeholder: "their id, shown at the top of their page" });
+  const newRole = roleSelect("editor");
+  const add = h("form", { class: "add-member" }, field("User id", userId), field("Role", newRole), h("button", { type: "submit" }, "Add member"));
+  append(section, h("h2", {}, "Members"), list, error, add);
   const change = (promise: Promise<unknown>): void => {
-    void promise.then(() => renderMembers(section, documentId, role), (failure: unknown) => { error.textContent = describe(failure); });
+    error.textContent = "";
+    void promise.then(() => redraw(), (failure: unknown) => { error.textContent = describe(failure); });
   };
-  for (const member of items) {
-    const row = h("li", {}, h("span", {}, member.username));
-    if (owner && member.user_id !== session.user?.id) {
-      const select = roleSelect(member.role);
-      select.setAttribute("aria-label", `Role of ${member.username}`);
-      select.addEventListener("change", () => change(session.call("PUT", `/api/v1/documents/${documentId}/members/${member.user_id}`, { role: select.value })));
-      const remove = h("button", { type: "button", class: "link", "aria-label": `Remove ${member.username}` }, "Remove");
-      remove.addEventListener("click", () => change(session.call("DELETE", `/api/v1/documents/${documentId}/members/${member.user_id}`)));
-      row.append(select, remove);
-    } else {
-      row.append(h("span", { class: "role" }, member.role));
+  add.addEventListener("submit", (event) => {
+    event.preventDefault();
+    change(session.call("PUT", `/api/v1/documents/${documentId}/members/${userId.value.trim()}`, { role: newRole.value }).then(() => { userId.value = ""; }));
+  });
+  const redraw = async (): Promise<void> => {
+    const mine = ++shown; // a list read before a later change must not overwrite it
+    let items: Member[];
+    try {
+      items = ((await session.call("GET", `/api/v1/documents/${documentId}/members`)) as { items: Member[] }).items;
+    } catch {
+      return;
     }
-    list.append(row);
-  }
-  append(section, h("h2", {}, "Members"), list, error);
-  if (owner) {
-    const userId = h("input", { type: "text", name: "user_id", required: true, pattern: "[0-9a-fA-F-]{36}", placeholder: "their id, shown at the top of their page" });
-    const newRole = roleSelect("editor");
-    const add = h("form", { class: "add-member" }, field("User id", userId), field("Role", newRole), h("button", { type: "submit" }, "Add member"));
-    add.addEventListener("submit", (event) => {
-      event.preventDefault();
-      change(session.call("PUT", `/api/v1/documents/${documentId}/members/${userId.value.trim()}`, { role: newRole.value }));
-    });
-    section.append(add);
-  }
+    if (mine !== shown) return;
+    const owner = role === "owner";
+    add.hidden = !owner;
+    clear(list);
+    for (const member of items) {
+      const row = h("li", {}, h("span", {}, member.username));
+      if (owner && member.user_id !== session.user?.id) {
+        const select = roleSelect(member.role);
+        select.setAttribute("aria-label", `Role of ${member.username}`);
+        select.addEventListener("change", () => change(session.call("PUT", `/api/v1/documents/${documentId}/members/${member.user_id}`, { role: select.value })));
+        const remove = h("button", { type: "button", class: "link", "aria-label": `Remove ${member.username}` }, "Remove");
+        remove.addEventListener("click", () => change(session.call("DELETE", `/api/v1/documents/${documentId}/members/${member.user_id}`)));
+        row.append(select, remove);
+      } else {
+        row.append(h("span", { class: "role" }, member.role));
+      }
+      list.append(row);
+    }
+  };
+  return (current: DocRole) => {
+    role = current;
+    void redraw();
+  };
 }
 
 function roleSelect(current: DocRole): HTMLSelectElement {

@@ -63,6 +63,7 @@ export class Room {
   private readonly typing = new Set<string>();
   private readonly replies = new Map<string, Reply>();
   private editing: string | null = null;
+  private editDraft: string | null = null;
   private typingSentAt = 0;
   private typingTimer: number | undefined;
   private readonly handlers: [string, (...args: never[]) => void][] = [];
@@ -333,6 +334,7 @@ export class Room {
         text,
       });
       this.editing = null;
+      this.editDraft = null;
       this.merge([ack.message], false);
     } catch (error) {
       this.chatNote.textContent = `Could not edit: ${describe(error)}`;
@@ -498,9 +500,11 @@ export class Room {
       return item;
     }
     if (this.editing === message.id) {
-      const box = h("input", { type: "text", value: message.text, "aria-label": "Edit message", maxlength: 4000 });
+      // The list is redrawn whenever a message arrives: the draft is kept across.
+      const box = h("input", { type: "text", value: this.editDraft ?? message.text, "aria-label": "Edit message", maxlength: 4000 });
+      box.addEventListener("input", () => { this.editDraft = box.value; });
       const form = h("form", { class: "inline" }, box, h("button", { type: "submit" }, "Save"),
-        h("button", { type: "button", onclick: () => { this.editing = null; this.renderMessages(); } }, "Cancel"));
+        h("button", { type: "button", onclick: () => { this.editing = null; this.editDraft = null; this.renderMessages(); } }, "Cancel"));
       form.addEventListener("submit", (event) => {
         event.preventDefault();
         if (box.value.trim() !== "") void this.edit(message, box.value);
@@ -517,7 +521,7 @@ export class Room {
     }
     const writer = this.role !== "viewer";
     if (mine && writer) {
-      item.append(h("button", { type: "button", class: "link", "aria-label": `Edit message ${message.seq}`, onclick: () => { this.editing = message.id; this.renderMessages(); } }, "Edit"));
+      item.append(h("button", { type: "button", class: "link", "aria-label": `Edit message ${message.seq}`, onclick: () => { this.editing = message.id; this.editDraft = null; this.renderMessages(); } }, "Edit"));
     }
     if (writer && (mine || this.role === "owner")) {
       item.append(h("button", { type: "button", class: "link", "aria-label": `Delete message ${message.seq}`, onclick: () => void this.remove(message) }, "Delete"));
