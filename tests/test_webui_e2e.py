@@ -138,6 +138,7 @@ class Person:
         self.id = str(user["id"])
         self.tokens = tokens
         self.page: Any = None
+        self.context: Any = None
         self.console: list[str] = []
 
     @property
@@ -162,13 +163,15 @@ class Site:
             assert response.status < 300, (method, path, response.status, await response.text())
             return None if response.status == 204 else await response.json()
 
-    async def person(self, prefix: str, *, signed_in: bool = True) -> Person:
+    async def person(
+        self, prefix: str, *, signed_in: bool = True, width: int = 1280, height: int = 900
+    ) -> Person:
         username = f"{prefix}{uuid.uuid4().hex[:6]}"
         credentials = {"username": username, "password": PASSWORD}
         user = await self.rest("POST", "/api/v1/auth/register", body=credentials)
         tokens = await self.rest("POST", "/api/v1/auth/login", body=credentials)
         person = Person(username, user, tokens)
-        context = await self.browser.new_context(viewport={"width": 1280, "height": 900})
+        context = await self.browser.new_context(viewport={"width": width, "height": height})
         self.contexts.append(context)
         if signed_in:
             # The page keeps its session in localStorage under this key (web/src/api.ts).
@@ -177,6 +180,7 @@ class Site:
                 f"if (!localStorage.getItem('roomserver.session'))"
                 f" localStorage.setItem('roomserver.session', {session});"
             )
+        person.context = context
         person.page = await context.new_page()
         person.page.set_default_timeout(WAIT_MS)
         person.page.on("console", lambda message: person.console.append(message.text))
@@ -414,6 +418,62 @@ async def test_a_viewer_cannot_type_until_made_an_editor(site: Site) -> None:
     await shows(page, "Only editors write here. Cy too, now.")
 
 
+# Every control has a name a screen reader can say: a <label>, or aria-label.
+UNLABELLED = """() => [...document.querySelectorAll("input, select, textarea, button")]
+  .filter(el => !el.hidden && el.offsetParent !== null)
+  .filter(el => !(el.labels && el.labels.length) && !el.getAttribute("aria-label")
+                && !(el.tagName === "BUTTON" && el.textContent.trim()))
+  .map(el => el.outerHTML)"""
+OVERFLOW = "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+
+
+async def test_a_phone_sized_page_by_keyboard_alone_and_offline(site: Site) -> None:
+    dee = await site.person("dee", signed_in=False, width=390, height=844)
+    page = dee.page
+    await page.goto(site.server.base + "/")
+    assert await page.evaluate(UNLABELLED) == []
+    # Keyboard only: Tab from the top of the page to the form, Enter to sign in.
+    for _ in range(3):  # the skip link, the home link, the username
+        await page.keyboard.press("Tab")
+    assert await page.evaluate("() => document.activeElement.name") == "username"
+    await page.keyboard.type(dee.username)
+    await page.keyboard.press("Tab")
+    await page.keyboard.type(PASSWORD)
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_text(f"Signed in as {dee.username}")).to_be_visible()
+    await page.get_by_label("New document title").focus()
+    await page.keyboard.type("On the train")
+    await page.keyboard.press("Enter")
+    await expect(page.locator(".cm-content")).to_be_visible()
+    await expect(page.locator(".people li", has_text=f"{dee.username} (you)")).to_be_visible()
+    await page.locator(".cm-content").focus()
+    await page.keyboard.type("Typed on a phone.")
+    await page.keyboard.press("Escape")  # then Tab leaves the editor (CodeMirror)
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("() => document.activeElement.className") != "cm-content"
+    await page.get_by_label("Your message").focus()
+    await page.keyboard.type("from the phone")
+    await page.keyboard.press("Enter")
+    await expect(page.locator(".message", has_text="from the phone")).to_be_visible()
+    assert await page.evaluate(UNLABELLED) == []
+    assert await page.evaluate(OVERFLOW) <= 0  # nothing wider than the phone
+    await shot(page, site.shots, "08-phone")
+
+    # The browser goes offline and comes back: the banner says so, then clears.
+    await dee.context.set_offline(True)
+    await expect(page.locator("#banner")).to_have_attribute("data-state", "offline")
+    await expect(page.locator("#banner")).to_contain_text("You are offline")
+    await shot(page, site.shots, "08-phone-offline")
+    await dee.context.set_offline(False)
+    await expect(page.locator("#banner")).to_be_hidden()
+    await page.get_by_label("Your message").fill("back on the network")
+    await page.get_by_label("Your message").press("Enter")
+    await expect(
+        page.locator(".message:not(.pending)", has_text="back on the network")
+    ).to_be_visible()
+    await shows(page, "Typed on a phone.")
+
+
 # Records the banner's states from now on (window.bannerStates), in the page.
 WATCH_BANNER = """() => {
   window.bannerStates = [];
@@ -468,7 +528,7 @@ async def test_tokens_are_renewed_over_the_socket_and_a_signed_out_session_is_sh
         await expect(page.locator("#banner")).to_have_attribute("data-state", "ended")
         await expect(page.locator("#banner")).to_contain_text("Your session ended")
         await expect(page.get_by_role("button", name="Sign in")).to_be_visible()
-        await shot(page, shots, "08-session-ended")
+        await shot(page, shots, "09-session-ended")
         await expect(other.locator("#banner")).to_be_hidden()  # ben's session goes on
     finally:
         await site.close()
@@ -488,7 +548,7 @@ async def test_the_server_restarted_under_the_page_and_nothing_is_lost(site: Sit
     await site.server.stop()
     for one in (page, other):
         await expect(one.locator("#banner")).to_have_attribute("data-state", "reconnecting")
-    await shot(page, site.shots, "09-server-away")
+    await shot(page, site.shots, "10-server-away")
     # While it is away: ann edits and sends; both wait on the page.
     await type_in_editor(page, " Written while away.")
     await page.get_by_label("Your message").fill("sent while away")
@@ -501,7 +561,7 @@ async def test_the_server_restarted_under_the_page_and_nothing_is_lost(site: Sit
     await expect(other.locator("#banner")).to_have_attribute(
         "data-state", re.compile("^(back|online)$"), timeout=30_000
     )
-    await shot(page, site.shots, "10-back")
+    await shot(page, site.shots, "11-back")
     expected = "Before the restart. Written while away."
     await shows(other, expected)
     await expect(other.locator(".message", has_text="sent while away")).to_have_count(1)
@@ -515,4 +575,4 @@ async def test_the_server_restarted_under_the_page_and_nothing_is_lost(site: Sit
     assert texts == ["sent before", "sent while away"], texts
     stored = await site.rest("GET", f"/api/v1/documents/{document_id}/content", ann.token)
     assert stored["text"] == expected + " And after."
-    await shot(other, site.shots, "11-after-restart-reload")
+    await shot(other, site.shots, "12-after-restart-reload")

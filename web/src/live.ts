@@ -83,8 +83,13 @@ export class Live {
       if (this.status !== "ended") this.setStatus("offline", "");
     });
     window.addEventListener("online", () => {
-      if (this.status === "offline") this.setStatus("reconnecting", "");
-      if (!this.socket.connected) this.socket.connect();
+      if (this.status !== "offline") return;
+      if (this.socket.connected) {
+        this.setStatus("online", ""); // the connection outlived the outage
+      } else {
+        this.setStatus("reconnecting", "");
+        this.socket.connect();
+      }
     });
   }
 
