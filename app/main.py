@@ -56,6 +56,7 @@ from app.services.knowledge.index import PASSAGE_CHARS, SearchIndex
 from app.services.live_documents import Limits, LiveDocuments
 from app.services.responders import AnthropicResponder, OfflineResponder, Responder
 from app.services.users import UserService
+from realtime.cluster.chat import ChatStitch
 from realtime.server import shutdown
 from realtime.wiring import cluster_link, create_realtime
 from storage.db import create_engine, create_sessionmaker
@@ -171,7 +172,10 @@ def create_app(settings: Settings) -> web.Application:
                 documents.room_access,
                 page_size=settings.history_page_size,
                 max_batch=settings.chat_batch_max_messages,
+                order=chat_order,
             )
+            if chat_order is not None:
+                chat_order.use(chat.stored_after, chat.stored_last_seq)
             app[KNOWLEDGE] = knowledge = KnowledgeService(
                 sessions,
                 EntryIndexer(
@@ -211,11 +215,14 @@ def create_app(settings: Settings) -> web.Application:
     # The realtime layer is what services broadcast through; with Redis, to every node.
     cluster = cluster_link(settings, metrics)
     realtime, broadcaster = create_realtime(app, settings, metrics, cluster)
+    # Chat by seq across nodes: every node's messages in order, joins split at one seq.
+    chat_order = ChatStitch(cluster, realtime.delivery) if cluster is not None else None
 
     async def cluster_lifecycle(app: web.Application) -> AsyncIterator[None]:
-        assert cluster is not None
-        # The resync of clients after an outage (issue 13) goes in on_resumed.
-        await cluster.start(realtime.delivery.to_local_room, act=broadcaster.act)
+        assert cluster is not None and chat_order is not None
+        # The resync of clients after an outage (issue 13) goes in on_resumed; chat's
+        # members are brought up to date there already.
+        await cluster.start(chat_order.heard, act=broadcaster.act, on_resumed=chat_order.resumed)
         try:
             yield
         finally:

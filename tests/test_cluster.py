@@ -581,3 +581,107 @@ async def test_a_link_started_while_redis_is_down_connects_when_it_comes(
 
 async def _subscribers_are(redis_url: str, room: Any, count: int) -> None:
     assert await subscribers(redis_url, codec.channel_of(PREFIX, room)) == count
+
+
+# --- chat across nodes: catch-up and live stitched by seq -------------------------------
+
+
+async def test_joins_on_a_third_node_while_two_nodes_send_miss_nothing_and_repeat_nothing(
+    start_nodes: StartNodes,
+    shared_redis: str,
+    clients: Callable[[Server, User], Awaitable[RoomClient]],
+) -> None:
+    a, b, c = await start_nodes(3, shared_redis)
+    async with api_of(a) as api:
+        ann, ben, cat, doc_id = await three_members(api)
+        # Joiners take turns (a user's connections per node are capped, and a closed
+        # one may linger a moment on the server).
+        readers = [cat]
+        for name in ("dan", "eve", "fay"):
+            readers.append(await api.user(name))
+            await api.share(ann, doc_id, readers[-1], "viewer")
+    senders = [await clients(a, ann), await clients(a, ann)]
+    senders += [await clients(b, ben), await clients(b, ben)]
+    for sender in senders:
+        await sender.join(doc_id)
+    sent: dict[int, str] = {}  # seq: text, from the acks
+
+    async def send_all(index: int, sender: RoomClient) -> None:
+        for i in range(60):
+            text = f"{index}-{i}"
+            ack = await sender.send(doc_id, text)
+            sent[ack["seq"]] = text
+
+    sending = asyncio.gather(*(send_all(i, s) for i, s in enumerate(senders)))
+    joiners: list[Joiner] = []
+    open_joiners: list[Joiner] = []
+    while not sending.done() or len(joiners) < 3:
+        if len(joiners) % 4 == 3:
+            # Now and then the room empties on the third node: a join starts it afresh.
+            for joiner in open_joiners:
+                joiner.closed_at = len(joiner.live)
+                await joiner.client.close()
+            open_joiners = []
+        joiner = Joiner(await clients(c, readers[len(joiners) % len(readers)]))
+        await joiner.join(doc_id)
+        joiners.append(joiner)
+        open_joiners.append(joiner)
+        # Paced by the traffic: the next join once this one heard a message live.
+        await eventually(lambda j=joiner: _heard_or_done(j, sending), timeout=WAIT)
+    await sending
+    last = len(sent)
+    assert sorted(sent) == list(range(1, last + 1))
+    await eventually(lambda: _all_heard(open_joiners, last), timeout=WAIT)
+    for joiner in joiners:
+        await joiner.catch_up(doc_id)
+        seqs = [m["seq"] for m in joiner.backlog + joiner.live[: joiner.closed_at]]
+        end = last if joiner.closed_at is None else len(seqs)
+        assert seqs == list(range(1, end + 1)), (joiner.last_seq, seqs)
+        assert all(m["text"] == sent[m["seq"]] for m in joiner.backlog + joiner.live)
+    assert any(0 < joiner.last_seq < last for joiner in joiners)  # joined mid-traffic
+
+
+class Joiner:
+    """A connection that joins with ``since_seq`` 0 and keeps the ack's backlog apart
+    from the messages that arrive live (RoomClient would merge the two)."""
+
+    def __init__(self, client: RoomClient) -> None:
+        self.client = client
+        self.live: list[dict[str, Any]] = []
+        self.backlog: list[dict[str, Any]] = []
+        self.last_seq = -1
+        self.has_more = False
+        self.closed_at: int | None = None
+        client.on(self._on_event)
+
+    def _on_event(self, event: str, data: dict[str, Any]) -> None:
+        if event == "chat:message":
+            self.live.append(data["message"])
+
+    async def join(self, doc_id: str) -> None:
+        ack = await self.client.command("join", {"document_id": doc_id, "since_seq": 0})
+        self.last_seq, self.backlog, self.has_more = (
+            ack["last_seq"],
+            ack["messages"],
+            ack["has_more"],
+        )
+
+    async def catch_up(self, doc_id: str) -> None:
+        """The rest of the backlog, up to the join's ``last_seq``, from history (read
+        on a node of its own: this connection may be closed)."""
+        while self.has_more:
+            after = self.backlog[-1]["seq"] if self.backlog else 0
+            async with RoomClient(self.client.url, self.client.token) as reader:
+                await reader.command("join", {"document_id": doc_id})
+                page, _ = await reader.history(doc_id, after_seq=after, limit=100)
+            self.backlog += [m for m in page if m["seq"] <= self.last_seq]
+            self.has_more = self.backlog[-1]["seq"] < self.last_seq
+
+
+def _heard_or_done(joiner: Joiner, sending: asyncio.Future[Any]) -> None:
+    assert joiner.live or sending.done()
+
+
+def _all_heard(joiners: list[Joiner], last: int) -> None:
+    for joiner in joiners:
+        assert (joiner.live[-1]["seq"] if joiner.live else joiner.last_seq) >= last

@@ -3,7 +3,9 @@
 Messages are stored by one writer (:mod:`app.services.chat_writer`), which commits
 them in batches and hands them to the broadcaster in ``seq`` order. A join enters
 the room at the last announced ``seq``, so a message is either in the join's backlog
-or delivered live, never neither and never both.
+or delivered live, never neither and never both. With many nodes a ``ChatOrder``
+(realtime/cluster/chat.py) does both: it orders every node's messages by ``seq`` and
+says where a join's backlog ends.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -41,6 +43,19 @@ class Backlog:
     last_seq: int
     # The messages as JSON, made once for every join that got the same page.
     encoded: orjson.Fragment
+
+
+class ChatOrder(Protocol):
+    """Chat across nodes: new messages out in ``seq`` order, and the split of a join."""
+
+    async def enter(self, document_id: uuid.UUID, enter: Callable[[], None]) -> int:
+        """Call ``enter`` where every message up to the seq returned (each stored) has
+        reached the room's members here and every later one will reach them."""
+
+    def announce(
+        self, document_id: uuid.UUID, seq: int, data: dict[str, Any], skip: str | None
+    ) -> None:
+        """A message this node stored, to the room on every node."""
 
 
 class _Read:
@@ -74,9 +89,12 @@ class ChatService:
         *,
         page_size: int,
         max_batch: int,
+        order: ChatOrder | None = None,
     ) -> None:
-        """``room_access`` is DocumentService's (which fills ``memberships``)."""
+        """``room_access`` is DocumentService's (which fills ``memberships``); ``order``
+        is the cluster's (none: this process alone)."""
         self._sessions = sessions
+        self._order = order
         self._broadcaster = broadcaster
         self._memberships = memberships
         self._room_access = room_access
@@ -109,7 +127,11 @@ class ChatService:
         The split is the last announced seq: ``enter`` runs in the turn that reads it,
         so no message is in both halves or in neither.
         """
-        if since_seq is not None and since_seq >= await self._writer.announced(document_id):
+        if (
+            since_seq is not None
+            and self._order is None
+            and since_seq >= await self._writer.announced(document_id)
+        ):
             since_seq = None  # nothing missed: no read (a reconnect into a quiet room)
         read: _Read | None = None
         if since_seq is not None:
@@ -125,9 +147,12 @@ class ChatService:
                 return _Read(rows, self.page_size)
 
             read = await self._reads.get_or_load(key, load)
-        await self._writer.announced(document_id)
-        last_seq = self._writer.announced_now(document_id)
-        enter()
+        if self._order is not None:
+            last_seq = await self._order.enter(document_id, enter)
+        else:
+            await self._writer.announced(document_id)
+            last_seq = self._writer.announced_now(document_id)
+            enter()
         if read is None:
             return Backlog([], has_more=False, last_seq=last_seq, encoded=_encode([]))
         assert since_seq is not None
@@ -285,7 +310,27 @@ class ChatService:
         self._announce(ServerEvent.CHAT_DELETED, out, connection_id)
         return out
 
+    async def stored_after(
+        self, document_id: uuid.UUID, after_seq: int, up_to: int
+    ) -> list[dict[str, Any]]:
+        """The stored messages with ``after_seq < seq <= up_to`` (at most a page of
+        500), oldest first, as the wire has them (ChatOrder's gap reads)."""
+        async with read_session(self._sessions) as session:
+            rows = await messages_repo.messages_after(
+                session, document_id, after_seq, limit=min(up_to - after_seq, 500)
+            )
+        return [dump(MessageOut.of_row(row)) for row in rows if row.seq <= up_to]
+
+    async def stored_last_seq(self, document_id: uuid.UUID) -> int:
+        """The newest seq committed in the document."""
+        async with read_session(self._sessions) as session:
+            return await messages_repo.last_seq(session, document_id)
+
     def _announce_new(self, message: MessageOut, connection_id: str | None) -> None:
+        if self._order is not None:
+            data = {"document_id": str(message.document_id), "message": dump(message)}
+            self._order.announce(message.document_id, message.seq, data, connection_id)
+            return
         self._announce(ServerEvent.CHAT_MESSAGE, message, connection_id)
 
     def _announce(self, event: ServerEvent, message: MessageOut, connection_id: str | None) -> None:

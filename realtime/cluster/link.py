@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -104,6 +105,11 @@ class RedisLink:
         self._rooms: dict[bytes, Room] = {}
         self._channels: dict[Room, bytes] = {}
         self._subscribed: set[bytes] = set()
+        # Subscriptions Redis confirmed on this connection (and still wanted), the
+        # SUBSCRIBEs sent whose answer has not come, and who waits for an answer.
+        self._confirmed: set[bytes] = set()
+        self._unanswered: Tally[bytes] = Tally()
+        self._confirming: dict[bytes, list[asyncio.Future[None]]] = {}
         self._changed: set[bytes] = set()
         self._wake_subscriber = asyncio.Event()
         self._subscriber: AbstractConnection | None = None
@@ -148,13 +154,42 @@ class RedisLink:
         channel = codec.channel_of(self._prefix, room)
         self._rooms[channel] = room
         self._channels[room] = channel
+        if channel in self._subscribed and channel not in self._confirmed:
+            # Unwatched and watched again before its UNSUBSCRIBE left: subscribed
+            # again, so that a confirmation comes (subscribed() waits for one).
+            self._subscribed.discard(channel)
         self._changed.add(channel)
         self._wake_subscriber.set()
+
+    async def subscribed(self, room: Room) -> None:
+        """Watch ``room`` and return once Redis has confirmed its subscription: every
+        event published in the room from then on reaches this node, while
+        :meth:`subscribed_now` holds (chat's catch-up is read after this)."""
+        self.watch(room)
+        channel = self._channels[room]
+        if channel in self._confirmed:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._confirming.setdefault(channel, []).append(future)
+        try:
+            await future
+        finally:
+            waiting = self._confirming.get(channel, [])
+            if future in waiting:
+                waiting.remove(future)
+            if not waiting:
+                self._confirming.pop(channel, None)
+
+    def subscribed_now(self, room: Room) -> bool:
+        """``room`` is watched and Redis confirmed it on the current connection."""
+        channel = self._channels.get(room)
+        return channel is not None and channel in self._confirmed
 
     def unwatch(self, room: Room) -> None:
         channel = self._channels.pop(room, None)
         if channel is not None:
             del self._rooms[channel]
+            self._confirmed.discard(channel)
             self._changed.add(channel)
             self._wake_subscriber.set()
 
@@ -256,6 +291,8 @@ class RedisLink:
                 await connection.send_command("CLIENT", "SETNAME", self._client_name())
                 await connection.read_response()
                 self._subscribed = set()
+                self._confirmed = set()
+                self._unanswered = Tally()
                 self._changed = set()
                 await connection.send_command("SUBSCRIBE", self._control, check_health=False)
                 await self._subscribe(connection, list(self._rooms))
@@ -290,6 +327,22 @@ class RedisLink:
             self._heard += 1
             if isinstance(response, list) and response[0] == b"message":
                 self._receive(response[1], response[2])
+            elif isinstance(response, list) and response[0] == b"subscribe":
+                self._confirm(response[1])
+
+    def _confirm(self, channel: bytes) -> None:
+        """Redis answered a SUBSCRIBE: the channel is subscribed once it answered the
+        last one sent (an earlier answer may precede an UNSUBSCRIBE)."""
+        self._unanswered[channel] -= 1
+        if self._unanswered[channel] > 0:
+            return
+        del self._unanswered[channel]
+        if channel not in self._rooms:
+            return  # the control channel, or a room unwatched since
+        self._confirmed.add(channel)
+        for future in self._confirming.pop(channel, []):
+            if not future.done():
+                future.set_result(None)
 
     async def _watch_health(self, connection: AbstractConnection) -> None:
         """Returns (raises) when Redis has been silent and unanswering for two periods:
@@ -359,6 +412,7 @@ class RedisLink:
             if not connection.is_connected:  # redis-py would open a new one silently
                 raise ConnectionError("the subscription connection closed")
             self._subscribed.update(chunk)
+            self._unanswered.update(chunk)
             await connection.send_command("SUBSCRIBE", *chunk, check_health=False)
         self._metrics.subscriptions.set(len(self._subscribed))
 
