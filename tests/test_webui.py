@@ -17,7 +17,15 @@ from app.api.webui import WEBUI_DIR
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "web"
 # web/build.mjs's SOURCES: the files whose content decides the build.
-SOURCES = ["build.mjs", "index.html", "package.json", "package-lock.json", "tsconfig.json", "src"]
+SOURCES = [
+    ".npmrc",
+    "build.mjs",
+    "index.html",
+    "package.json",
+    "package-lock.json",
+    "tsconfig.json",
+    "src",
+]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 const out = join(here, "..", "app", "webui");
 
 // The files whose content decides the build; tests/test_webui.py hashes the same list.
-export const SOURCES = ["build.mjs", "index.html", "package.json", "package-lock.json", "tsconfig.json", "src"];
+export const SOURCES = [".npmrc", "build.mjs", "index.html", "package.json", "package-lock.json", "tsconfig.json", "src"];
 
 function files(path) {
   if (statSync(path).isDirectory()) {
