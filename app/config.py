@@ -262,8 +262,8 @@ class Settings(BaseSettings):
     max_connections_per_user: int = Field(
         5,
         ge=1,
-        description="Connections (transports) one user may hold on this process; past it "
-        "a namespace connect is refused too_many_connections.",
+        description="Connections (transports) one user may hold, over every node sharing "
+        "REDIS_URL; past it a namespace connect is refused too_many_connections.",
     )
     max_namespaces_per_connection: int = Field(
         20, ge=2, description="Namespaces (/ and /yjs|<id>) one connection may open."

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.auth.throttle import SignInThrottle
+from app.cluster import ClusterView
 from app.config import Settings
 from app.metrics import Metrics
 from app.services.assistant import Assistant
@@ -32,5 +33,6 @@ CHAT_SERVICE = web.AppKey("chat_service", ChatService)
 LIVE_DOCUMENTS = web.AppKey("live_documents", LiveDocuments)
 ASSISTANT = web.AppKey("assistant", Assistant)
 KNOWLEDGE = web.AppKey("knowledge", KnowledgeService)
+CLUSTER = web.AppKey("cluster", ClusterView)  # the nodes alive (GET /api/v1/cluster)
 # Set when shutdown begins: /ready answers 503 from then on.
 DRAINING = web.AppKey("draining", asyncio.Event)

@@ -12,6 +12,7 @@ from aiohttp.typedefs import Middleware
 from redis.asyncio import Redis
 
 from app.api import auth as _auth_routes  # noqa: F401  (routes register on import)
+from app.api import cluster as _cluster_routes  # noqa: F401
 from app.api import documents as _document_routes  # noqa: F401
 from app.api import knowledge as _knowledge_routes  # noqa: F401
 from app.api import system, webui
@@ -230,6 +231,7 @@ def create_app(settings: Settings) -> web.Application:
 
     if cluster is not None:
         app.cleanup_ctx.append(cluster_lifecycle)
+        app.cleanup_ctx.append(realtime.shared_presence)  # closed before the link
     app.cleanup_ctx.append(database)
     if settings.redis_url:
         app.cleanup_ctx.append(redis)

@@ -2,8 +2,8 @@
 
 ``Presence`` keeps each room's users over all their connections, with per-connection
 state; a user arrives with their first connection and leaves with their last, not when
-a second tab opens or closes. Its methods are coroutines so a cluster-wide store
-(Redis) can stand in later.
+a second tab opens or closes. With Redis, ``SharedPresence`` (realtime/cluster/) extends
+it to the rooms as every node sees them.
 
 ``PresenceChanges`` announces arrivals and departures a room at a time: those of one
 interval (``PRESENCE_BATCH_SECONDS``) go out together, so a burst of N joins costs
@@ -20,6 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+
+# (document_id, user ids who left, {user id: username} of those who joined)
+Publish = Callable[[uuid.UUID, list[uuid.UUID], dict[uuid.UUID, str]], None]
 
 
 class Departure(enum.Enum):
@@ -128,19 +131,38 @@ class Presence:
         is never walked in Python again: building it, and python-socketio looking
         through it for binary data, cost ~4 ms a join in a room of 1,000 users.
         """
+        return orjson.Fragment(b"[" + b",".join(self.entries(document_id).values()) + b"]")
+
+    def entries(self, document_id: uuid.UUID) -> dict[uuid.UUID, bytes]:
+        """Each present user's entry, encoded (in the order they arrived); not a copy."""
         room = self._rooms.get(document_id)
         if room is None:
-            return orjson.Fragment(b"[]")
+            return {}
         if room.stale:
             users, encoded = room.users, room.encoded
             for user_id in room.stale:
                 encoded[user_id] = users[user_id].encode()
             room.stale.clear()
-        return orjson.Fragment(b"[" + b",".join(room.encoded.values()) + b"]")
+        return room.encoded
 
+    def user(self, document_id: uuid.UUID, user_id: uuid.UUID) -> PresentUser | None:
+        room = self._rooms.get(document_id)
+        return room.users.get(user_id) if room is not None else None
 
-# (document_id, user ids who left, {user id: username} of those who joined)
-Publish = Callable[[uuid.UUID, list[uuid.UUID], dict[uuid.UUID, str]], None]
+    def documents(self) -> list[uuid.UUID]:
+        """The rooms someone is present in."""
+        return list(self._rooms)
+
+    # --- what a presence shared between nodes changes (realtime/cluster/presence.py) --
+
+    def announcer(self, publish: Publish) -> Publish:
+        """What ``PresenceChanges`` hands a room's changes to: here, ``publish`` itself
+        (this process is the whole room)."""
+        return publish
+
+    async def settled(self, document_id: uuid.UUID) -> None:
+        """Returns once the room's changes handed to the announcer went out (at once
+        here)."""
 
 
 class _Pending:

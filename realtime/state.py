@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from app.services.chat import ChatService
 from app.services.documents import DocumentService
 from app.wire import ServerEvent
 from realtime.admission import Admission
+from realtime.cluster.presence import SharedPresence
 from realtime.connections import Connection, Connections
 from realtime.delivery import Delivery, Event
 from realtime.presence import Presence, PresenceChanges
@@ -56,6 +57,7 @@ class Realtime:
     admission: Admission
     connections: Connections = field(default_factory=Connections)
     presence: Presence = field(default_factory=Presence)
+    shared: SharedPresence | None = None  # presence over every node (with Redis)
     yjs: YjsConnections = field(default_factory=YjsConnections)
     typing: TypingIndicators = field(init=False)
     presence_changes: PresenceChanges = field(init=False)
@@ -68,8 +70,25 @@ class Realtime:
             on_expired=self._typing_expired,
         )
         self.presence_changes = PresenceChanges(
-            interval=self.settings.presence_batch_seconds, publish=self._presence_changed
+            interval=self.settings.presence_batch_seconds,
+            publish=self.presence.announcer(self._presence_changed),
         )
+
+    async def shared_presence(self, app: web.Application) -> AsyncIterator[None]:
+        """The cleanup context of presence over every node (after the link's: it
+        leaves the cluster before the link closes)."""
+        assert self.shared is not None
+        await self.shared.start()
+        try:
+            yield
+        finally:
+            await self.shared.close()
+
+    async def settle(self, document_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        """Before an event about the user that goes out at once: the room's waiting
+        arrivals and departures, if they include the user, go out first."""
+        self.presence_changes.settle(document_id, user_id)
+        await self.presence.settled(document_id)
 
     def _typing_expired(self, document_id: uuid.UUID, user_id: uuid.UUID) -> None:
         data = {"document_id": str(document_id), "user_id": str(user_id), "typing": False}

@@ -3,17 +3,24 @@ and the broadcaster that services publish through."""
 
 from __future__ import annotations
 
+import os
+from datetime import UTC, datetime
+
 from aiohttp import web
 
 from app.buckets import Rate
+from app.cluster import NodeStatus
 from app.config import Settings
+from app.keys import CLUSTER
 from app.metrics import Metrics
 from realtime.admission import Admission
 from realtime.broadcaster import SocketBroadcaster
 from realtime.cluster import ClusterMetrics, RedisLink
+from realtime.cluster.presence import SharedPresence
 from realtime.delivery import Delivery
 from realtime.namespaces.main import MainNamespace
 from realtime.namespaces.yjs import YJS_RATE, YjsNamespace
+from realtime.presence import Presence
 from realtime.ratelimit import CommandLimits
 from realtime.server import create_server
 from realtime.state import Realtime
@@ -25,10 +32,15 @@ def create_realtime(
     """Build the realtime layer and attach its Socket.IO server to ``app``; with
     ``cluster``, room events reach the rooms' members on the other nodes too."""
     delivery = Delivery(relay=cluster)
+    shared = shared_presence(settings, cluster) if cluster is not None else None
     admission = Admission(
         max_per_user=settings.max_connections_per_user,
         max_namespaces=settings.max_namespaces_per_connection,
+        shared=shared,
     )
+    if shared is not None:
+        shared.count_connections(admission.counts)
+        delivery.on_remote = shared.heard
     sio = create_server(app, settings, delivery, admission, metrics)
     rt = Realtime(
         sio=sio,
@@ -37,7 +49,10 @@ def create_realtime(
         settings=settings,
         limits=command_limits(settings),
         admission=admission,
+        presence=shared or Presence(),
+        shared=shared,
     )
+    app[CLUSTER] = shared or LocalNode(rt.presence, admission)
     sio.register_namespace(MainNamespace(rt))
     sio.register_namespace(YjsNamespace(rt))
     return rt, SocketBroadcaster(rt, cluster)
@@ -59,6 +74,32 @@ def cluster_link(settings: Settings, metrics: Metrics) -> RedisLink | None:
             subscriptions=metrics.cluster_subscriptions,
         ),
     )
+
+
+def shared_presence(settings: Settings, cluster: RedisLink) -> SharedPresence:
+    """Presence and connection counts over every node (started by app/main.py)."""
+    assert settings.redis_url is not None
+    return SharedPresence(
+        settings.redis_url,
+        prefix=settings.cluster_channel_prefix,
+        node=cluster.node,
+        max_per_user=settings.max_connections_per_user,
+    )
+
+
+class LocalNode:
+    """``GET /api/v1/cluster`` without Redis: this process alone."""
+
+    def __init__(self, presence: Presence, admission: Admission) -> None:
+        self.node_id = os.urandom(8).hex()
+        self._started_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        self._presence = presence
+        self._admission = admission
+
+    async def nodes(self) -> list[NodeStatus]:
+        connections = sum(self._admission.counts().values())
+        rooms = len(self._presence.documents())
+        return [NodeStatus(self.node_id, self._started_at, connections, rooms)]
 
 
 def command_limits(settings: Settings) -> CommandLimits:

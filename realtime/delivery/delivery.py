@@ -14,7 +14,7 @@ first member here and loses its last, so that it hears only the rooms this node 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from realtime.delivery.encoding import Encoded, encode_event
@@ -40,6 +40,9 @@ class Delivery:
         self.rooms = Rooms()
         self._endpoints: dict[str, Endpoint] = {}
         self._relay = relay
+        # Told of each room event from another node before its members here get it
+        # (shared presence keeps its copy of the other nodes' presence fresh by it).
+        self.on_remote: Callable[[Room, Event], None] | None = None
 
     # --- connections ------------------------------------------------------------------
 
@@ -97,13 +100,18 @@ class Delivery:
     def to_room(self, room: Room, event: Event, *, skip: str | None = None) -> int:
         """Send ``event`` to every member of ``room`` but ``skip``, on this node and
         every other; returns how many here."""
-        sent = self.to_local_room(room, event, skip=skip)
+        sent = self._to_members(room, event, skip)
         if self._relay is not None:
             self._relay.publish(room, event)
         return sent
 
     def to_local_room(self, room: Room, event: Event, *, skip: str | None = None) -> int:
         """``to_room`` on this node only (what the relay does with the others' events)."""
+        if self.on_remote is not None:
+            self.on_remote(room, event)
+        return self._to_members(room, event, skip)
+
+    def _to_members(self, room: Room, event: Event, skip: str | None) -> int:
         members = self.rooms.members(room)
         if not members:
             return 0

@@ -27,9 +27,9 @@ NAMESPACE = "/"
 LIFECYCLE_EVENTS = frozenset({"connect", "disconnect"})
 
 
-def admit(rt: Realtime, sid: str, namespace: str, principal: Principal) -> None:
+async def admit(rt: Realtime, sid: str, namespace: str, principal: Principal) -> None:
     """Count the connection's transport for its user, within the caps
-    (``TooManyNamespaces``, ``TooManyConnections``)."""
+    (``TooManyNamespaces``, ``TooManyConnections``; with Redis, over every node)."""
     transport = rt.sio.manager.eio_sid_from_sid(sid, namespace)
     socket = rt.sio.eio.sockets.get(transport) if transport is not None else None
     if transport is None or socket is None or socket.closing or socket.closed:
@@ -38,6 +38,7 @@ def admit(rt: Realtime, sid: str, namespace: str, principal: Principal) -> None:
         raise ServiceUnavailable("the connection ended while it was checked")
     rt.admission.check_namespaces(len(rt.sio.manager.namespaces_of(transport)))
     rt.admission.admit(transport, principal.user_id)
+    await rt.admission.admit_shared(transport, principal.user_id)
 
 
 async def authenticate(rt: Realtime, auth: Any) -> Principal:
@@ -123,7 +124,7 @@ class MainNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         try:
             try:
                 principal = await authenticate(self.rt, auth)
-                admit(self.rt, sid, NAMESPACE, principal)
+                await admit(self.rt, sid, NAMESPACE, principal)
                 connection = Connection(sid, principal, self.rt.limits.connection_buckets())
                 self.rt.connections.add(connection)
                 self.rt.delivery.join(user_room_of(principal.user_id), sid)

@@ -141,7 +141,7 @@ async def leave_room(rt: Realtime, connection: Connection, document_id: uuid.UUI
         rt.presence_changes.left(document_id, user_id)
     elif departure is Departure.STATE:
         # The user is still here in another tab; this connection's state is gone.
-        rt.presence_changes.settle(document_id, user_id)
+        await rt.settle(document_id, user_id)
         rt.delivery.to_room(room, state_event(document_id, user_id, connection.sid, None))
 
 
@@ -226,7 +226,7 @@ async def presence_update(call: Call, payload: PresenceUpdate) -> dict[str, Any]
         raise PayloadTooLarge(f"presence state is larger than {limit} bytes")
     document_id, user_id = payload.document_id, call.connection.user_id
     await call.rt.presence.set_state(document_id, user_id, call.sid, payload.state)
-    call.rt.presence_changes.settle(document_id, user_id)  # the arrival first
+    await call.rt.settle(document_id, user_id)  # the arrival first
     state = state_event(document_id, user_id, call.sid, payload.state)
     call.rt.delivery.to_room(room_of(document_id), state, skip=call.sid)
     return {}
@@ -237,7 +237,7 @@ async def typing(call: Call, payload: Typing) -> dict[str, Any]:
     joined(call, payload.document_id)
     document_id, user_id = payload.document_id, call.connection.user_id
     if call.rt.typing.update(document_id, user_id, payload.typing):
-        call.rt.presence_changes.settle(document_id, user_id)  # the arrival first
+        await call.rt.settle(document_id, user_id)  # the arrival first
         event = Event(
             ServerEvent.TYPING,
             {"document_id": str(document_id), "user_id": str(user_id), "typing": payload.typing},

@@ -175,7 +175,7 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 raise NotFound(f"no namespace {namespace!r}; documents are at /yjs|<id>")
             principal = await authenticate(self.rt, auth)
             view = await self.rt.app[DOCUMENT_SERVICE].get(principal, document_id)
-            admit(self.rt, sid, namespace, principal)
+            await admit(self.rt, sid, namespace, principal)
         except AppError as exc:
             metrics.socket_refused.labels(exc.code).inc()
             log.info("yjs connection refused: %s", exc.code)
