@@ -303,6 +303,14 @@ async def test_two_people_edit_one_document_and_see_each_others_text_and_cursors
     stored = await site.rest("GET", f"/api/v1/documents/{document_id}/content", ann.token)
     assert stored["text"] == "Ann writes the plan. Ben adds a line. And ann answers."
 
+    # Presence is per user: ann's second tab is counted, not a second ann.
+    second = await ann.context.new_page()
+    await second.goto(f"{site.server.base}/#/d/{document_id}")
+    await expect(other.locator(".people li", has_text=ann.username)).to_contain_text("2 tabs")
+    await expect(other.locator(".people li")).to_have_count(2)
+    await second.close()
+    await expect(other.locator(".people li", has_text=ann.username)).not_to_contain_text("tabs")
+
 
 async def test_chat_both_ways_with_history_older_pages_edits_and_deletions(site: Site) -> None:
     ann, ben = await site.person("ann"), await site.person("ben")
@@ -430,22 +438,25 @@ OVERFLOW = "() => document.documentElement.scrollWidth - document.documentElemen
 async def test_a_phone_sized_page_by_keyboard_alone_and_offline(site: Site) -> None:
     dee = await site.person("dee", signed_in=False, width=390, height=844)
     page = dee.page
+    name = dee.username + "-p"  # a new account, made on the page
     await page.goto(site.server.base + "/")
     assert await page.evaluate(UNLABELLED) == []
-    # Keyboard only: Tab from the top of the page to the form, Enter to sign in.
+    # Keyboard only: Tab from the top of the page to the form, Enter to register.
     for _ in range(3):  # the skip link, the home link, the username
         await page.keyboard.press("Tab")
     assert await page.evaluate("() => document.activeElement.name") == "username"
-    await page.keyboard.type(dee.username)
+    await page.keyboard.type(name)
     await page.keyboard.press("Tab")
     await page.keyboard.type(PASSWORD)
+    await page.keyboard.press("Tab")  # past "Sign in" to "Create account"
+    await page.keyboard.press("Tab")
     await page.keyboard.press("Enter")
-    await expect(page.get_by_text(f"Signed in as {dee.username}")).to_be_visible()
+    await expect(page.get_by_text(f"Signed in as {name}")).to_be_visible()
     await page.get_by_label("New document title").focus()
     await page.keyboard.type("On the train")
     await page.keyboard.press("Enter")
     await expect(page.locator(".cm-content")).to_be_visible()
-    await expect(page.locator(".people li", has_text=f"{dee.username} (you)")).to_be_visible()
+    await expect(page.locator(".people li", has_text=f"{name} (you)")).to_be_visible()
     await page.locator(".cm-content").focus()
     await page.keyboard.type("Typed on a phone.")
     await page.keyboard.press("Escape")  # then Tab leaves the editor (CodeMirror)

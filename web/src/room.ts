@@ -16,7 +16,12 @@ interface JoinAck {
   connection_id: string;
   user: { user_id: string; username: string };
   last_seq: number;
-  presence: { user_id: string; username: string; connection_count: number }[];
+  presence: {
+    user_id: string;
+    username: string;
+    connection_count: number;
+    connections: { connection_id: string; state: unknown }[];
+  }[];
   messages: Message[];
   has_more: boolean;
   replies: { reply_id: string; seq: number; text: string }[];
@@ -59,7 +64,9 @@ export class Room {
   private hasOlder = false;
   private loadingOlder = false;
   private readonly pending = new Map<string, Pending>();
-  private readonly present = new Map<string, { username: string; count: number }>();
+  // Each page sets a presence state when it joins, so the connections with one are its
+  // tabs (python clients that set none count once, as the user's presence).
+  private readonly present = new Map<string, { username: string; tabs: Set<string> }>();
   private readonly typing = new Set<string>();
   private readonly replies = new Map<string, Reply>();
   private editing: string | null = null;
@@ -100,8 +107,15 @@ export class Room {
         this.typing.delete(id);
       }
       for (const user of event.joined) {
-        if (!this.present.has(user.user_id)) this.present.set(user.user_id, { username: user.username, count: 1 });
+        if (!this.present.has(user.user_id)) this.present.set(user.user_id, { username: user.username, tabs: new Set() });
       }
+      this.renderPresence();
+    });
+    this.on("presence:state", (event: { document_id: string; user_id: string; connection_id: string; state: unknown }) => {
+      const person = event.document_id === this.documentId ? this.present.get(event.user_id) : undefined;
+      if (person === undefined) return;
+      if (event.state === null) person.tabs.delete(event.connection_id);
+      else person.tabs.add(event.connection_id);
       this.renderPresence();
     });
     this.on("typing", (event: { document_id: string; user_id: string; typing: boolean }) => {
@@ -191,8 +205,13 @@ export class Room {
     this.setRole(ack.role);
     this.present.clear();
     for (const person of ack.presence) {
-      this.present.set(person.user_id, { username: person.username, count: person.connection_count });
+      const tabs = new Set(person.connections.map((connection) => connection.connection_id));
+      if (person.user_id === ack.user.user_id) tabs.add(ack.connection_id);
+      this.present.set(person.user_id, { username: person.username, tabs });
     }
+    void this.live
+      .command("presence:update", { document_id: this.documentId, state: { page: true } })
+      .catch(() => undefined);
     this.typing.clear();
     this.renderPresence();
     for (const streaming of ack.replies) {
@@ -446,7 +465,7 @@ export class Room {
           { "data-user": person.username },
           person.username,
           id === me ? " (you)" : "",
-          person.count > 1 ? ` · ${person.count} tabs` : "",
+          person.tabs.size > 1 ? ` · ${person.tabs.size} tabs` : "",
           typing ? h("span", { class: "badge" }, " typing…") : null,
         ),
       );
