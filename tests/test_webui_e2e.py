@@ -101,6 +101,7 @@ async def start_server(folder: Path, claude_url: str, **settings: str) -> Server
         ANTHROPIC_API_KEY="test-key",
         ANTHROPIC_BASE_URL=claude_url,
         AI_CHUNK_INTERVAL_SECONDS="0.05",
+        DOCUMENT_INDEX_DEBOUNCE_SECONDS="0.2",  # the document's passages, soon searchable
         **settings,
     )
     process = Server(env, folder / "server.log")
@@ -367,6 +368,13 @@ async def test_the_assistant_streams_into_both_pages_and_cancel_stops_it(
     ann, ben = await site.person("ann"), await site.person("ben")
     document_id = await site.document(ann, "Ask me", **{ben.id: "editor"})
     page, other = await site.open(ann, document_id), await site.open(ben, document_id)
+    await type_in_editor(page, "The launch is on the 12th of March in Lisbon.")
+
+    async def indexed() -> None:  # the document's text is found by search (its citations)
+        found = await site.rest("GET", "/api/v1/search?q=launch%20Lisbon", ann.token)
+        assert any(item["id"] == document_id for item in found["items"]), found
+
+    await until(indexed, within=30)
     words = [f"word{i} " for i in range(40)]
     fake.plan(
         Plan(tokens=words, delay=0.05, input_tokens=321),
@@ -383,6 +391,12 @@ async def test_the_assistant_streams_into_both_pages_and_cancel_stops_it(
         await expect(done.locator(".answer")).to_have_text("".join(words).strip())
         await expect(done.locator(".usage")).to_have_text("completed · 321 tokens in, 40 out")
         await expect(done.get_by_text("What is the plan?")).to_be_visible()
+        # The passages that were in the prompt, as ai:done's citations.
+        source = done.locator(".sources li", has_text="Ask me")
+        await expect(source).to_contain_text("12th of March in Lisbon")
+        await expect(source.get_by_role("link", name="Ask me")).to_have_attribute(
+            "href", f"#/d/{document_id}"
+        )
 
     await other.get_by_label("Ask the assistant").fill("Count for ever")
     await other.get_by_role("button", name="Ask").click()
