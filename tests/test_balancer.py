@@ -16,10 +16,12 @@ import asyncio
 import re
 import shutil
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import aiohttp
 import pytest
+import socketio
 
 from roomclient import RoomClient
 from tests.conftest import service_missing
@@ -176,9 +178,38 @@ async def test_websocket_and_polling_clients_share_a_room_through_haproxy(
         # The polling clients stayed on their node throughout (no session lost).
         for client in opened:
             assert client.connected
+
+        # The busiest node stopped (SIGTERM: /ready 503, then closed): the balancer
+        # sends new clients, websocket and polling, to the others; they find the room's
+        # history and chat with the room.
+        busiest = max(range(len(nodes)), key=lambda i: counts[i])
+        await nodes[busiest].stop()
+        late = []
+        for i, user in enumerate(users[:2]):
+            transports = ["websocket"] if i % 2 == 0 else ["polling"]
+            client = RoomClient(balancer.base, user.access_token, transports=transports)
+            opened.append(client)
+            late.append(client)
+            await eventually(partial(_connect, client), timeout=WAIT, interval=0.2)
+            await client.join(doc_id)
+        await late[0].send(doc_id, "after the stop")
+        expected.add("after the stop")
+
+        def late_ones_have_everything() -> None:
+            for client in late:
+                assert {m["text"] for m in client.room(doc_id).messages} == expected
+
+        await eventually(late_ones_have_everything, timeout=WAIT)
     finally:
         for client in opened:
             await client.close()
+
+
+async def _connect(client: RoomClient) -> None:
+    try:
+        await client.connect()
+    except socketio.exceptions.ConnectionError as exc:
+        raise AssertionError(f"not connected: {exc}") from exc
 
 
 async def _six_members(api: Api) -> tuple[list[User], str]:
