@@ -33,6 +33,7 @@ from app.config import Settings
 from app.events import EventClass
 from app.metrics import Metrics
 from realtime.cluster import codec
+from realtime.cluster.chat import ChatStitch
 from realtime.delivery import Event
 from realtime.wiring import cluster_link
 from roomclient import DocumentClient, RoomClient
@@ -685,3 +686,103 @@ def _heard_or_done(joiner: Joiner, sending: asyncio.Future[Any]) -> None:
 def _all_heard(joiners: list[Joiner], last: int) -> None:
     for joiner in joiners:
         assert (joiner.live[-1]["seq"] if joiner.live else joiner.last_seq) >= last
+
+
+# --- the stitch in one process, with stand-ins for Redis and the sockets -----------------
+
+
+class _Link:
+    """What ChatStitch uses of RedisLink: subscriptions confirmed at once."""
+
+    def __init__(self) -> None:
+        self.published: list[int] = []
+
+    async def subscribed(self, room: Any) -> None:
+        return None
+
+    def subscribed_now(self, room: Any) -> bool:
+        return True
+
+    def publish(self, room: Any, event: Event) -> None:
+        self.published.append(event.data["message"]["seq"])
+
+    def unwatch(self, room: Any) -> None:
+        return None
+
+
+class _Delivery:
+    """What ChatStitch uses of Delivery: who is in a room here, and what they got."""
+
+    def __init__(self) -> None:
+        self.rooms = self
+        self.present: set[Any] = set()
+        self.got: list[tuple[int, str | None]] = []
+
+    def members(self, room: Any) -> dict[str, object]:
+        return {"sid": object()} if room in self.present else {}
+
+    def to_local_room(self, room: Any, event: Event, *, skip: str | None = None) -> int:
+        self.got.append((event.data["message"]["seq"], skip))
+        return 1
+
+
+def _chat(doc: uuid.UUID, seq: int) -> dict[str, Any]:
+    return {"document_id": str(doc), "message": {"seq": seq, "text": f"m{seq}"}}
+
+
+def _heard(doc: uuid.UUID, seq: int) -> Event:
+    return Event("chat:message", _chat(doc, seq), EventClass.CHAT)
+
+
+async def test_a_node_passes_chat_on_in_seq_order_once_and_reads_a_gap() -> None:
+    doc, link, delivery = uuid.uuid4(), _Link(), _Delivery()
+    room = ("doc", doc)
+    reads: list[tuple[int, int]] = []
+
+    async def read_after(d: uuid.UUID, after: int, up_to: int) -> list[dict[str, Any]]:
+        reads.append((after, up_to))
+        return [_chat(d, n)["message"] for n in range(after + 1, up_to + 1)]
+
+    async def last_stored(d: uuid.UUID) -> int:
+        return 2
+
+    stitch = ChatStitch(cast(Any, link), cast(Any, delivery))
+    stitch.use(read_after, last_stored)
+    assert await stitch.enter(doc, lambda: delivery.present.add(room)) == 2
+    stitch.heard(room, _heard(doc, 4))  # past a gap: waits
+    stitch.heard(room, _heard(doc, 3))  # the gap: both go
+    stitch.heard(room, _heard(doc, 3))  # a copy
+    stitch.announce(doc, 5, _chat(doc, 5), "sender-sid")  # this node's own
+    assert delivery.got == [(3, None), (4, None), (5, "sender-sid")]
+    assert link.published == [5]  # published at once
+    stitch.heard(room, _heard(doc, 7))  # 6 never comes from Redis: read
+    await eventually(lambda: _equal(delivery.got[3:], [(6, None), (7, None)]), timeout=WAIT)
+    assert reads == [(5, 6)]
+    # Another join on this node splits where its members are.
+    assert await stitch.enter(doc, lambda: None) == 7
+
+
+async def test_what_a_first_join_on_a_node_hears_before_its_split_comes_live_after_it() -> None:
+    doc, link, delivery = uuid.uuid4(), _Link(), _Delivery()
+    room = ("doc", doc)
+    reading = asyncio.Event()
+    answer = asyncio.Event()
+
+    async def read_after(d: uuid.UUID, after: int, up_to: int) -> list[dict[str, Any]]:
+        raise AssertionError("nothing to read")
+
+    async def last_stored(d: uuid.UUID) -> int:
+        reading.set()
+        await answer.wait()
+        return 2  # 3 committed after the read began
+
+    stitch = ChatStitch(cast(Any, link), cast(Any, delivery))
+    stitch.use(read_after, last_stored)
+    joining = asyncio.ensure_future(stitch.enter(doc, lambda: delivery.present.add(room)))
+    await reading.wait()
+    stitch.heard(room, _heard(doc, 2))  # heard while the stored seq is read
+    stitch.heard(room, _heard(doc, 3))
+    assert delivery.got == []  # nobody here yet
+    answer.set()
+    assert await joining == 2  # 2 is in the join's backlog
+    assert delivery.got == [(3, None)]  # 3 comes live: once, none lost
