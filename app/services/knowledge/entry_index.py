@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.services.knowledge.embeddings import EmbeddingError
-from app.services.knowledge.index import SearchIndex
+from app.services.knowledge.index import Item, SearchIndex
 from storage.db import read_session
 from storage.models import KnowledgeEntry
 from storage.repositories import knowledge as knowledge_repo
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 KIND = "knowledge"
 SWEEP_BATCH = 100
+REBUILD_BATCH = 50  # entries embedded and written together by a rebuild
 IndexFailure = (VectorStoreError, EmbeddingError)
 
 
@@ -153,19 +154,35 @@ class EntryIndexer:
     # --- all of it ------------------------------------------------------------------
 
     async def rebuild(self) -> int:
-        """Drop the index and write every entry again: how many."""
+        """Drop the index and write every entry again, in batches: how many."""
         await self.index.store.drop()
         async with self._sessions.begin() as session:
             await knowledge_repo.mark_all_stale(session)
         self._removals.clear()
-        entries = 0
         async with read_session(self._sessions) as session:
             entry_ids = await knowledge_repo.all_entry_ids(session)
-        for entry_id in entry_ids:
-            if not await self.sync(entry_id):
-                raise VectorStoreError("the index failed while it was rebuilt")
-            entries += 1
-        return entries
+        for start in range(0, len(entry_ids), REBUILD_BATCH):
+            async with read_session(self._sessions) as session:
+                batch = await knowledge_repo.get_entries(
+                    session, entry_ids[start : start + REBUILD_BATCH]
+                )
+            items = [
+                Item(KIND, str(entry.id), entry.title, entry.text, entry_payload(entry))
+                for entry in batch.values()
+            ]
+            await self.index.put_many(items)
+            async with self._sessions.begin() as session:
+                for entry in batch.values():
+                    await knowledge_repo.mark_indexed(session, entry.id, entry.version)
+                now = await knowledge_repo.get_entries(session, list(batch))
+            # An entry changed while its batch was written may have had its newer
+            # passages overwritten by the older ones: written again.
+            for entry_id, entry in batch.items():
+                newer = now.get(entry_id)
+                if newer is None or newer.version != entry.version:
+                    await self.sync(entry_id)
+        await self.sweep()
+        return len(entry_ids)
 
     async def close(self) -> None:
         self._closed = True

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from app.services.knowledge.embeddings import Embedder, Vectors
@@ -16,6 +17,17 @@ from storage.vectors import Found, Point, Scope, VectorStore
 EMBED_BATCH = 64
 # A passage's length at most (about 200 of the model's tokens; it reads 256).
 PASSAGE_CHARS = 800
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """An entry or a document to index."""
+
+    kind: str
+    ref: str
+    title: str
+    text: str
+    payload: dict[str, Any]
 
 
 class SearchIndex:
@@ -64,6 +76,35 @@ class SearchIndex:
         points = await self.points(kind, ref, title, text, payload)
         await self.store.replace(kind, ref, points)
         return len(points)
+
+    async def put_many(self, items: Sequence[Item]) -> int:
+        """Add the passages of many items, embedded and written in batches (a rebuild:
+        the passages they had before are not looked for). Returns how many."""
+        passages = [
+            (item, number, passage)
+            for item in items
+            for number, passage in enumerate(chunks(item.text, max_chars=self.chunk_chars))
+        ]
+        for start in range(0, len(passages), EMBED_BATCH):
+            batch = passages[start : start + EMBED_BATCH]
+            labelled = [f"{item.title}. {passage}" for item, _, passage in batch]
+            vectors = await self.embed(labelled)
+            points = []
+            for (item, number, passage), text, vector in zip(batch, labelled, vectors, strict=True):
+                keywords = keyword_vector(text)
+                points.append(
+                    Point(
+                        kind=item.kind,
+                        ref=item.ref,
+                        chunk=number,
+                        dense=vector.tolist(),
+                        sparse_indices=keywords.indices,
+                        sparse_values=keywords.values,
+                        payload={"title": item.title, "text": passage, **item.payload},
+                    )
+                )
+            await self.store.upsert(points)
+        return len(passages)
 
     async def remove(self, kind: str, refs: Sequence[str]) -> None:
         if refs:
