@@ -11,13 +11,15 @@ and records in Redis (scripts.py has the keys) what the rooms need from it:
   node through the room's channel). A user with tabs on two nodes arrives once and
   leaves with their last tab anywhere. An event about a user that goes out at once
   (``presence:state``, ``typing``) waits for the batch that carries their arrival
-  (``settled``). The same script writes the node's entries of the rooms that changed.
+  (``settled``). The same script writes the node's entries of the rooms that changed
+  (a change that announces nothing, a state or a second tab, waits ``ENTRY_SECONDS``
+  at most, so a room's cursors cost a write a quarter second, not one each).
 - **Join acks.** A join lists this node's users from memory and the other nodes'
   from their entries in Redis, read once and kept for ``CACHE_SECONDS`` or until the
   room hears a ``presence:changed`` from another node (which is published after the
   entries it announces were written): a join costs no round trip while the room is
   quiet, and joins while a read is under way share it. Other nodes' connection states
-  and counts can be that old; their users are not.
+  and counts can be that old (plus ``ENTRY_SECONDS``); their users are not.
 - **Leases.** Every ``BEAT_SECONDS`` a node renews its lease (``LEASE_SECONDS``, with
   its connection and room counts, which ``GET /api/v1/cluster`` lists) and reaps the
   nodes whose lease expired: their records go, and the users nobody else holds are
@@ -60,6 +62,7 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 8.0
 BEAT_SECONDS = 2.0
 CACHE_SECONDS = 1.0
+ENTRY_SECONDS = 0.25  # a room's entries changed without an arrival: written this late
 TIMEOUT_SECONDS = 2.0  # a script unanswered this long: Redis taken as away
 
 
@@ -69,6 +72,7 @@ class _Remote:
 
     users: dict[uuid.UUID, tuple[str, int, list[Any]]]  # username, count, connections
     encoded: dict[uuid.UUID, bytes]
+    joined: bytes  # every entry of ``encoded``, comma-separated
     read_at: float
 
 
@@ -105,6 +109,7 @@ class SharedPresence(Presence):
         self._next_done: asyncio.Future[None] | None = None
         self._waiting: dict[uuid.UUID, asyncio.Future[None]] = {}
         self._wake = asyncio.Event()
+        self._entry_timer: asyncio.TimerHandle | None = None
         self._remote: dict[uuid.UUID, _Remote] = {}
         # A read under way per room, with the stamp it started at; a room's last
         # presence:changed heard from another node, by stamp (a read that started
@@ -155,10 +160,13 @@ class SharedPresence(Presence):
             await asyncio.shield(done)
 
     async def snapshot(self, document_id: uuid.UUID) -> orjson.Fragment:
-        local = self.entries(document_id)
         remote = await self._read(document_id)
+        local = self.entries(document_id)  # after the read: a join meanwhile is in it
         if remote is None or not remote.users:
             return orjson.Fragment(b"[" + b",".join(local.values()) + b"]")
+        if remote.users.keys().isdisjoint(local):  # the usual: each user on one node
+            here = b",".join(local.values())
+            return orjson.Fragment(b"[" + here + (b"," if here else b"") + remote.joined + b"]")
         parts = []
         for user_id, encoded in local.items():
             theirs = remote.users.get(user_id)
@@ -248,6 +256,8 @@ class SharedPresence(Presence):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._entry_timer is not None:
+            self._entry_timer.cancel()
         try:
             left = await self._leave(args=[self._prefix, self.node_id])
             self._announce_pairs(left, [])
@@ -258,7 +268,16 @@ class SharedPresence(Presence):
     # --- changes, batched ---------------------------------------------------------------
 
     def _changed(self, document_id: uuid.UUID) -> None:
+        """The room's entries changed (a state, a tab): written with the next batch,
+        or within ``ENTRY_SECONDS`` (the other nodes' copies are that old anyway)."""
         self._dirty.add(document_id)
+        if self._entry_timer is None:
+            self._entry_timer = asyncio.get_running_loop().call_later(
+                ENTRY_SECONDS, self._entries_due
+            )
+
+    def _entries_due(self) -> None:
+        self._entry_timer = None
         self._wake.set()
 
     def _queue(
@@ -453,7 +472,7 @@ class SharedPresence(Presence):
             )
             for user_id, (username, count, connections) in users.items()
         }
-        remote = _Remote(users, encoded, time.monotonic())
+        remote = _Remote(users, encoded, b",".join(encoded.values()), time.monotonic())
         if self._invalid.get(document_id, 0) <= stamp:
             self._remote[document_id] = remote
         return remote
