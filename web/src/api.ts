@@ -58,6 +58,12 @@ export class ApiError extends Error {
   }
 }
 
+/** An error as a person reads it. */
+export function describe(error: unknown): string {
+  if (error instanceof ApiError) return error.message;
+  return error instanceof Error ? error.message : String(error);
+}
+
 const STORAGE_KEY = "roomserver.session";
 
 type Listener = () => void;

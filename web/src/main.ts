@@ -2,11 +2,11 @@
 // people, chat, assistant, members). Routes live in the hash: #/ and #/d/<id>.
 
 import "./style.css";
-import { ApiError, Session, type DocRole, type DocumentOut, type Member } from "./api";
+import { ApiError, Session, describe, type DocRole, type DocumentOut, type Member } from "./api";
 import { append, clear, field, h } from "./dom";
 import { CollabEditor, type Peer } from "./editor";
 import { Live, type Status } from "./live";
-import { Room, describe } from "./room";
+import { Room } from "./room";
 
 const main = document.getElementById("main") as HTMLElement;
 const banner = document.getElementById("banner") as HTMLElement;

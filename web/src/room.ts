@@ -1,8 +1,9 @@
 // One document's room on "/" (docs/protocol.md §5.5-5.9): join and catch up by seq,
 // presence per user, who is typing, chat (history pages, sends retried with their
-// client_msg_id, edits, deletions) and the assistant's streamed answers.
+// client_msg_id, edits, deletions); the assistant's panel is assistant.ts.
 
-import { ApiError, type DocRole, type Message, type Session } from "./api";
+import { ApiError, describe, type DocRole, type Message, type Session } from "./api";
+import { Assistant, renderCitations } from "./assistant";
 import { append, clear, field, h, time } from "./dom";
 import type { Live } from "./live";
 
@@ -39,18 +40,6 @@ interface Pending {
   inFlight: boolean;
 }
 
-interface Reply {
-  id: string;
-  askedBy: string;
-  question: string;
-  text: string;
-  seq: number;
-  status: "streaming" | "completed" | "cancelled" | "failed";
-  usage: Record<string, number> | null;
-  citations: unknown[];
-  error: string | null;
-}
-
 export interface RoomElements {
   presence: HTMLElement;
   chat: HTMLElement;
@@ -59,6 +48,7 @@ export interface RoomElements {
 
 export class Room {
   role: DocRole;
+  private readonly assistant: Assistant;
   private joined = false;
   private readonly messages = new Map<number, Message>();
   private hasOlder = false;
@@ -68,7 +58,6 @@ export class Room {
   // tabs (python clients that set none count once, as the user's presence).
   private readonly present = new Map<string, { username: string; tabs: Set<string> }>();
   private readonly typing = new Set<string>();
-  private readonly replies = new Map<string, Reply>();
   private editing: string | null = null;
   private editDraft: string | null = null;
   private typingSentAt = 0;
@@ -83,10 +72,6 @@ export class Room {
   private readonly input = h("textarea", { rows: 2, maxlength: 4000, name: "message" });
   private readonly sendButton = h("button", { type: "submit" }, "Send");
   private readonly chatNote = h("p", { class: "note" });
-  private readonly question = h("textarea", { rows: 2, maxlength: 4000, name: "question" });
-  private readonly askButton = h("button", { type: "submit" }, "Ask");
-  private readonly askNote = h("p", { class: "note", role: "status" });
-  private readonly replyList = h("ol", { class: "replies", "aria-label": "Assistant answers", "aria-live": "polite" });
 
   constructor(
     private readonly live: Live,
@@ -96,6 +81,8 @@ export class Room {
     elements: RoomElements,
   ) {
     this.role = initialRole;
+    this.assistant = new Assistant(live, documentId, elements.assistant, (event, handler) => this.on(event, handler));
+    this.assistant.setRole(initialRole);
     this.build(elements);
     this.on("chat:message", (event: { document_id: string; message: Message }) => this.upsert(event));
     this.on("chat:edited", (event: { document_id: string; message: Message }) => this.upsert(event));
@@ -134,40 +121,6 @@ export class Room {
         event.reason === "deleted" ? "This document was deleted." : "You no longer have access to this document.";
       this.setRole("viewer");
     });
-    this.on("ai:started", (event: { document_id: string; reply_id: string; asked_by: { username: string }; question: string }) => {
-      if (event.document_id !== this.documentId) return;
-      this.reply(event.reply_id, event.asked_by.username, event.question);
-      this.renderReplies();
-    });
-    this.on("ai:chunk", (event: { document_id: string; reply_id: string; seq: number; first_seq?: number; text: string }) => {
-      if (event.document_id !== this.documentId) return;
-      const reply = this.reply(event.reply_id, "", "");
-      const first = event.first_seq ?? event.seq;
-      if (event.seq <= reply.seq || first > reply.seq + 1) return; // held already, or a gap
-      reply.text += event.text;
-      reply.seq = event.seq;
-      this.renderReplies();
-    });
-    const ended = (event: {
-      document_id: string;
-      reply_id: string;
-      status: Reply["status"];
-      usage?: Record<string, number>;
-      error?: { message: string };
-      citations?: unknown;
-      message: Message | null;
-    }) => {
-      if (event.document_id !== this.documentId) return;
-      const reply = this.reply(event.reply_id, "", "");
-      reply.status = event.status;
-      reply.usage = event.usage ?? null;
-      reply.error = event.error?.message ?? null;
-      if (Array.isArray(event.citations)) reply.citations = event.citations;
-      if (event.message !== null && event.message.text.length >= reply.text.length) reply.text = event.message.text;
-      this.renderReplies();
-    };
-    this.on("ai:done", ended);
-    this.on("ai:error", ended);
     live.connectListeners.push(this.onConnect);
     if (live.socket.connected) this.onConnect();
   }
@@ -214,12 +167,7 @@ export class Room {
       .catch(() => undefined);
     this.typing.clear();
     this.renderPresence();
-    for (const streaming of ack.replies) {
-      const reply = this.reply(streaming.reply_id, "", "");
-      reply.text = streaming.text;
-      reply.seq = streaming.seq;
-    }
-    this.renderReplies();
+    this.assistant.streaming(ack.replies);
     if (first) {
       const page = await this.history({});
       this.hasOlder = page.has_more;
@@ -373,49 +321,17 @@ export class Room {
     }
   }
 
-  // --- the assistant --------------------------------------------------------------
-
-  private reply(id: string, askedBy: string, question: string): Reply {
-    let reply = this.replies.get(id);
-    if (reply === undefined) {
-      reply = { id, askedBy, question, text: "", seq: 0, status: "streaming", usage: null, citations: [], error: null };
-      this.replies.set(id, reply);
-    } else if (askedBy !== "") {
-      reply.askedBy = askedBy;
-      reply.question = question;
-    }
-    return reply;
-  }
-
-  private async ask(question: string): Promise<void> {
-    this.askNote.textContent = "";
-    try {
-      await this.live.command("ai:ask", { document_id: this.documentId, question });
-      this.question.value = "";
-    } catch (error) {
-      this.askNote.textContent = `The assistant could not take the question: ${describe(error)}`;
-    }
-  }
-
-  private async cancel(replyId: string): Promise<void> {
-    try {
-      await this.live.command("ai:cancel", { document_id: this.documentId, reply_id: replyId });
-    } catch (error) {
-      this.askNote.textContent = `Could not cancel: ${describe(error)}`;
-    }
-  }
 
   // --- rendering ------------------------------------------------------------------
 
   private setRole(role: DocRole): void {
     this.role = role;
     const writer = role !== "viewer";
-    for (const control of [this.input, this.sendButton, this.question, this.askButton]) control.disabled = !writer;
-    this.askNote.textContent = writer ? "" : "Viewers can read the answers but not ask.";
+    for (const control of [this.input, this.sendButton]) control.disabled = !writer;
+    this.assistant.setRole(role);
     this.chatNote.textContent = writer ? this.chatNote.textContent : "You are a viewer: you can read the chat.";
     for (const listener of this.roleListeners) listener(role);
     this.renderMessages();
-    this.renderReplies();
   }
 
   private build(elements: RoomElements): void {
@@ -443,13 +359,6 @@ export class Room {
     });
     append(elements.chat, h("h2", {}, "Chat"), this.olderButton, this.list, this.chatNote, form);
 
-    const askForm = h("form", { class: "compose" }, field("Ask the assistant", this.question), this.askButton);
-    askForm.addEventListener("submit", (event) => {
-      event.preventDefault();
-      const question = this.question.value.trim();
-      if (question !== "") void this.ask(question);
-    });
-    append(elements.assistant, h("h2", {}, "Assistant"), this.replyList, askForm, this.askNote);
   }
 
   private renderPresence(): void {
@@ -548,26 +457,6 @@ export class Room {
     return item;
   }
 
-  private renderReplies(): void {
-    clear(this.replyList);
-    const writer = this.role !== "viewer";
-    for (const reply of this.replies.values()) {
-      const item = h("li", { class: `reply ${reply.status}`, "data-reply": reply.id, "data-status": reply.status });
-      if (reply.question !== "") item.append(h("p", { class: "question" }, h("strong", {}, reply.askedBy || "someone"), " asked: ", reply.question));
-      item.append(h("p", { class: "answer" }, reply.text || (reply.status === "streaming" ? "…" : "")));
-      if (reply.status === "streaming") {
-        item.append(h("p", { class: "meta" }, "answering…"));
-        if (writer) item.append(h("button", { type: "button", onclick: () => void this.cancel(reply.id) }, "Cancel"));
-      } else {
-        const usage = reply.usage;
-        const tokens = usage === null ? "" : ` · ${usage["input_tokens"] ?? 0} tokens in, ${usage["output_tokens"] ?? 0} out`;
-        item.append(h("p", { class: "meta usage" }, `${reply.status}${tokens}`));
-        if (reply.error !== null) item.append(h("p", { class: "error" }, reply.error));
-        if (reply.citations.length > 0) item.append(renderCitations(reply.citations));
-      }
-      this.replyList.append(item);
-    }
-  }
 
   destroy(): void {
     const index = this.live.connectListeners.indexOf(this.onConnect);
@@ -580,27 +469,4 @@ export class Room {
   }
 }
 
-/** ai:done's citations: {kind, id, title, passage}; [n] in the answer is the n-th. */
-function renderCitations(citations: unknown[]): HTMLElement {
-  const list = h("ol", { class: "citations", "aria-label": "Sources" });
-  for (const citation of citations) {
-    const item = (typeof citation === "object" && citation !== null ? citation : {}) as Record<string, unknown>;
-    const text = (key: string): string | null => (typeof item[key] === "string" ? (item[key] as string) : null);
-    const title = text("title") ?? text("id") ?? "a source";
-    const id = text("id");
-    const heading =
-      text("kind") === "document" && id !== null && /^[0-9a-f-]{36}$/.test(id)
-        ? h("a", { href: `#/d/${id}` }, title)
-        : h("strong", {}, title);
-    const passage = text("passage") ?? text("text");
-    list.append(
-      h("li", {}, heading, text("kind") !== null ? ` (${text("kind")})` : "", passage !== null ? h("q", {}, passage) : null),
-    );
-  }
-  return h("div", { class: "sources" }, h("h3", {}, "Sources"), list);
-}
 
-export function describe(error: unknown): string {
-  if (error instanceof ApiError) return error.message;
-  return error instanceof Error ? error.message : String(error);
-}
