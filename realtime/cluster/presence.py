@@ -300,6 +300,11 @@ class SharedPresence(Presence):
             waiting = {d for d, future in self._waiting.items() if future is done}
             try:
                 await self._send(batches, dirty, released)
+            except Exception:  # a bug, not Redis (caught in _send): keep the task alive
+                log.exception("presence: sending changes failed")
+                self._synced = False  # recorded afresh at the next beat
+                for document_id, left, joined in batches:
+                    self._publish(document_id, left, joined)
             finally:
                 for document_id in waiting:
                     if self._waiting.get(document_id) is done:
