@@ -265,8 +265,8 @@ async def test_chat_presence_and_typing_reach_members_on_every_node(
     # Once each: a node hears its own publications back from Redis and skips them.
     assert chat_texts(on_c).count("from a 0") == 1
     assert chat_texts(on_a).count("from b") == 1
-    # Arrivals from other nodes are announced too (presence across nodes is node-local
-    # state until its own slice: each node announces the joins it saw).
+    # Arrivals on other nodes are announced too (once each for the cluster:
+    # tests/test_cluster_presence.py).
     await eventually(lambda: _present(on_a, doc_id, {ann.id, ben.id, cat.id}), timeout=WAIT)
 
 
