@@ -18,12 +18,15 @@ from typing import Any
 import pytest
 import socketio
 from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
 
+from realtime.cluster.presence import SharedPresence
 from roomclient import RoomClient
 from storage.models import GlobalRole
 from tests.helpers import PASSWORD, Api, User, eventually
 from tests.test_cli import ROOT
 from tests.test_cluster import (  # noqa: F401  (fixtures)
+    PREFIX,
     WAIT,
     StartNodes,
     api_of,
@@ -267,6 +270,10 @@ def _present(client: RoomClient, doc_id: str, users: set[str]) -> None:
     assert set(client.room(doc_id).presence) >= users
 
 
+def _equal(actual: object, expected: object) -> None:
+    assert actual == expected
+
+
 def _absent(client: RoomClient, doc_id: str, user_id: str) -> None:
     assert user_id not in client.room(doc_id).presence
 
@@ -282,3 +289,55 @@ async def test_without_redis_the_cluster_is_this_node(
         await on_it.join(str(doc["id"]))
         (node,) = (await api.call("GET", "/api/v1/cluster", user=admin))["nodes"]
         assert (node["connections"], node["rooms"], node["this"]) == (1, 1, True)
+
+
+async def test_a_node_taken_for_dead_is_reaped_once_and_records_itself_again(
+    shared_redis: str,  # noqa: F811
+) -> None:
+    """In process, on Redis: two nodes' presence with their lease scripts. A node whose
+    lease is gone is reaped by the other, which announces only the users no one else
+    holds; the reaped node, alive after all, records itself again at its next beat and
+    announces those users back."""
+    prefix = f"{PREFIX}-reap-{uuid.uuid4().hex[:6]}"
+    heard: dict[str, list[tuple[list[uuid.UUID], list[uuid.UUID]]]] = {"a": [], "b": []}
+    nodes, announce = {}, {}
+    for name in ("a", "b"):
+        node = SharedPresence(shared_redis, prefix=prefix, node=name.encode() * 8, max_per_user=5)
+        # What PresenceChanges hands its batches to, and what it is told to publish.
+        announce[node.node_id] = node.announcer(
+            lambda d, left, joined, name=name: heard[name].append((left, list(joined)))
+        )
+        nodes[name] = node
+    a, b = nodes["a"], nodes["b"]
+    doc, ann, cat = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    try:
+        for node in (a, b):
+            await node.start()
+        await eventually(lambda: _equal((a._synced, b._synced), (True, True)), timeout=WAIT)
+        for node, users in ((a, [ann, cat]), (b, [ann])):
+            for user in users:
+                await node.join(doc, user, "someone", f"{user}-{node.node_id}")
+            announce[node.node_id](doc, [], dict.fromkeys(users, "someone"))
+            await node.settled(doc)
+        # ann is on both nodes: joined once (by a, first); b announced nothing.
+        assert heard == {"a": [([], [ann, cat])], "b": []}
+
+        lease = a._tasks[1]  # a stops renewing its lease
+        lease.cancel()
+        await asyncio.gather(lease, return_exceptions=True)
+        redis = Redis.from_url(shared_redis)
+        try:
+            await redis.delete(f"{prefix}:lease:{a.node_id}")  # as if it expired
+        finally:
+            await redis.aclose()
+        # b reaps a at its next beat: cat had no one else, ann stays (on b).
+        await eventually(lambda: _equal(heard["b"], [([cat], [])]), timeout=WAIT)
+        assert [node.node_id for node in await b.nodes()] == [b.node_id]
+
+        a._tasks[1] = asyncio.get_running_loop().create_task(a._keep_lease())
+        # a beats again, finds itself unregistered and records what it holds: cat back.
+        await eventually(lambda: _equal(heard["a"][1:], [([], [cat])]), timeout=WAIT)
+        assert len(await b.nodes()) == 2
+    finally:
+        for node in (a, b):
+            await node.close()
