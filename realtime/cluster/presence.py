@@ -134,8 +134,8 @@ class SharedPresence(Presence):
         self._changed(document_id)
         if departure is Departure.USER and not self.entries(document_id):
             # The room's channel may be unsubscribed now: what it would have said of
-            # the copy is no longer heard.
-            self._remote.pop(document_id, None)
+            # the copy (or of a read under way) is no longer heard.
+            self._forget(document_id)
         return departure
 
     async def set_state(
