@@ -1,8 +1,8 @@
 """``python -m bench``: run every scenario against roomserver and the baselines.
 
 ``--only documents`` (or ``fanout``, ``connections``, ``chat``, ``joins``, ``assistant``,
-``cluster``, comma-separated) runs some of them and keeps the other sections of the existing report,
-each credited to the run that measured it.
+``cluster``, ``knowledge``, comma-separated) runs some of them and keeps the other
+sections of the existing report, each credited to the run that measured it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import report
 from bench.harness import ROOT, ensure_node_modules
-from bench.scenarios import assistant, chat, cluster, connections, documents, fanout
+from bench.scenarios import assistant, chat, cluster, connections, documents, fanout, knowledge
 from bench.scenarios import joins as joining
 from bench.targets import (
     node_baseline,
@@ -30,7 +30,16 @@ from bench.targets import (
 
 COMPRESSION = {"WEBSOCKET_COMPRESSION": "true"}
 NO_GC_FREEZE = {"GC_FREEZE": "false"}
-SCENARIOS = ("fanout", "connections", "chat", "joins", "documents", "assistant", "cluster")
+SCENARIOS = (
+    "fanout",
+    "connections",
+    "chat",
+    "joins",
+    "documents",
+    "assistant",
+    "cluster",
+    "knowledge",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,6 +247,16 @@ async def run(
             )
             cluster_results.append(spread)
         sections.append(report.cluster_section(cluster_results, rates))
+    if "knowledge" in only:
+        found = await knowledge.run(repeats=repeats)
+        user = found.search["user"]
+        print(
+            f"knowledge: {found.chunks:,} passages indexed in {found.index_s:.1f} s "
+            f"({found.per_s:,.0f}/s); search as a user p50 {_ms(user.percentile(0.5))} "
+            f"p99 {_ms(user.percentile(0.99))} ms",
+            flush=True,
+        )
+        sections.append(report.knowledge_section(found))
     return sections
 
 

@@ -1,5 +1,6 @@
 """Render results as docs/benchmarks.md with PNG plots beside it: one module per
-section (rooms, connections, chat, joins, documents, assistant, cluster), the file around them
+section (rooms, connections, chat, joins, documents, assistant, cluster,
+knowledge), the file around them
 (file.py)."""
 
 from bench.report.assistant import assistant_section
@@ -9,6 +10,7 @@ from bench.report.connections import connections_section
 from bench.report.documents import documents_section
 from bench.report.file import write
 from bench.report.joins import joins_section
+from bench.report.knowledge import knowledge_section
 from bench.report.rooms import fanout_section
 
 __all__ = [
@@ -19,5 +21,6 @@ __all__ = [
     "documents_section",
     "fanout_section",
     "joins_section",
+    "knowledge_section",
     "write",
 ]
