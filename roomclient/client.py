@@ -170,6 +170,11 @@ class RoomClient:
         # shutdown, not disconnect: it also stops a reconnection in progress, which
         # would otherwise bring a closed client back.
         await self.sio.shutdown()
+        # python-engineio's client leaves its HTTP session open when a reconnection's
+        # handshake failed (its server gone): closed here, not by the garbage collector.
+        http = self.sio.eio.http
+        if http is not None and not http.closed:
+            await http.close()
 
     async def __aenter__(self) -> RoomClient:
         await self.connect()
