@@ -52,7 +52,11 @@ async def assert_refused_on_main(api: Api, token: str) -> None:
     probe.on("connect_error", refused.append)
     try:
         with pytest.raises(socketio.exceptions.ConnectionError):
-            await probe.connect(url, auth={"token": token}, transports=["websocket"])
+            # Long enough for the refusal to come (the client's 1 s default gave up
+            # first in CI when a logout raced the connect on a busy machine).
+            await probe.connect(
+                url, auth={"token": token}, transports=["websocket"], wait_timeout=10
+            )
     finally:
         await probe.shutdown()
     assert [error["data"]["code"] for error in refused] == ["unauthorized"]
