@@ -163,7 +163,10 @@ async def test_a_reply_streaming_at_shutdown_is_stored(
     last = history["items"][-1]
     assert last["author"]["kind"] == "assistant"
     assert last["metadata"]["reply_id"] == reply_id
-    assert last["metadata"]["status"] == "cancelled" and last["text"].startswith("on on")
+    # The text streamed so far: at least the first token (the shutdown may come right
+    # after the first chunk reached the client).
+    assert last["metadata"]["status"] == "cancelled"
+    assert last["text"].startswith("on ") and set(last["text"].split()) == {"on"}
 
 
 async def test_asking_once_shutdown_has_begun_is_refused(
