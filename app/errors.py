@@ -22,6 +22,7 @@ Anything else that escapes reaches the client as ``internal`` with no detail.
      │         ├── TooManyRooms (403 too_many_rooms)
      │         └── TooManyDocuments (403 too_many_documents)
      ├── NotFound (404 not_found)
+     │    └── UserNotFound (404 user_not_found)
      ├── Conflict (409 conflict)
      │    └── UsernameTaken (409 username_taken)
      ├── PayloadTooLarge (413 payload_too_large)
@@ -161,6 +162,11 @@ class NotFound(AppError):
     status = 404
     code = "not_found"
     default_message = "not found"
+
+
+class UserNotFound(NotFound):
+    code = "user_not_found"
+    default_message = "no such user"
 
 
 class Conflict(AppError):

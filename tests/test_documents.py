@@ -342,6 +342,115 @@ async def test_failed_puts_change_nothing(api: Api) -> None:
     assert (await api.call("GET", doc_path(document["id"]), user=owner))["owner_id"] == owner.id
 
 
+async def test_post_adds_a_member_by_username_or_id(api: Api) -> None:
+    owner, bob, cy = await api.user("owner"), await api.user("bob"), await api.user("cyd")
+    document = await api.document(owner)
+    path = f"{DOCS}/{document['id']}/members"
+    body = {"username": "  Bob ", "role": "viewer"}  # as typed: spaces, a capital
+    added = await api.call("POST", path, user=owner, json=body, expect=201)
+    assert (added["user_id"], added["username"], added["role"]) == (bob.id, "bob", "viewer")
+    changed = await api.call(
+        "POST", path, user=owner, json={"username": "bob", "role": "editor"}, expect=200
+    )
+    assert (changed["role"], changed["added_at"]) == ("editor", added["added_at"])
+    by_id = await api.call(
+        "POST", path, user=owner, json={"user_id": cy.id, "role": "viewer"}, expect=201
+    )
+    assert by_id["username"] == "cyd"
+    assert (await api.call("GET", doc_path(document["id"]), user=bob))["role"] == "editor"
+    assert await members(api, owner, document["id"]) == {
+        "owner": "owner",
+        "bob": "editor",
+        "cyd": "viewer",
+    }
+    # role "owner" hands the document over, as PUT does.
+    await api.call("POST", path, user=owner, json={"username": "cyd", "role": "owner"})
+    assert (await api.call("GET", doc_path(document["id"]), user=cy))["owner_id"] == cy.id
+    assert (await members(api, cy, document["id"]))["owner"] == "editor"
+
+
+async def test_post_an_unknown_user_is_user_not_found(api: Api) -> None:
+    owner, _, _, _, document = await team(api)
+    before = await members(api, owner, document["id"])
+    path = f"{DOCS}/{document['id']}/members"
+    body = await api.error(
+        "POST",
+        path,
+        user=owner,
+        json={"username": "nobody", "role": "editor"},
+        expect=404,
+        code="user_not_found",
+    )
+    assert body["message"] == "no user is named nobody"
+    await api.error(
+        "POST",
+        path,
+        user=owner,
+        json={"user_id": str(uuid.uuid4()), "role": "editor"},
+        expect=404,
+        code="user_not_found",
+    )
+    assert await members(api, owner, document["id"]) == before
+
+
+async def test_post_tells_nobody_but_the_owner_whether_a_username_exists(api: Api) -> None:
+    owner, editor, viewer, outsider, document = await team(api)
+    before = await members(api, owner, document["id"])
+    path = f"{DOCS}/{document['id']}/members"
+    for name in ("outsider", "nobody"):  # an account, and no account: the same answers
+        payload = {"username": name, "role": "editor"}
+        for member in (editor, viewer):
+            body = await api.error(
+                "POST", path, user=member, json=payload, expect=403, code="forbidden"
+            )
+            assert body["message"] == "only the owner can change members"
+        body = await api.error(
+            "POST", path, user=outsider, json=payload, expect=404, code="not_found"
+        )
+        assert body["message"] == "document not found"
+        missing = f"{DOCS}/{uuid.uuid4()}/members"
+        body = await api.error(
+            "POST", missing, user=owner, json=payload, expect=404, code="not_found"
+        )
+        assert body["message"] == "document not found"
+    assert await members(api, owner, document["id"]) == before
+
+
+@pytest.mark.parametrize(
+    ("payload", "field", "kind"),
+    [
+        ({"role": "editor"}, "(body)", "value_error"),
+        (
+            {"username": "bob", "user_id": str(uuid.uuid4()), "role": "editor"},
+            "(body)",
+            "value_error",
+        ),
+        ({"username": "b", "role": "editor"}, "username", "string_too_short"),
+        ({"username": "bob smith", "role": "editor"}, "username", "string_pattern_mismatch"),
+        ({"username": "bob"}, "role", "missing"),
+        ({"username": "bob", "role": "admin"}, "role", "enum"),
+        ({"user_id": "42", "role": "editor"}, "user_id", "uuid_parsing"),
+        ({"username": "bob", "role": "editor", "extra": 1}, "extra", "extra_forbidden"),
+    ],
+)
+async def test_post_rejects_invalid_bodies(api: Api, payload: Any, field: str, kind: str) -> None:
+    owner = await api.user("owner")
+    await api.user("bob")  # exists: what is refused is the body, not a missing user
+    document = await api.document(owner)
+    body = await api.error(
+        "POST",
+        f"{DOCS}/{document['id']}/members",
+        user=owner,
+        json=payload,
+        expect=422,
+        code="validation_failed",
+    )
+    assert {"field": field, "type": kind} in [
+        {"field": detail["field"], "type": detail["type"]} for detail in body["details"]
+    ], body
+    assert await members(api, owner, document["id"]) == {"owner": "owner"}
+
+
 async def test_put_owner_hands_the_document_over(api: Api) -> None:
     """The old owner stays as an editor; the new owner alone may delete."""
     owner, editor, viewer, _, document = await team(api)

@@ -20,6 +20,7 @@ from app.api.schemas import (
     DocumentOut,
     DocumentPage,
     DocumentUpdate,
+    MemberAdd,
     MemberList,
     MemberOut,
     MemberPut,
@@ -237,6 +238,28 @@ async def list_members(request: web.Request, principal: Principal) -> MemberList
 
 
 @api.route(
+    "POST",
+    "/documents/{document_id}/members",
+    body=MemberAdd,
+    response=MemberOut,
+    status=201,
+    errors=(401, 403, 404, 409, 422),
+    tag="members",
+    also=(200,),
+)
+async def add_member(request: web.Request, principal: Principal, body: MemberAdd) -> web.Response:
+    """Add a member by `username` or `user_id`, or change their role (owner only)."""
+    member, created = await request.app[DOCUMENT_SERVICE].add_member(
+        principal,
+        path_uuid(request, "document_id"),
+        body.role,
+        username=body.username,
+        user_id=body.user_id,
+    )
+    return _member_response(member, created)
+
+
+@api.route(
     "PUT",
     "/documents/{document_id}/members/{user_id}",
     body=MemberPut,
@@ -250,6 +273,10 @@ async def put_member(request: web.Request, principal: Principal, body: MemberPut
     member, created = await request.app[DOCUMENT_SERVICE].put_member(
         principal, path_uuid(request, "document_id"), path_uuid(request, "user_id"), body.role
     )
+    return _member_response(member, created)
+
+
+def _member_response(member: MemberView, created: bool) -> web.Response:
     return web.Response(
         body=member_out(member).model_dump_json(),
         status=201 if created else 200,

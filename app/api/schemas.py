@@ -7,7 +7,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from app.wire import MAX_SEQ, NO_NUL
 from storage.models import DocumentRole, GlobalRole
@@ -169,6 +176,20 @@ class MemberList(Output):
 
 class MemberPut(Input):
     role: DocumentRole
+
+
+class MemberAdd(Input):
+    """Who to add, by ``username`` (what people know of each other) or ``user_id``."""
+
+    username: Username | None = None
+    user_id: uuid.UUID | None = None
+    role: DocumentRole
+
+    @model_validator(mode="after")
+    def one_of_username_or_user_id(self) -> MemberAdd:
+        if (self.username is None) == (self.user_id is None):
+            raise ValueError("give one of username and user_id")
+        return self
 
 
 class MessageListQuery(Query):

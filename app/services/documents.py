@@ -11,7 +11,14 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.principal import Principal
-from app.errors import Conflict, Forbidden, NotFound, ReadOnly, TooManyDocuments
+from app.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    ReadOnly,
+    TooManyDocuments,
+    UserNotFound,
+)
 from app.events import Broadcaster
 from app.services.cache import BatchedLoads, ExpiringCache
 from app.services.live_documents import LiveDocuments
@@ -213,13 +220,47 @@ class DocumentService:
         """Add a member or change a role; ``role=owner`` hands the document over
         (the previous owner stays as an editor). Returns the member and whether it
         was added."""
+        return await self._set_member(
+            principal, document_id, role, user_id, None, NotFound("no such user")
+        )
+
+    async def add_member(
+        self,
+        principal: Principal,
+        document_id: uuid.UUID,
+        role: DocumentRole,
+        *,
+        username: str | None = None,
+        user_id: uuid.UUID | None = None,
+    ) -> tuple[MemberView, bool]:
+        """``put_member`` by username (what people know of each other) or by id, with
+        ``UserNotFound`` for no such user. The owner check comes first: nobody else
+        learns from it whether a username exists."""
+        missing = UserNotFound(f"no user is named {username}" if username else None)
+        return await self._set_member(principal, document_id, role, user_id, username, missing)
+
+    async def _set_member(
+        self,
+        principal: Principal,
+        document_id: uuid.UUID,
+        role: DocumentRole,
+        user_id: uuid.UUID | None,
+        username: str | None,
+        missing: NotFound,
+    ) -> tuple[MemberView, bool]:
         async with self._sessions.begin() as session:
             view = await membership(session, principal, document_id)
             if view.role is not DocumentRole.OWNER:
                 raise Forbidden("only the owner can change members")
-            user = await users_repo.get_user(session, user_id)
+            if username is not None:
+                user = await users_repo.get_user_by_username(session, username)
+            elif user_id is not None:
+                user = await users_repo.get_user(session, user_id)
+            else:
+                raise ValueError("a member is found by user_id or username")
             if user is None:
-                raise NotFound("no such user")
+                raise missing
+            user_id = user.id
             if user.id == view.document.owner_id:
                 if role is DocumentRole.OWNER:
                     member = await documents_repo.get_member(session, document_id, user_id)
