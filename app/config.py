@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         description="redis://...; checked by /ready. Set, room events reach the room's "
         "members on every node sharing this Redis (realtime/cluster/).",
     )
+    redis_sentinels: Annotated[list[tuple[str, int]], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host:port of Redis Sentinels: the master is found "
+        "through them (and again after a failover), REDIS_URL's host naming it "
+        "(redis://:password@mymaster/0).",
+    )
     cluster_channel_prefix: str = Field(
         "roomserver",
         pattern=r"^[A-Za-z0-9_.-]+$",
@@ -447,6 +453,20 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: object) -> object:
+        """``host:port,host:port`` (``[v6]:port`` too) as pairs."""
+        if not isinstance(value, str):
+            return value
+        sentinels = []
+        for part in (p.strip() for p in value.split(",")):
+            host, colon, port = part.rpartition(":")
+            if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"not a host:port: {part!r}")
+            sentinels.append((host.strip("[]"), int(port)))
+        return sentinels
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from redis.asyncio import Redis
 
 from app.api import auth as _auth_routes  # noqa: F401  (routes register on import)
 from app.api import cluster as _cluster_routes  # noqa: F401
@@ -58,8 +57,9 @@ from app.services.live_documents import Limits, LiveDocuments
 from app.services.responders import AnthropicResponder, OfflineResponder, Responder
 from app.services.users import UserService
 from realtime.cluster.chat import ChatStitch
+from realtime.cluster.resync import Resync
 from realtime.server import shutdown
-from realtime.wiring import cluster_link, create_realtime
+from realtime.wiring import cluster_link, create_realtime, redis_target
 from storage.db import create_engine, create_sessionmaker
 from storage.migrate import current_revision, head_revision
 from storage.vectors import VectorStore
@@ -205,8 +205,9 @@ def create_app(settings: Settings) -> web.Application:
             await engine.dispose()
 
     async def redis(app: web.Application) -> AsyncIterator[None]:
-        assert settings.redis_url is not None
-        client = Redis.from_url(settings.redis_url)
+        target = redis_target(settings)
+        assert target is not None
+        client = target.client()
         app[REDIS] = client
         try:
             yield
@@ -218,15 +219,18 @@ def create_app(settings: Settings) -> web.Application:
     realtime, broadcaster = create_realtime(app, settings, metrics, cluster)
     # Chat by seq across nodes: every node's messages in order, joins split at one seq.
     chat_order = ChatStitch(cluster, realtime.delivery) if cluster is not None else None
+    # After a Redis outage: the rooms' members, here and on the other nodes, resynced.
+    resync = None
+    if cluster is not None and chat_order is not None and realtime.shared is not None:
+        resync = Resync(cluster, realtime.delivery, chat_order, realtime.shared)
 
     async def cluster_lifecycle(app: web.Application) -> AsyncIterator[None]:
-        assert cluster is not None and chat_order is not None
-        # The resync of clients after an outage (issue 13) goes in on_resumed; chat's
-        # members are brought up to date there already.
-        await cluster.start(chat_order.heard, act=broadcaster.act, on_resumed=chat_order.resumed)
+        assert cluster is not None and chat_order is not None and resync is not None
+        await cluster.start(chat_order.heard, act=broadcaster.act, on_resumed=resync.resumed)
         try:
             yield
         finally:
+            await resync.close()
             await cluster.close()  # last: what the services store on the way out is sent
 
     if cluster is not None:

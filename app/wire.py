@@ -30,6 +30,7 @@ class ServerEvent(enum.StrEnum):
     TYPING = "typing"
     ROOM_ROLE = "room:role"
     ROOM_REMOVED = "room:removed"
+    ROOM_RESYNC = "room:resync"
     AUTH_EXPIRING = "auth:expiring"
     SESSION_ENDED = "session:ended"
     AI_STARTED = "ai:started"

@@ -17,6 +17,7 @@ from realtime.admission import Admission
 from realtime.broadcaster import SocketBroadcaster
 from realtime.cluster import ClusterMetrics, RedisLink
 from realtime.cluster.presence import SharedPresence
+from realtime.cluster.target import RedisTarget
 from realtime.delivery import Delivery
 from realtime.namespaces.main import MainNamespace
 from realtime.namespaces.yjs import YJS_RATE, YjsNamespace
@@ -60,10 +61,11 @@ def create_realtime(
 
 def cluster_link(settings: Settings, metrics: Metrics) -> RedisLink | None:
     """The link to the other nodes, when ``REDIS_URL`` is set (started by app/main.py)."""
-    if settings.redis_url is None:
+    target = redis_target(settings)
+    if target is None:
         return None
     return RedisLink(
-        settings.redis_url,
+        target,
         prefix=settings.cluster_channel_prefix,
         metrics=ClusterMetrics(
             up=metrics.cluster_up,
@@ -78,13 +80,21 @@ def cluster_link(settings: Settings, metrics: Metrics) -> RedisLink | None:
 
 def shared_presence(settings: Settings, cluster: RedisLink) -> SharedPresence:
     """Presence and connection counts over every node (started by app/main.py)."""
-    assert settings.redis_url is not None
+    target = redis_target(settings)
+    assert target is not None
     return SharedPresence(
-        settings.redis_url,
+        target,
         prefix=settings.cluster_channel_prefix,
         node=cluster.node,
         max_per_user=settings.max_connections_per_user,
     )
+
+
+def redis_target(settings: Settings) -> RedisTarget | None:
+    """The nodes' Redis (``REDIS_URL``, through ``REDIS_SENTINELS`` if set), or None."""
+    if settings.redis_url is None:
+        return None
+    return RedisTarget(settings.redis_url, tuple(settings.redis_sentinels))
 
 
 class LocalNode:

@@ -114,6 +114,17 @@ class RoomView:
         return True
 
 
+def _presence_of(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A room's presence as a join ack or ``room:resync`` lists it."""
+    return {
+        user["user_id"]: {
+            "username": user["username"],
+            "connections": {c["connection_id"]: c["state"] for c in user["connections"]},
+        }
+        for user in entries
+    }
+
+
 def _newer(candidate: dict[str, Any], known: dict[str, Any]) -> bool:
     """Whether ``candidate`` is a later version of the same message (a late page
     must not undo an edit or a deletion that arrived live)."""
@@ -146,6 +157,7 @@ class RoomClient:
         self.user: dict[str, Any] = {}  # {"user_id", "username"}, known after a join
         self._refresh_token = refresh_token
         self._listeners: list[Listener] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self._connected = asyncio.Event()
         self.sio = socketio.AsyncClient(reconnection=reconnection, logger=False)
         self.sio.on("connect", self._on_connect)
@@ -169,6 +181,9 @@ class RoomClient:
     async def close(self) -> None:
         # shutdown, not disconnect: it also stops a reconnection in progress, which
         # would otherwise bring a closed client back.
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.sio.shutdown()
         # python-engineio's client leaves its HTTP session open when a reconnection's
         # handshake failed (its server gone): closed here, not by the garbage collector.
@@ -239,13 +254,7 @@ class RoomClient:
         def presence(data: dict[str, Any]) -> None:
             # Taken as the ack arrives: the presence:changed events that follow it
             # apply to it (this coroutine resumes later, maybe after some of them).
-            room.presence = {
-                user["user_id"]: {
-                    "username": user["username"],
-                    "connections": {c["connection_id"]: c["state"] for c in user["connections"]},
-                }
-                for user in data["presence"]
-            }
+            room.presence = _presence_of(data["presence"])
 
         try:
             data = await self.command("join", payload, then=presence)
@@ -377,6 +386,15 @@ class RoomClient:
                 return
             after_seq = messages[-1]["seq"]
 
+    async def _refresh(self, room: RoomView) -> None:
+        try:
+            messages, _ = await self.history(room.document_id, limit=100)
+        except (CommandError, socketio.exceptions.SocketIOError) as exc:
+            log.warning("could not refresh %s: %s", room.document_id, exc)
+            return
+        for message in messages:
+            room.add(message)
+
     async def _on_connect(self) -> None:
         self._connected.set()
         rejoin = list(self.rooms)
@@ -444,6 +462,15 @@ class RoomClient:
             room.role = data["role"]
         elif event == "room:removed":
             self.rooms.pop(room.document_id, None)
+        elif event == "room:resync":
+            # The server lost touch with its other processes for a while: presence is
+            # replaced, typing starts afresh, and the newest page is read again for the
+            # edits and deletions missed (missed messages arrive as chat:message).
+            room.presence = _presence_of(data["presence"])
+            room.typing.clear()
+            task = asyncio.get_running_loop().create_task(self._refresh(room))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def room(self, document_id: str) -> RoomView:
         return self.rooms[document_id]

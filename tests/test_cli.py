@@ -85,7 +85,9 @@ async def wait_until_up(base: str) -> None:
         except aiohttp.ClientConnectionError as exc:
             raise AssertionError("not up yet") from exc
 
-    await eventually(up, timeout=30, interval=0.1)
+    # A start-up imports anthropic, qdrant-client and numpy: ~3 s alone, but several
+    # nodes starting at once on a busy 2-core machine have taken over 30 s.
+    await eventually(up, timeout=90, interval=0.1)
 
 
 def test_serving_an_unmigrated_database_is_refused(app_env: dict[str, str]) -> None:

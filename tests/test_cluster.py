@@ -123,12 +123,12 @@ StartNodes = Callable[..., Awaitable[list[Server]]]
 
 @pytest.fixture
 async def start_nodes(cluster_database: str, tmp_path: Path) -> AsyncIterator[StartNodes]:
-    """``await start_nodes(count, redis_url)``: server processes on one database and one
-    Redis, all stopped (by PID) when the test ends."""
+    """``await start_nodes(count, redis_url, **settings)``: server processes on one
+    database and one Redis, all stopped (by PID) when the test ends."""
     await _truncate(cluster_database)
     started: list[Server] = []
 
-    async def start(count: int, redis_url: str) -> list[Server]:
+    async def start(count: int, redis_url: str, **settings: str) -> list[Server]:
         nodes = []
         for _ in range(count):
             index = len(started)
@@ -145,6 +145,7 @@ async def start_nodes(cluster_database: str, tmp_path: Path) -> AsyncIterator[St
                 REDIS_URL=redis_url,
                 CLUSTER_CHANNEL_PREFIX=PREFIX,
                 **{name.upper(): "1000000" for name in _UNLIMITED},
+                **settings,
             )
             node = Server(env, tmp_path / f"node{index}.log")
             started.append(node)
@@ -367,20 +368,22 @@ async def test_a_node_with_no_member_in_a_room_hears_nothing_of_it(
 
 
 class RedisProcess:
-    """A ``redis-server`` of this test's own on a free port; stopped by its own PID."""
+    """A ``redis-server`` of this test's own on a free port; stopped by its own PID.
+    ``options`` come after the defaults (a later option wins); ``config``, a file,
+    comes first (a Sentinel's, with ``--sentinel`` among the options)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *options: str, config: Path | None = None) -> None:
         self.port = free_port()
         self.directory = directory
+        self.options = options
+        self.config = config
+        self.url = f"redis://127.0.0.1:{self.port}/0"  # how to reach it (and check it)
         self.process: asyncio.subprocess.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
             "redis-server",
+            *([str(self.config)] if self.config else []),
             "--port",
             str(self.port),
             "--bind",
@@ -391,6 +394,7 @@ class RedisProcess:
             "no",
             "--dir",
             str(self.directory),
+            *self.options,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
@@ -458,6 +462,19 @@ async def test_redis_stopped_and_started_again_mid_traffic(
         await eventually(partial(_up, node, 0), timeout=WAIT)
 
     await own_redis.start()
+    # What was sent meanwhile reaches the other node's members with no new traffic,
+    # and every member is told to resync (room:resync: presence, the last seq).
+    during = [f"during {i}" for i in range(5)]
+    await eventually(lambda: _equal(chat_texts(on_b), ["before", *during]), timeout=WAIT)
+
+    def resynced(client: RoomClient) -> None:
+        # One from its node, and maybe one asked for by the other node's resync.
+        resyncs = [d for e, d in client.events if e == "room:resync"]
+        assert resyncs
+        assert {u["user_id"] for u in resyncs[-1]["presence"]} == {ann.id, ben.id, cat.id}
+
+    for client in (on_a, local, on_b):
+        await eventually(partial(resynced, client), timeout=WAIT)
     # Cross-node delivery resumes by itself, with no restart of either node.
     sent = 0
 

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from realtime.cluster.presence import SharedPresence
+from realtime.cluster.target import RedisTarget
 from roomclient import RoomClient
 from storage.models import GlobalRole
 from tests.helpers import PASSWORD, Api, User, eventually
@@ -310,7 +311,9 @@ async def test_a_node_taken_for_dead_is_reaped_once_and_records_itself_again(
     heard: dict[str, list[tuple[list[uuid.UUID], list[uuid.UUID]]]] = {"a": [], "b": []}
     nodes, announce = {}, {}
     for name in ("a", "b"):
-        node = SharedPresence(shared_redis, prefix=prefix, node=name.encode() * 8, max_per_user=5)
+        node = SharedPresence(
+            RedisTarget(shared_redis), prefix=prefix, node=name.encode() * 8, max_per_user=5
+        )
         # What PresenceChanges hands its batches to, and what it is told to publish.
         announce[node.node_id] = node.announcer(
             lambda d, left, joined, name=name: heard[name].append((left, list(joined)))

@@ -12,7 +12,7 @@ node keeps, per room with members here, the last ``seq`` it delivered (``deliver
   messages commit in ``seq`` order, and a message is announced (locally, or on Redis)
   only after its commit: when ``n`` arrives, every seq below it is readable. A gap is
   given ``GAP_GRACE`` for the missing messages to arrive from Redis, then read from
-  the database (also what heals the messages lost in a Redis outage).
+  the database (and after a Redis outage, ``caught_up`` reads what was lost: resync.py).
 - A join (:meth:`ChatStitch.enter`): the room's channel subscribed and confirmed by
   Redis first (every message committed after that is heard), then the stored last
   seq read; the node's members are brought up to it from the database if it is ahead
@@ -76,7 +76,6 @@ class ChatStitch:
         self._read: ReadAfter | None = None
         self._last_stored: LastStored | None = None
         self._sweep_at = SWEEP_AT
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def use(self, read_after: ReadAfter, last_stored: LastStored) -> None:
         """The database reads (the chat service's, made once the engine is open)."""
@@ -157,20 +156,17 @@ class ChatStitch:
         else:
             self._delivery.to_local_room(room, event)
 
-    def resumed(self, rooms: list[Room]) -> None:
-        """After a Redis outage: what the rooms' members missed is read."""
-        for room in rooms:
-            if isinstance(room, tuple) and room[0] == "doc" and room[1] in self._rooms:
-                task = asyncio.get_running_loop().create_task(self._resync(room[1]))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-
-    async def _resync(self, document_id: uuid.UUID) -> None:
+    async def caught_up(self, document_id: uuid.UUID) -> int | None:
+        """After events may have been lost between nodes (a Redis outage): this node's
+        members of the room are given what is stored and they lack; returns the last
+        ``seq`` they hold now (None: nobody here)."""
+        if document_id not in self._rooms:
+            return None
         assert self._last_stored is not None
-        try:
-            await self._catch_up(document_id, await self._last_stored(document_id))
-        except Exception:
-            log.exception("cluster: chat of %s not read after an outage", document_id)
+        stored = await self._last_stored(document_id)
+        if document_id not in self._rooms:
+            return None
+        return (await self._catch_up(document_id, stored)).delivered
 
     # --- in seq order -------------------------------------------------------------------
 

@@ -18,8 +18,8 @@ append). The link notices the lost connection, logs once, counts the outage
 (``cluster_outages_total``), drops what it cannot send (``cluster_dropped_total``) and
 reconnects with a backoff capped at ``max_backoff`` (1 s), so it resumes well within
 2 s of Redis coming back. Events published while it was down are lost to the other
-nodes: ``on_resumed`` is told which rooms were watched meanwhile, which is where
-telling their clients to resync goes (issue 13, point 6). All redis-py errors are
+nodes: ``on_resumed`` is told which rooms were watched meanwhile, and resync.py brings
+their members (here and on the other nodes) up to date. All redis-py errors are
 caught in this module.
 """
 
@@ -36,10 +36,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 from realtime.cluster import codec
+from realtime.cluster.target import RedisTarget
 from realtime.delivery import Event
 from realtime.delivery.rooms import Room
 
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 Deliver = Callable[[Room, Event], object]
 Resumed = Callable[[list[Room]], None]
 Act = Callable[[str, list[str | None]], None]
+Handler = Callable[[list[str | None]], None]
 
 # Events waiting for the publisher at most (a hung Redis): past it they are dropped.
 MAX_OUTGOING = 10_000
@@ -73,7 +75,7 @@ class RedisLink:
 
     def __init__(
         self,
-        url: str,
+        target: RedisTarget,
         *,
         prefix: str,
         metrics: ClusterMetrics,
@@ -81,8 +83,8 @@ class RedisLink:
         max_backoff: float = 1.0,
         connect_timeout: float = 2.0,
     ) -> None:
-        self._pool = ConnectionPool.from_url(
-            url, socket_connect_timeout=connect_timeout, socket_timeout=HEALTH_SECONDS
+        self._pool = target.pool(
+            socket_connect_timeout=connect_timeout, socket_timeout=HEALTH_SECONDS
         )
         self._prefix = prefix
         self._metrics = metrics
@@ -91,6 +93,7 @@ class RedisLink:
         self.node = os.urandom(codec.NODE_ID_BYTES)
         self._deliver: Deliver = lambda room, event: None
         self._act: Act = lambda action, args: None
+        self._handlers: dict[str, Handler] = {}
         self._control = f"{prefix}:control".encode()
         self._on_resumed: Resumed = lambda rooms: None
         # Publishing.
@@ -140,6 +143,10 @@ class RedisLink:
             self._metrics.dropped.inc()
             return
         self._queue(self._control, codec.encode_action(self.node, action, args))
+
+    def handle(self, action: str, handler: Handler) -> None:
+        """The others' ``announce`` of ``action`` goes to ``handler`` (not to ``act``)."""
+        self._handlers[action] = handler
 
     def _queue(self, channel: bytes, message: bytes) -> None:
         if not self._outgoing:
@@ -384,8 +391,12 @@ class RedisLink:
         except codec.BadMessage as exc:
             log.warning("cluster: an unreadable action: %s", exc)
             return
+        handler = self._handlers.get(action)
         try:
-            self._act(action, args)
+            if handler is not None:
+                handler(args)
+            else:
+                self._act(action, args)
         except Exception:
             log.exception("cluster: %s %s failed", action, args)
 

@@ -47,12 +47,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.cluster import NodeStatus
 from app.wire import ServerEvent
 from realtime.cluster import scripts
+from realtime.cluster.target import RedisTarget
 from realtime.delivery import Event
 from realtime.delivery.rooms import Room
 from realtime.presence import Departure, Presence, Publish
@@ -79,15 +79,15 @@ class _Remote:
 class SharedPresence(Presence):
     def __init__(
         self,
-        url: str,
+        target: RedisTarget,
         *,
         prefix: str,
         node: bytes,
         max_per_user: int,
     ) -> None:
         super().__init__()
-        self._redis = Redis.from_url(
-            url, socket_connect_timeout=TIMEOUT_SECONDS, socket_timeout=TIMEOUT_SECONDS
+        self._redis = target.client(
+            socket_connect_timeout=TIMEOUT_SECONDS, socket_timeout=TIMEOUT_SECONDS
         )
         self._prefix = prefix
         self.node_id = node.hex()
@@ -119,6 +119,9 @@ class SharedPresence(Presence):
         self._invalid: dict[uuid.UUID, int] = {}
         self._synced = False  # Redis holds what this node holds
         self._down = False
+        # A beat asked for before its time (``recorded``), and who waits for the next.
+        self._beat_now = asyncio.Event()
+        self._beat_waiters: list[asyncio.Future[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- Presence, recording what changed -------------------------------------------
@@ -185,6 +188,11 @@ class SharedPresence(Presence):
             parts.append(orjson.dumps(entry))
         parts.extend(e for user_id, e in remote.encoded.items() if user_id not in local)
         return orjson.Fragment(b"[" + b",".join(parts) + b"]")
+
+    async def full_state(self, document_id: uuid.UUID) -> orjson.Fragment:
+        """``snapshot`` with the other nodes' entries read afresh (a resync)."""
+        self._forget(document_id)
+        return await self.snapshot(document_id)
 
     # --- hooks ------------------------------------------------------------------------
 
@@ -367,13 +375,39 @@ class SharedPresence(Presence):
 
     async def _keep_lease(self) -> None:
         while True:
+            self._beat_now.clear()
+            waiters, self._beat_waiters = self._beat_waiters, []
             try:
                 await self._renew()
             except (RedisError, OSError) as exc:
                 self._lost(exc)
             except Exception:
                 log.exception("presence: renewing the lease failed")
-            await asyncio.sleep(BEAT_SECONDS)
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), BEAT_SECONDS)
+
+    async def recorded(self, within: float) -> bool:
+        """Renew the lease now (recording everything this node holds if Redis lost it
+        or this node missed writes) and return True once Redis holds what this node
+        holds; False if Redis did not answer ``within`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            waiter = loop.create_future()
+            self._beat_waiters.append(waiter)
+            self._beat_now.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), deadline - loop.time())
+            except TimeoutError:
+                return False
+            if self._synced and not self._down:
+                return True
+            if loop.time() + 0.2 >= deadline:
+                return False
+            await asyncio.sleep(0.2)  # Redis still away: not a beat per turn
 
     async def _renew(self) -> None:
         stats = self.stats()
