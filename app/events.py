@@ -67,6 +67,10 @@ class Broadcaster(Protocol):
     ) -> None:
         """Deliver a stored Yjs update to every open copy of the document."""
 
+    def document_resync(self, document_id: uuid.UUID) -> None:
+        """Ask this process's open copies of the document for what they hold that the
+        server may lack (y-socket.io ``sync-step-1``): after a Redis outage."""
+
     async def membership_changed(
         self, document_id: uuid.UUID, user_id: uuid.UUID, role: DocumentRole | None
     ) -> None:
@@ -100,6 +104,9 @@ class NullBroadcaster:
     def document_updated(
         self, document_id: uuid.UUID, update: bytes, *, skip_connection: str | None = None
     ) -> None:
+        return None
+
+    def document_resync(self, document_id: uuid.UUID) -> None:
         return None
 
     async def membership_changed(

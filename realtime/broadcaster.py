@@ -19,7 +19,7 @@ from realtime.cluster import RedisLink
 from realtime.delivery import Event
 from realtime.namespaces.main import end_connection
 from realtime.namespaces.rooms import leave_room
-from realtime.namespaces.yjs import YjsEvent, end_yjs_connection
+from realtime.namespaces.yjs import YjsEvent, YjsNamespace, end_yjs_connection
 from realtime.state import Realtime, room_of, user_room_of, yjs_room_of
 from realtime.yjs_connections import YjsConnection
 from storage.models import DocumentRole
@@ -68,7 +68,20 @@ class SocketBroadcaster:
     ) -> None:
         # Updates waiting for a slow reader merge into one (pycrdt.merge_updates).
         event = Event(YjsEvent.SYNC_UPDATE, update, EventClass.DOCUMENT, key=document_id)
-        self.rt.delivery.to_room(yjs_room_of(document_id), event, skip=skip_connection)
+        if self._cluster is not None:
+            # To this node's clients only: the live documents carry each stored update
+            # to every node holding the document (realtime/cluster/documents.py), and
+            # each node hands it to its own clients once its copy has it. Relayed
+            # here too, the others' clients would get it twice.
+            self.rt.delivery.to_local_room(yjs_room_of(document_id), event, skip=skip_connection)
+        else:
+            self.rt.delivery.to_room(yjs_room_of(document_id), event, skip=skip_connection)
+
+    def document_resync(self, document_id: uuid.UUID) -> None:
+        namespace = self.rt.sio.namespace_handlers.get("*")
+        if isinstance(namespace, YjsNamespace):
+            for yjs in self._documents(document_id):
+                namespace.resync_later(yjs)
 
     async def membership_changed(
         self, document_id: uuid.UUID, user_id: uuid.UUID, role: DocumentRole | None

@@ -125,7 +125,9 @@ async def test_crdt_log_and_snapshot_rebuild_the_same_document(sessions: Session
     assert stored.snapshot is None and stored.last_update_id == ids[-1]
 
     async with sessions.begin() as session:
-        await crdt.save_snapshot(session, document, source.get_update(), ids[1])
+        await crdt.save_snapshot(
+            session, document, source.get_update(), ids[:2], last_update_id=ids[1]
+        )
         later = await crdt.append_update(session, document, yjs_update(source, "!"))
     async with sessions() as session:
         stored = await crdt.load(session, document)
@@ -190,7 +192,9 @@ async def test_update_ids_keep_growing_after_compaction(sessions: Sessions) -> N
     source = pycrdt.Doc()
     async with sessions.begin() as session:
         first = await crdt.append_update(session, document, yjs_update(source, "a"))
-        await crdt.save_snapshot(session, document, source.get_update(), first)
+        await crdt.save_snapshot(
+            session, document, source.get_update(), [first], last_update_id=first
+        )
     async with sessions.begin() as session:
         later = await crdt.append_update(session, document, yjs_update(source, "b"))
     assert later > first
@@ -206,14 +210,64 @@ async def test_an_older_snapshot_never_replaces_a_newer_one(sessions: Sessions) 
         first = await crdt.append_update(session, document, yjs_update(source, "a"))
         old_copy = source.get_update()
         second = await crdt.append_update(session, document, yjs_update(source, "b"))
-        assert await crdt.save_snapshot(session, document, source.get_update(), second)
-        assert not await crdt.save_snapshot(session, document, old_copy, first)
+        both = [first, second]
+        assert await crdt.save_snapshot(
+            session, document, source.get_update(), both, last_update_id=second
+        )
+        assert not await crdt.save_snapshot(
+            session, document, old_copy, [first], last_update_id=first
+        )
     async with sessions() as session:
         stored = await crdt.load(session, document)
     rebuilt = pycrdt.Doc()
     assert stored.snapshot is not None
     rebuilt.apply_update(stored.snapshot)
     assert str(rebuilt.get("body", type=pycrdt.Text)) == "ab"
+
+
+async def test_a_snapshot_drops_exactly_the_rows_it_covers(sessions: Sessions) -> None:
+    """Two nodes write one document: a row with a lower id can commit after a higher
+    one that a snapshot covered. The snapshot deletes its rows by id, not up to an id,
+    so the late row stays in the log and a load replays it after the snapshot."""
+    _, document = await make_document(sessions)
+    source, elsewhere = pycrdt.Doc(), pycrdt.Doc()
+    updates = [yjs_update(source, "a"), yjs_update(elsewhere, "b"), yjs_update(source, "c")]
+    async with sessions.begin() as session:
+        ids = [await crdt.append_update(session, document, update) for update in updates]
+    late = ids[1]  # as if committed after the snapshot read the log: not in the copy
+    copy = pycrdt.Doc()
+    async with sessions() as session:
+        stored = await crdt.load(session, document)
+    for update_id, data in stored.updates:
+        if update_id != late:
+            copy.apply_update(data)
+    async with sessions.begin() as session:
+        snapshot_id = await crdt.save_snapshot(
+            session, document, copy.get_update(), [ids[0], ids[2]], last_update_id=ids[2]
+        )
+    async with sessions() as session:
+        stored = await crdt.load(session, document)
+        assert await crdt.latest_snapshot_ids(session, document) == (snapshot_id, ids[2])
+    assert [update_id for update_id, _ in stored.updates] == [late]
+    assert stored.snapshot is not None and stored.snapshot_id == snapshot_id
+    rebuilt = pycrdt.Doc()
+    for data in [stored.snapshot, *(data for _, data in stored.updates)]:
+        rebuilt.apply_update(data)
+    whole = pycrdt.Doc()
+    for update in updates:
+        whole.apply_update(update)
+    assert rebuilt.get_state() == whole.get_state()
+    assert sorted(str(rebuilt.get("body", type=pycrdt.Text))) == ["a", "b", "c"]
+    # The next snapshot, from a copy that caught up, covers the late row with the same
+    # last_update_id as the one it replaces (which it holds), and replaces it.
+    copy.apply_update(stored.updates[0][1])
+    async with sessions.begin() as session:
+        newer = await crdt.save_snapshot(
+            session, document, copy.get_update(), [late], last_update_id=ids[2]
+        )
+    async with sessions() as session:
+        stored = await crdt.load(session, document)
+    assert newer is not None and stored.snapshot_id == newer and stored.updates == []
 
 
 async def test_a_read_session_reads_beside_a_writer_and_postgres_refuses_its_writes(

@@ -17,12 +17,23 @@ Snapshots compact the log: written when the document has been quiet for
 first update they cover, but only if the snapshot rebuilds the document
 (``rebuilds``): yrs can be left holding a document that its own encoding does not
 reproduce, and then the log, replayed at load, is the faithful copy. Loading is the
-latest snapshot plus the updates after it, done once however many clients open the
-document together. A document nobody has open is saved and dropped after
+latest snapshot plus the log rows it does not cover, done once however many clients
+open the document together. A document nobody has open is saved and dropped after
 ``unload_after`` seconds.
 
-One process owns a document's memory copy: several nodes editing the same document
-need the cluster work (updates relayed between nodes) that is not built yet.
+Several nodes (``peers``, realtime/cluster/documents.py): every node that holds a
+document in memory, with Yjs clients or only for REST and the assistant, holds a copy.
+An update is stored once, by the node that accepted it, which then publishes it with
+its log row id to the document's channel; the other nodes apply it to their copy
+without storing it, and hand it to their own Yjs clients (the only way updates reach
+clients on other nodes: the room relay does not carry them). A node subscribes before
+it reads the log at load, so an update is either in what it read or heard after
+(applying one twice is harmless); after a Redis outage ``resync`` reads the log rows a
+copy lacks and asks its Yjs clients for ``sync-step-1``. A snapshot is taken by one
+node at a time (``snapshot_turn``, a Redis lease; the document's row is locked in the
+database as well), after the copy has caught up with the log, and it deletes exactly
+the log rows it covers: a row another node committed meanwhile, even with a lower id,
+stays in the log.
 """
 
 from __future__ import annotations
@@ -32,159 +43,32 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any
 
-from pycrdt import Doc, Text, TransactionEvent
+from pycrdt import Doc, Text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.errors import DocumentTooLarge, InvalidUpdate
 from app.events import Broadcaster
-from app.services.text_edits import TextEdit, apply_edit
-from app.services.yjs_updates import (
-    EMPTY_UPDATE,
-    DeleteSet,
-    apply_contained,
-    build_document,
-    check_update,
-    delete_set_of,
-    rebuilds,
-    took_effect_whole,
-    waits_in,
-    would_change,
+from app.services.document_peers import DocumentPeers
+from app.services.live_document import (
+    MAX_WAITING,
+    TEXT_NAME,
+    Limits,
+    LiveDocument,
+    Pending,
+    waiting_of,
 )
+from app.services.text_edits import TextEdit, apply_edit
+from app.services.yjs_updates import EMPTY_UPDATE, build_document, check_update, rebuilds
 from storage.db import read_session
 from storage.repositories import crdt as crdt_repo
 from storage.repositories.crdt import StorageInfo, StoredDocument
 
+__all__ = ["MAX_WAITING", "TEXT_NAME", "Limits", "LiveDocument", "LiveDocuments"]
+
 log = logging.getLogger(__name__)
-
-# The shared type that holds a document's plain text (REST, the assistant).
-# Editors bind to it with ``ydoc.getText("content")``.
-TEXT_NAME = "content"
-# Updates waiting for a dependency that a document keeps track of (LiveDocument.waiting).
-MAX_WAITING = 100
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_update_bytes: int
-    max_document_bytes: int
-    snapshot_debounce: float
-    snapshot_max_delay: float
-    unload_after: float
-
-
-@dataclass(eq=False, slots=True)
-class _Pending:
-    update: bytes
-    origin: str | None
-    done: asyncio.Future[bool]
-
-
-@dataclass(eq=False)
-class LiveDocument:
-    """One document in memory. Read it freely; change it only through ``LiveDocuments``."""
-
-    id: uuid.UUID
-    doc: Doc[Any] = field(default_factory=Doc)
-    # Connections and requests that have it open.
-    users: int = 0
-    # An upper bound of the encoded size: exact after loading and after each
-    # snapshot, plus the size of every update since.
-    size: int = 0
-    # The newest log row applied here; when the first update that no snapshot
-    # covers yet was applied (None: the snapshot covers everything).
-    last_update_id: int | None = None
-    unsaved_since: float | None = None
-    # Its encoding does not rebuild it (``rebuilds``): no snapshot is written, the log
-    # stays whole, and a load replays it.
-    unfaithful: bool = False
-    # Applied updates of which a part still waits for a dependency (``waits_in``):
-    # the document's encoding leaves that part out, so a snapshot keeps them in the log.
-    waiting: list[bytes] = field(default_factory=list)
-    # The delete set of ``_deleted_of`` (``deleted``), kept until the document changes:
-    # a viewer's sync answers are judged against it, and reading it walks the document.
-    _deleted: DeleteSet | None = None
-    _deleted_of: Doc[Any] | None = None
-    _loaded: asyncio.Future[None] = field(init=False)
-    _pending: list[_Pending] = field(default_factory=list)
-    _writer: asyncio.Task[None] | None = None
-    _snapshot_timer: asyncio.TimerHandle | None = None
-    _unload_timer: asyncio.TimerHandle | None = None
-    _snapshotting: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def __post_init__(self) -> None:
-        self._loaded = asyncio.get_running_loop().create_future()
-
-    @property
-    def text(self) -> Text:
-        text: Text = self.doc.get(TEXT_NAME, type=Text)
-        return text
-
-    def state_vector(self) -> bytes:
-        return self.doc.get_state()
-
-    def missing_for(self, state_vector: bytes) -> bytes:
-        """The update a peer with ``state_vector`` lacks (Yjs ``encodeStateAsUpdate``)."""
-        try:
-            return self.doc.get_update(state_vector)
-        except ValueError as exc:
-            raise InvalidUpdate("not a Yjs state vector") from exc
-
-    def encoded_size(self) -> int:
-        """Its encoding's size, with what waits (kept in the log beside a snapshot)."""
-        return len(self.doc.get_update()) + sum(map(len, self.waiting))
-
-    def would_change(self, update: bytes) -> bool:
-        """Whether applying ``update`` would change the document (``would_change``)."""
-        return would_change(self.doc, update, self.deleted)
-
-    def deleted(self) -> DeleteSet:
-        """The document's delete set, read again only after it changed (or was rebuilt)."""
-        if self._deleted is None or self._deleted_of is not self.doc:
-            self._deleted, self._deleted_of = delete_set_of(self.doc), self.doc
-        return self._deleted
-
-    def cancel_timers(self) -> None:
-        for timer in (self._snapshot_timer, self._unload_timer):
-            if timer is not None:
-                timer.cancel()
-        self._snapshot_timer = self._unload_timer = None
-
-    def _apply(self, update: bytes) -> tuple[bytes | None, bool]:
-        """Apply ``update``: its transaction's update (None if it changed nothing), and
-        whether that is more than ``update``: it supplied a dependency that parts of
-        earlier updates waited for, and they were integrated with it."""
-        changes: list[bytes] = []
-        whole = False
-
-        def seen(event: TransactionEvent) -> None:
-            nonlocal whole
-            changes.append(event.update)
-            # Read here: the event is valid only while its transaction commits.
-            whole = took_effect_whole(update, event)
-
-        self._deleted = None
-        subscription = self.doc.observe(seen)
-        try:
-            apply_contained(self.doc, update)
-        finally:
-            self.doc.unobserve(subscription)
-        waited = len(self.waiting)
-        if waited:
-            self.waiting = [earlier for earlier in self.waiting if waits_in(self.doc, earlier)]
-        # The transaction says so for an ordinary edit; otherwise a diff against the
-        # document's state (one more decode) tells.
-        if not whole and waits_in(self.doc, update):
-            self.waiting.append(update)
-            if len(self.waiting) > MAX_WAITING:
-                # Each is checked again after every update: their number is bounded.
-                # The oldest is let go: the next snapshot leaves it out of the log.
-                log.warning("document %s: over %d updates wait; one let go", self.id, MAX_WAITING)
-                del self.waiting[0]
-        return (changes[-1] if changes else None), len(self.waiting) < waited
 
 
 class LiveDocuments:
@@ -195,14 +79,18 @@ class LiveDocuments:
         limits: Limits,
         *,
         on_change: Callable[[uuid.UUID], None] | None = None,
+        peers: DocumentPeers | None = None,
     ) -> None:
         self._sessions = sessions
         self._broadcaster = broadcaster
         self.limits = limits
         # Told of each stored batch that changed a document (its search index, debounced).
         self._on_change = on_change
+        self._peers = peers
         self._documents: dict[uuid.UUID, LiveDocument] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        if peers is not None:
+            peers.listen(self._heard)
 
     def __len__(self) -> int:
         return len(self._documents)
@@ -256,40 +144,53 @@ class LiveDocuments:
 
     async def _load(self, live: LiveDocument) -> None:
         try:
+            if self._peers is not None:
+                # Before the log is read: an update stored elsewhere meanwhile is in
+                # what is read, or heard (kept in live._early until the copy is built).
+                await self._peers.watch(live.id)
             async with read_session(self._sessions) as session:
                 stored = await crdt_repo.load(session, live.id)
-            live.doc, skipped = build_document(stored)
-            live.waiting = waiting_of(live.doc, stored)
-            if skipped:
-                log.error(
-                    "document %s: stored update(s) %s cannot be applied; left out (the "
-                    "next snapshot drops them from the log)",
-                    live.id,
-                    skipped,
-                )
-            live.last_update_id = stored.last_update_id
-            live.size = live.encoded_size()
+            self._build(live, stored)
             if stored.updates:
                 # Compact what an earlier process left behind.
                 live.unsaved_since = time.monotonic()
                 self._schedule_snapshot(live)
         except asyncio.CancelledError:
             # Shutdown: whoever waits for the load stops waiting too.
-            self._documents.pop(live.id, None)
+            self._drop(live)
             live._loaded.cancel()
             raise
         except BaseException as exc:  # a panic of yrs too: waiters must not hang
             # The callers waiting now all see the error; the next open tries again.
             log.exception("could not load document %s", live.id)
-            self._documents.pop(live.id, None)
+            self._drop(live)
             live._loaded.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
             live._loaded.exception()  # retrieved: no "never retrieved" warning
             if not isinstance(exc, Exception):
                 raise
             return
+        early, live._early = live._early, []
+        for update_id, update in early:
+            self._apply_heard(live, update_id, update)
         live._loaded.set_result(None)
         if live.users == 0:  # everyone who asked gave up while it loaded
             self._unload_later(live)
+
+    def _build(self, live: LiveDocument, stored: StoredDocument) -> None:
+        """Make ``live``'s copy what ``stored`` holds."""
+        live.doc, skipped = build_document(stored)
+        live.waiting = waiting_of(live.doc, stored)
+        if skipped:
+            log.error(
+                "document %s: stored update(s) %s cannot be applied; left out (the "
+                "next snapshot drops them from the log)",
+                live.id,
+                skipped,
+            )
+        live.applied = {update_id for update_id, _ in stored.updates}
+        live.snapshot_id = stored.snapshot_id
+        live.last_update_id = max(live.applied, default=None)
+        live.size = live.encoded_size()
 
     async def _unload(self, live: LiveDocument) -> None:
         live._unload_timer = None
@@ -305,9 +206,16 @@ class LiveDocuments:
 
     def forget(self, document_id: uuid.UUID) -> None:
         """Drop a document from memory (a deleted one: without saving it)."""
-        live = self._documents.pop(document_id, None)
+        live = self._documents.get(document_id)
         if live is not None:
+            self._drop(live)
             live.cancel_timers()
+
+    def _drop(self, live: LiveDocument) -> None:
+        if self._documents.get(live.id) is live:
+            del self._documents[live.id]
+            if self._peers is not None:
+                self._peers.unwatch(live.id)
 
     async def close_all(self) -> None:
         """Shutdown: finish the writes in flight and snapshot what is unsaved."""
@@ -324,7 +232,8 @@ class LiveDocuments:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._documents.clear()
+        for live in list(self._documents.values()):
+            self._drop(live)
 
     # --- updates ----------------------------------------------------------------------
 
@@ -337,11 +246,15 @@ class LiveDocuments:
         check_update(update, self.limits.max_update_bytes)
         if update == EMPTY_UPDATE:
             return False
-        if live.size + len(update) > self.limits.max_document_bytes:
-            raise DocumentTooLarge(
-                f"the document would exceed {self.limits.max_document_bytes} bytes"
-            )
-        pending = _Pending(update, origin, asyncio.get_running_loop().create_future())
+        limit = self.limits.max_document_bytes
+        if live.size + len(update) > limit and live._writer is None:
+            # The bound counts every update since the last snapshot of this copy (on
+            # a node that only hears a document, since it loaded): measured before
+            # refusing.
+            live.size = live.encoded_size()
+        if live.size + len(update) > limit:
+            raise DocumentTooLarge(f"the document would exceed {limit} bytes")
+        pending = Pending(update, origin, asyncio.get_running_loop().create_future())
         live._pending.append(pending)
         live.size += len(update)
         if live._writer is None:
@@ -386,11 +299,11 @@ class LiveDocuments:
                         pending.done.set_exception(exc)
                         pending.done.exception()
                     continue
-                live.last_update_id = update_ids[-1]
+                live.writes += 1
                 if live.unsaved_since is None:
                     live.unsaved_since = time.monotonic()
-                changed: dict[_Pending, tuple[bytes, bool]] = {}
-                unappliable: tuple[_Pending, InvalidUpdate] | None = None
+                changed: dict[Pending, tuple[bytes, bool]] = {}
+                unappliable: tuple[Pending, InvalidUpdate] | None = None
                 for pending in batch:
                     try:
                         change, integrated_more = live._apply(pending.update)
@@ -402,6 +315,13 @@ class LiveDocuments:
                 if unappliable is not None:
                     await self._take_back(live, update_ids, batch, *unappliable)
                     continue
+                live.applied.update(update_ids)
+                live.last_update_id = max(update_ids[-1], live.last_update_id or 0)
+                if self._peers is not None:
+                    # Every stored update, those that changed nothing here too: a part
+                    # that waits for a dependency must wait in every copy.
+                    for update_id, pending in zip(update_ids, batch, strict=True):
+                        self._peers.publish(live.id, update_id, pending.update)
                 for pending in batch:
                     pending.done.set_result(pending in changed)
                 for pending, (change, integrated_more) in changed.items():
@@ -423,8 +343,8 @@ class LiveDocuments:
         self,
         live: LiveDocument,
         update_ids: list[int],
-        batch: list[_Pending],
-        bad: _Pending,
+        batch: list[Pending],
+        bad: Pending,
         error: InvalidUpdate,
     ) -> None:
         """``bad`` was stored (with the rest of ``batch``, in log rows ``update_ids``) but
@@ -436,8 +356,7 @@ class LiveDocuments:
                 for update_id in update_ids:
                     await crdt_repo.delete_update(session, live.id, update_id)
                 stored = await crdt_repo.load(session, live.id)
-            live.doc, _ = build_document(stored)
-            live.waiting = waiting_of(live.doc, stored)
+            self._build(live, stored)
         except Exception as exc:
             # The copy in memory may be half changed and the log could not be read:
             # the batch fails and the next open loads the document afresh.
@@ -448,8 +367,6 @@ class LiveDocuments:
                 pending.done.set_exception(exc)
                 pending.done.exception()
             return
-        live.last_update_id = stored.last_update_id
-        live.size = live.encoded_size()
         bad.done.set_exception(error)
         bad.done.exception()
         live._pending = [p for p in batch if p is not bad] + live._pending
@@ -459,16 +376,101 @@ class LiveDocuments:
         while live._writer is not None:
             await asyncio.shield(live._writer)
 
+    # --- the other nodes' updates -----------------------------------------------------
+
+    def _heard(self, document_id: uuid.UUID, update_id: int, update: bytes) -> None:
+        """``DocumentPeers``' listener: an update another node stored."""
+        live = self._documents.get(document_id)
+        if live is None:
+            return  # dropped here since; its unsubscription is on its way
+        if not live._loaded.done():
+            live._early.append((update_id, update))
+        else:
+            self._apply_heard(live, update_id, update)
+
+    def _apply_heard(self, live: LiveDocument, update_id: int, update: bytes) -> None:
+        """Apply a stored update to this copy (unless it holds it already) and hand
+        what it changed to this node's Yjs clients."""
+        if update_id in live.applied:
+            return
+        live.applied.add(update_id)
+        live.last_update_id = max(update_id, live.last_update_id or 0)
+        self._integrate(live, update)
+
+    def _integrate(self, live: LiveDocument, update: bytes) -> None:
+        try:
+            change, integrated_more = live._apply(update)
+        except InvalidUpdate:
+            # Applied where it was accepted, refused here: this copy is rebuilt from
+            # the database rather than trusted half changed.
+            log.exception("document %s: a stored update cannot be applied here", live.id)
+            self._spawn(self._rebuild(live))
+            return
+        live.size += len(update)
+        if change is not None:
+            self._broadcaster.document_updated(live.id, update, skip_connection=None)
+            if integrated_more:
+                self._broadcaster.document_updated(live.id, change, skip_connection=None)
+
+    async def _rebuild(self, live: LiveDocument) -> None:
+        await self._settle(live)
+        try:
+            async with read_session(self._sessions) as session:
+                stored = await crdt_repo.load(session, live.id)
+        except Exception:
+            log.exception("could not rebuild document %s; dropped from memory", live.id)
+            self.forget(live.id)
+            return
+        self._build(live, stored)
+        self._broadcaster.document_resync(live.id)
+
+    async def resync(self, document_ids: Iterable[uuid.UUID]) -> None:
+        """After a Redis outage (or another node's): the documents held here read the
+        log rows (and snapshot) their copies lack, hand what changed to their Yjs
+        clients, and ask those clients for ``sync-step-1``. Documents not held here
+        are skipped."""
+        for document_id in document_ids:
+            live = self._documents.get(document_id)
+            if live is None or not live._loaded.done():
+                continue  # not held here, or loading (it reads the log now)
+            try:
+                async with read_session(self._sessions) as session:
+                    await self._catch_up(session, live)
+            except Exception:
+                log.exception("document %s: could not catch up with the log", document_id)
+                continue
+            self._broadcaster.document_resync(document_id)
+
+    async def _catch_up(self, session: AsyncSession, live: LiveDocument) -> list[int]:
+        """Apply to ``live`` the latest snapshot, if this copy was not built from it or
+        wrote it, and the log rows it has not applied; returns the ids of every log row
+        left (all of which the copy then holds)."""
+        latest = await crdt_repo.latest_snapshot_ids(session, live.id)
+        if latest is not None and latest[0] != live.snapshot_id:
+            # Another node compacted rows this copy may never have heard of.
+            snapshot = await crdt_repo.latest_snapshot(session, live.id)
+            if snapshot is not None:
+                self._integrate(live, snapshot.data)
+                live.snapshot_id = snapshot.id
+        update_ids = await crdt_repo.update_ids(session, live.id)
+        missing = [update_id for update_id in update_ids if update_id not in live.applied]
+        if missing:
+            log.info("document %s: %d update(s) read from the log", live.id, len(missing))
+            for update_id, update in await crdt_repo.updates_by_id(session, live.id, missing):
+                self._apply_heard(live, update_id, update)
+        return update_ids
+
     # --- snapshots --------------------------------------------------------------------
 
-    def _schedule_snapshot(self, live: LiveDocument) -> None:
+    def _schedule_snapshot(self, live: LiveDocument, delay: float | None = None) -> None:
         if live.unsaved_since is None:
             return
         if live._snapshot_timer is not None:
             live._snapshot_timer.cancel()
         limits = self.limits
-        deadline = live.unsaved_since + limits.snapshot_max_delay
-        delay = max(0.0, min(limits.snapshot_debounce, deadline - time.monotonic()))
+        if delay is None:
+            deadline = live.unsaved_since + limits.snapshot_max_delay
+            delay = max(0.0, min(limits.snapshot_debounce, deadline - time.monotonic()))
         live._snapshot_timer = asyncio.get_running_loop().call_later(
             delay, lambda: self._spawn(self._snapshot(live))
         )
@@ -478,12 +480,53 @@ class LiveDocuments:
             if live._snapshot_timer is not None:
                 live._snapshot_timer.cancel()
                 live._snapshot_timer = None
-            if live.unsaved_since is None or live.last_update_id is None or live.unfaithful:
+            if live.unsaved_since is None or live.unfaithful:
                 return
-            # Nothing is awaited between reading the state and its last update id:
-            # the snapshot covers exactly the log rows up to that id.
+            writes = live.writes
+            try:
+                turn = (
+                    self._peers.snapshot_turn(live.id)
+                    if self._peers is not None
+                    else contextlib.nullcontext(True)
+                )
+                async with turn as mine:
+                    if not mine:
+                        # Another node is compacting it: what it does not cover is
+                        # taken at the next try.
+                        if self._documents.get(live.id) is live:
+                            self._schedule_snapshot(live, self.limits.snapshot_debounce)
+                        return
+                    saved = await self._write_snapshot(live)
+            except Exception:
+                log.exception("could not snapshot document %s; will retry", live.id)
+                if self._documents.get(live.id) is live:
+                    self._schedule_snapshot(live)
+                return
+            if saved is None:
+                return  # unfaithful
+            if live.writes == writes:
+                live.unsaved_since = None
+                if live._writer is None:
+                    live.size = saved
+            elif self._documents.get(live.id) is live:
+                # Updates landed while it was written: the next snapshot takes them.
+                self._schedule_snapshot(live)
+
+    async def _write_snapshot(self, live: LiveDocument) -> int | None:
+        """Catch up with the log, then write the copy as the snapshot of exactly the log
+        rows it was read with; returns the size the copy is counted at (None: its
+        encoding does not rebuild it, and no snapshot is written)."""
+        async with self._sessions.begin() as session:
+            # One snapshot of a document at a time, whichever node writes it.
+            await crdt_repo.lock_for_snapshot(session, live.id)
+            covered = await self._catch_up(session, live)
+            # Nothing is awaited between reading the copy's state and writing it: the
+            # snapshot holds exactly the rows ``covered`` (and what the copy held).
             data = live.doc.get_update()
-            covered = live.last_update_id
+            waiting = list(live.waiting)
+            size = len(data) + sum(map(len, waiting))
+            if not covered:
+                return size  # nothing to compact: another node's snapshot took it all
             if not rebuilds(live.doc, data, TEXT_NAME):
                 # A snapshot would lose what the log has (acknowledged edits among it).
                 log.error(
@@ -492,30 +535,23 @@ class LiveDocuments:
                     live.id,
                 )
                 live.unfaithful = True
-                return
-            waiting = list(live.waiting)
-            try:
-                async with self._sessions.begin() as session:
-                    stored = await crdt_repo.save_snapshot(session, live.id, data, covered)
-                    if stored:
-                        # Left out of the encoding, kept in the log after the snapshot
-                        # (a load applies them after it, and they wait again).
-                        for update in waiting:
-                            await crdt_repo.append_update(session, live.id, update)
-                if not stored:
-                    log.warning("document %s has a newer snapshot than this copy", live.id)
-            except Exception:
-                log.exception("could not snapshot document %s; will retry", live.id)
-                if self._documents.get(live.id) is live:
-                    self._schedule_snapshot(live)
-                return
-            if live.last_update_id == covered:
-                live.unsaved_since = None
-                if live._writer is None:
-                    live.size = len(data) + sum(map(len, waiting))
-            elif self._documents.get(live.id) is live:
-                # Updates landed while it was written: the next snapshot takes them.
-                self._schedule_snapshot(live)
+                return None
+            # The snapshot it replaces is in the copy (caught up): it covers that too.
+            previous = await crdt_repo.latest_snapshot_ids(session, live.id)
+            last = max(covered[-1], previous[1] if previous is not None else 0)
+            snapshot_id = await crdt_repo.save_snapshot(
+                session, live.id, data, covered, last_update_id=last
+            )
+            if snapshot_id is None:
+                log.warning("document %s has a newer snapshot than this copy", live.id)
+                return size
+            # Left out of the encoding, kept in the log after the snapshot (a load
+            # applies them after it, and they wait again).
+            kept = [await crdt_repo.append_update(session, live.id, u) for u in waiting]
+        live.snapshot_id = snapshot_id
+        live.applied.difference_update(covered)
+        live.applied.update(kept)
+        return size
 
     # --- reading ----------------------------------------------------------------------
 
@@ -532,8 +568,3 @@ class LiveDocuments:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("document task failed", exc_info=task.exception())
-
-
-def waiting_of(doc: Doc[Any], stored: StoredDocument) -> list[bytes]:
-    """The stored updates of which a part waits in ``doc`` (built from ``stored``)."""
-    return [update for _, update in stored.updates if waits_in(doc, update)]
