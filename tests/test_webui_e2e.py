@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -54,6 +55,8 @@ CHROMIUM_ARGS = [
 ]
 WAIT_MS = 15_000  # any one thing the page must show, at most this long
 expect.set_options(timeout=WAIT_MS)
+WEB = Path(__file__).resolve().parent.parent / "web"
+AXE = WEB / "node_modules" / "axe-core" / "axe.min.js"  # web/package-lock.json's axe-core
 
 
 def _missing(reason: str) -> None:
@@ -131,6 +134,25 @@ async def browser() -> AsyncIterator[Any]:
         await launched.close()
 
 
+@pytest.fixture(scope="module")
+def axe() -> Path:
+    """axe-core's built script, installed in web/ from its lock file when missing."""
+    if not AXE.is_file():
+        npm = shutil.which("npm")
+        if npm is None:
+            _missing("npm is not on PATH (needed once, for npm ci in web/: axe-core)")
+        done = subprocess.run(
+            [npm, "ci", "--prefix", str(WEB), "--no-audit", "--no-fund", "--ignore-scripts"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if done.returncode != 0 or not AXE.is_file():
+            _missing(f"npm ci in web/ failed ({done.returncode}): {done.stderr[-2000:]}")
+    return AXE
+
+
 class Person:
     """A user with a browser context of their own (signed in by the page's storage)."""
 
@@ -165,14 +187,22 @@ class Site:
             return None if response.status == 204 else await response.json()
 
     async def person(
-        self, prefix: str, *, signed_in: bool = True, width: int = 1280, height: int = 900
+        self,
+        prefix: str,
+        *,
+        signed_in: bool = True,
+        width: int = 1280,
+        height: int = 900,
+        bypass_csp: bool = False,
     ) -> Person:
         username = f"{prefix}{uuid.uuid4().hex[:6]}"
         credentials = {"username": username, "password": PASSWORD}
         user = await self.rest("POST", "/api/v1/auth/register", body=credentials)
         tokens = await self.rest("POST", "/api/v1/auth/login", body=credentials)
         person = Person(username, user, tokens)
-        context = await self.browser.new_context(viewport={"width": width, "height": height})
+        context = await self.browser.new_context(
+            viewport={"width": width, "height": height}, bypass_csp=bypass_csp
+        )
         self.contexts.append(context)
         if signed_in:
             # The page keeps its session in localStorage under this key (web/src/api.ts).
@@ -277,14 +307,28 @@ async def test_two_people_edit_one_document_and_see_each_others_text_and_cursors
     match = re.search(r"#/d/([0-9a-f-]{36})$", page.url)
     assert match is not None, page.url
     document_id = match[1]
-    # The owner adds ben by his id, as an editor.
-    await page.get_by_label("User id").fill(ben.id)
+    # The owner adds ben by his username, as an editor (a name nobody has is refused).
+    await page.get_by_label("Username").fill("nobody-" + ben.username)
+    await page.get_by_role("button", name="Add member").click()
+    await expect(page.locator(".members .error")).to_have_text(
+        f"no user is named nobody-{ben.username}"
+    )
+    await page.get_by_label("Username").fill(ben.username)
     await page.get_by_label("Role", exact=True).select_option("editor")
     await page.get_by_role("button", name="Add member").click()
     await expect(page.get_by_label(f"Role of {ben.username}")).to_have_value("editor")
+    await expect(page.locator(".members [role=status]")).to_have_text(
+        f"{ben.username} is now an editor."
+    )
+    await expect(page.locator(".members .error")).to_be_empty()
 
     await type_in_editor(page, "Ann writes the plan.")
-    other = await site.open(ben, document_id)
+    # Ben finds it in his documents and opens it.
+    other = ben.page
+    await other.goto(site.server.base + "/")
+    await other.get_by_role("link", name="Launch plan").click()
+    await expect(other.locator(".people li", has_text=f"{ben.username} (you)")).to_be_visible()
+    assert other.url.endswith(f"#/d/{document_id}"), other.url
     await shows(other, whole=False, expected="Ann writes the plan.")
     await type_in_editor(other, " Ben adds a line.")
     await shows(page, whole=False, expected="Ann writes the plan. Ben adds a line.")
@@ -411,6 +455,51 @@ async def test_the_assistant_streams_into_both_pages_and_cancel_stops_it(
     assert not fake.requests[-1].finished
     await shot(page, site.shots, "06-assistant-cancelled")
 
+    # Reloaded, the panel shows the room's earlier answers again (from the chat
+    # history, where each ended reply is stored), in the order they ended.
+    await page.reload()
+    replies = page.locator(".assistant .reply")
+    await expect(replies).to_have_count(2)
+    assert await replies.evaluate_all("items => items.map(i => i.dataset.status)") == [
+        "completed",
+        "cancelled",
+    ]
+    done = page.locator(".reply[data-status=completed]")
+    await expect(done.locator(".answer")).to_have_text("".join(words).strip())
+    await expect(done.locator(".usage")).to_have_text("completed · 321 tokens in, 40 out")
+    await expect(done.locator(".question")).to_have_text(f"Asked by {ann.username}")
+    await expect(done.locator(".sources li", has_text="Ask me")).to_contain_text(
+        "12th of March in Lisbon"
+    )
+    cancelled = page.locator(".reply[data-status=cancelled]")
+    await expect(cancelled.locator(".answer")).to_contain_text("tick tick")
+    await expect(cancelled.locator(".question")).to_have_text(f"Asked by {ben.username}")
+    await shot(page, site.shots, "06-assistant-after-reload")
+
+
+async def test_a_reply_still_streaming_is_shown_after_a_reload(
+    site: Site, claude: tuple[FakeAnthropic, str]
+) -> None:
+    fake, _ = claude
+    ann = await site.person("ann")
+    document_id = await site.document(ann, "Reload me")
+    page = await site.open(ann, document_id)
+    fake.plan(Plan(tokens=[f"n{i} " for i in range(600)], delay=0.05), Plan())
+    await page.get_by_label("Ask the assistant").fill("Count slowly")
+    await page.get_by_role("button", name="Ask").click()
+    await expect(page.locator(".reply[data-status=streaming] .answer")).to_contain_text("n3 ")
+    await page.reload()
+    # The join ack's text so far, then the chunks after it, with no gap.
+    streaming = page.locator(".reply[data-status=streaming]")
+    await expect(streaming.locator(".answer")).to_contain_text("n0 n1 n2 n3 ")
+    await expect(streaming.locator(".answer")).to_contain_text("n40 ")
+    await streaming.get_by_role("button", name="Cancel").click()
+    cancelled = page.locator(".reply[data-status=cancelled] .answer")
+    await expect(cancelled).to_contain_text("n40 ")
+    text = await cancelled.inner_text()
+    numbers = [int(word[1:]) for word in text.split()]
+    assert numbers == list(range(len(numbers))), text  # nothing lost, nothing twice
+
 
 def _truthy(value: object) -> None:
     assert value
@@ -497,6 +586,77 @@ async def test_a_phone_sized_page_by_keyboard_alone_and_offline(site: Site) -> N
         page.locator(".message:not(.pending)", has_text="back on the network")
     ).to_be_visible()
     await shows(page, "Typed on a phone.")
+
+
+# axe-core's rules for WCAG 2.0-2.2 A and AA (contrast, labels, names of buttons and links,
+# ...) and its best practices (landmarks: everything inside one, one main, unique names).
+AXE_RUN = """async () => {
+  const results = await axe.run(document, {
+    runOnly: {type: "tag", values: [
+      "wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"]},
+  });
+  return results.violations.map(v => ({
+    rule: v.id, impact: v.impact, help: v.help,
+    nodes: v.nodes.slice(0, 5).map(n => [n.target.join(" "), n.failureSummary]),
+  }));
+}"""
+
+
+async def audit(page: Any, axe: Path, where: str) -> None:
+    """No axe-core violation on the page as it is now."""
+    await page.add_script_tag(path=str(axe))
+    violations = await page.evaluate(AXE_RUN)
+    assert violations == [], (where, json.dumps(violations, indent=1))
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 900), (390, 844)], ids=["desktop", "phone"])
+async def test_axe_finds_nothing_on_sign_in_documents_and_an_open_document(
+    site: Site, axe: Path, claude: tuple[FakeAnthropic, str], width: int, height: int
+) -> None:
+    claude[0].plan(Plan())  # a short answer
+    # The page's policy refuses inline scripts, which is how add_script_tag injects axe:
+    # this context bypasses it (and so cannot check it; the other tests do).
+    eve = await site.person("eve", signed_in=False, width=width, height=height, bypass_csp=True)
+    ben = await site.person("ben")
+    page = eve.page
+    await page.goto(site.server.base + "/")
+    await expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    await audit(page, axe, f"sign in, {width}px")
+    await page.get_by_label("Username").fill("nobody-" + eve.username)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator(".signin .error")).not_to_be_empty()
+    await audit(page, axe, f"sign in refused, {width}px")
+
+    await page.get_by_label("Username").fill(eve.username)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_text(f"Signed in as {eve.username}")).to_be_visible()
+    await audit(page, axe, f"no documents, {width}px")
+    await site.document(eve, "Audited")
+    await page.reload()
+    await expect(page.get_by_role("link", name="Audited")).to_be_visible()
+    await audit(page, axe, f"documents, {width}px")
+
+    await page.get_by_label("New document title").fill("Audit me")
+    await page.get_by_role("button", name="Create").click()
+    await expect(page.locator(".people li", has_text=f"{eve.username} (you)")).to_be_visible()
+    document_id = page.url.rsplit("/", 1)[1]
+    await page.get_by_label("Username").fill(ben.username)
+    await page.get_by_role("button", name="Add member").click()
+    await expect(page.get_by_label(f"Role of {ben.username}")).to_be_visible()
+    await site.open(ben, document_id)  # another person here, with a caret in the text
+    await type_in_editor(ben.page, "Ben was here.")
+    await shows(page, "Ben was here.")
+    await type_in_editor(page, " Eve too.")
+    await expect(page.locator(".cm-ySelectionInfo", has_text=ben.username)).to_be_visible()
+    await page.get_by_label("Your message").fill("hello")
+    await page.get_by_label("Your message").press("Enter")
+    await expect(page.locator(".message:not(.pending)", has_text="hello")).to_be_visible()
+    await page.get_by_label("Ask the assistant").fill("Anything?")
+    await page.get_by_role("button", name="Ask").click()
+    await expect(page.locator(".reply[data-status=completed]")).to_have_count(1)
+    await audit(page, axe, f"an open document, {width}px")
+    await shot(page, site.shots, f"13-audited-{width}")
 
 
 # Records the banner's states from now on (window.bannerStates), in the page.

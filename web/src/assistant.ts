@@ -1,5 +1,8 @@
 // The assistant's panel of a room (docs/protocol.md §5.6 ai:ask, ai:cancel; §5.7 ai:*):
-// ask, the answers streaming in by chunk seq, cancel, usage and citations.
+// ask, the answers streaming in by chunk seq, cancel, usage and citations. Earlier
+// answers come from the chat history, where each ended reply is stored as a message of
+// the assistant (its metadata: reply_id, status, usage, asked_by, citations), so the
+// panel shows them again after a reload, oldest first.
 
 import { describe, type DocRole, type Message } from "./api";
 import { append, clear, field, h } from "./dom";
@@ -8,6 +11,8 @@ import type { Live } from "./live";
 interface Reply {
   id: string;
   askedBy: string;
+  askedById: string | null;
+  messageSeq: number | null; // the stored message's seq, once it ended
   question: string;
   text: string;
   seq: number;
@@ -25,14 +30,16 @@ export class Assistant {
   private readonly question = h("textarea", { rows: 2, maxlength: 4000, name: "question" });
   private readonly askButton = h("button", { type: "submit" }, "Ask");
   private readonly askNote = h("p", { class: "note", role: "status" });
-  private readonly replyList = h("ol", { class: "replies", "aria-label": "Assistant answers", "aria-live": "polite" });
+  private readonly replyList = h("ol", { class: "replies", "aria-label": "Assistant answers", "aria-live": "polite", tabindex: "0" });
 
-  /** ``listen`` registers a socket handler that the room removes when it closes. */
+  /** ``listen`` registers a socket handler that the room removes when it closes;
+   * ``nameOf`` gives a user id's username when the room knows it. */
   constructor(
     private readonly live: Live,
     private readonly documentId: string,
     element: HTMLElement,
     private readonly listen: Listen,
+    private readonly nameOf: (userId: string) => string | null,
   ) {
     const askForm = h("form", { class: "compose" }, field("Ask the assistant", this.question), this.askButton);
     askForm.addEventListener("submit", (event) => {
@@ -41,9 +48,9 @@ export class Assistant {
       if (question !== "") void this.ask(question);
     });
     append(element, h("h2", {}, "Assistant"), this.replyList, askForm, this.askNote);
-    this.listen("ai:started", (event: { document_id: string; reply_id: string; asked_by: { username: string }; question: string }) => {
+    this.listen("ai:started", (event: { document_id: string; reply_id: string; asked_by: { user_id: string; username: string }; question: string }) => {
       if (event.document_id !== this.documentId) return;
-      this.reply(event.reply_id, event.asked_by.username, event.question);
+      this.reply(event.reply_id, event.asked_by.username, event.question).askedById = event.asked_by.user_id;
       this.renderReplies();
     });
     this.listen("ai:chunk", (event: { document_id: string; reply_id: string; seq: number; first_seq?: number; text: string }) => {
@@ -70,7 +77,10 @@ export class Assistant {
       reply.usage = event.usage ?? null;
       reply.error = event.error?.message ?? null;
       if (Array.isArray(event.citations)) reply.citations = event.citations;
-      if (event.message !== null && event.message.text.length >= reply.text.length) reply.text = event.message.text;
+      if (event.message !== null) {
+        if (event.message.text.length >= reply.text.length) reply.text = event.message.text;
+        reply.messageSeq = event.message.seq;
+      }
       this.renderReplies();
     };
     this.listen("ai:done", ended);
@@ -87,6 +97,36 @@ export class Assistant {
     this.renderReplies();
   }
 
+  /** Chat messages as they arrive (history pages, live, edits, deletions): the
+   * assistant's are its ended replies. A deleted one leaves the panel. */
+  stored(messages: Message[]): void {
+    let changed = false;
+    for (const message of messages) {
+      const meta = message.metadata;
+      const id = meta["reply_id"];
+      if (message.author.kind !== "assistant" || typeof id !== "string") continue;
+      changed = true;
+      if (message.deleted) {
+        this.replies.delete(id);
+        continue;
+      }
+      const reply = this.reply(id, "", "");
+      const status = meta["status"];
+      reply.status = status === "cancelled" || status === "failed" ? status : "completed";
+      if (message.text.length >= reply.text.length) reply.text = message.text;
+      reply.messageSeq = message.seq;
+      if (typeof meta["asked_by"] === "string") reply.askedById = meta["asked_by"];
+      if (typeof meta["usage"] === "object" && meta["usage"] !== null) reply.usage = meta["usage"] as Record<string, number>;
+      if (Array.isArray(meta["citations"])) reply.citations = meta["citations"];
+    }
+    if (changed) this.renderReplies();
+  }
+
+  /** Names learnt since (the members list): redraw who asked. */
+  namesChanged(): void {
+    this.renderReplies();
+  }
+
   setRole(role: DocRole): void {
     this.role = role;
     const writer = role !== "viewer";
@@ -98,7 +138,7 @@ export class Assistant {
   private reply(id: string, askedBy: string, question: string): Reply {
     let reply = this.replies.get(id);
     if (reply === undefined) {
-      reply = { id, askedBy, question, text: "", seq: 0, status: "streaming", usage: null, citations: [], error: null };
+      reply = { id, askedBy, askedById: null, messageSeq: null, question, text: "", seq: 0, status: "streaming", usage: null, citations: [], error: null };
       this.replies.set(id, reply);
     } else if (askedBy !== "") {
       reply.askedBy = askedBy;
@@ -126,11 +166,17 @@ export class Assistant {
   }
 
   private renderReplies(): void {
+    const atEnd = this.replyList.scrollHeight - this.replyList.scrollTop - this.replyList.clientHeight < 40;
     clear(this.replyList);
     const writer = this.role !== "viewer";
-    for (const reply of this.replies.values()) {
+    // Ended replies in the room's order (their messages' seq), then those streaming.
+    const order = (reply: Reply): number => reply.messageSeq ?? Number.MAX_SAFE_INTEGER;
+    const replies = [...this.replies.values()].sort((a, b) => order(a) - order(b));
+    for (const reply of replies) {
       const item = h("li", { class: `reply ${reply.status}`, "data-reply": reply.id, "data-status": reply.status });
-      if (reply.question !== "") item.append(h("p", { class: "question" }, h("strong", {}, reply.askedBy || "someone"), " asked: ", reply.question));
+      const asker = reply.askedBy || (reply.askedById === null ? null : this.nameOf(reply.askedById)) || "someone";
+      if (reply.question !== "") item.append(h("p", { class: "question" }, h("strong", {}, asker), " asked: ", reply.question));
+      else if (reply.askedById !== null) item.append(h("p", { class: "question" }, "Asked by ", h("strong", {}, asker)));
       item.append(h("p", { class: "answer" }, reply.text || (reply.status === "streaming" ? "…" : "")));
       if (reply.status === "streaming") {
         item.append(h("p", { class: "meta" }, "answering…"));
@@ -144,6 +190,7 @@ export class Assistant {
       }
       this.replyList.append(item);
     }
+    if (atEnd) this.replyList.scrollTop = this.replyList.scrollHeight;
   }
 }
 

@@ -60,7 +60,7 @@ function renderWhoami(): void {
     live = null;
     void session.logout().then(route);
   });
-  append(whoami, "Signed in as ", h("strong", {}, user.username), " · your id ", h("code", { class: "user-id" }, user.id), " ", signOut);
+  append(whoami, "Signed in as ", h("strong", {}, user.username), " ", signOut);
 }
 
 async function route(): Promise<void> {
@@ -201,7 +201,7 @@ async function documentView(documentId: string): Promise<void> {
   });
   editor.onNotice((text) => { readOnlyNote.hidden = false; readOnlyNote.textContent = text; editor.setReadOnly(true); });
   const room = new Room(live, session, documentId, doc.role, { presence, chat, assistant });
-  const showMembers = membersPanel(members, documentId);
+  const showMembers = membersPanel(members, documentId, (items) => room.knowMembers(items));
   const setRole = (role: DocRole): void => {
     roleBadge.textContent = role;
     readOnlyNote.hidden = role !== "viewer";
@@ -214,23 +214,36 @@ async function documentView(documentId: string): Promise<void> {
 }
 
 /** The members panel: the list is read again after each change; the add form stays
- * (what the owner is typing into it is not lost when the list is redrawn). */
-function membersPanel(section: HTMLElement, documentId: string): (role: DocRole) => void {
+ * (what the owner is typing into it is not lost when the list is redrawn). Owners add
+ * people by username (§3.12 POST). ``onList`` hears each list read. */
+function membersPanel(section: HTMLElement, documentId: string, onList: (items: Member[]) => void): (role: DocRole) => void {
   let role: DocRole = "viewer";
   let shown = 0;
-  const list = h("ul", { class: "member-list" });
+  const list = h("ul", { class: "member-list", "aria-label": "Members of this document" });
   const error = h("p", { class: "error", role: "alert" });
-  const userId = h("input", { type: "text", name: "user_id", required: true, pattern: "[0-9a-fA-F-]{36}", placeholder: "their id, shown at the top of their page" });
+  const done = h("p", { class: "note", role: "status" });
+  const username = h("input", { type: "text", name: "username", required: true, minlength: 3, maxlength: 32, autocomplete: "off", spellcheck: "false" });
   const newRole = roleSelect("editor");
-  const add = h("form", { class: "add-member" }, field("User id", userId), field("Role", newRole), h("button", { type: "submit" }, "Add member"));
-  append(section, h("h2", {}, "Members"), list, error, add);
+  const add = h("form", { class: "add-member" }, field("Username", username), field("Role", newRole), h("button", { type: "submit" }, "Add member"));
+  append(section, h("h2", {}, "Members"), list, error, done, add);
   const change = (promise: Promise<unknown>): void => {
     error.textContent = "";
+    done.textContent = "";
     void promise.then(() => redraw(), (failure: unknown) => { error.textContent = describe(failure); });
   };
   add.addEventListener("submit", (event) => {
     event.preventDefault();
-    change(session.call("PUT", `/api/v1/documents/${documentId}/members/${userId.value.trim()}`, { role: newRole.value }).then(() => { userId.value = ""; }));
+    const body = { username: username.value.trim(), role: newRole.value };
+    change(session.call("POST", `/api/v1/documents/${documentId}/members`, body).then((added) => {
+      const member = added as Member;
+      username.value = "";
+      done.textContent = `${member.username} is now ${ROLE_NOUN[member.role]}.`;
+    }, (failure: unknown) => {
+      if (failure instanceof ApiError && failure.code === "validation_failed") {
+        throw new ApiError(failure.status, failure.code, "Usernames are 3-32 letters, digits, _ . or -.");
+      }
+      throw failure;
+    }));
   });
   const redraw = async (): Promise<void> => {
     const mine = ++shown; // a list read before a later change must not overwrite it
@@ -241,6 +254,7 @@ function membersPanel(section: HTMLElement, documentId: string): (role: DocRole)
       return;
     }
     if (mine !== shown) return;
+    onList(items);
     const owner = role === "owner";
     add.hidden = !owner;
     clear(list);
@@ -264,6 +278,8 @@ function membersPanel(section: HTMLElement, documentId: string): (role: DocRole)
     void redraw();
   };
 }
+
+const ROLE_NOUN: Record<DocRole, string> = { owner: "the owner", editor: "an editor", viewer: "a viewer" };
 
 function roleSelect(current: DocRole): HTMLSelectElement {
   const select = h("select", { name: "role" });

@@ -2,7 +2,7 @@
 // presence per user, who is typing, chat (history pages, sends retried with their
 // client_msg_id, edits, deletions); the assistant's panel is assistant.ts.
 
-import { ApiError, describe, type DocRole, type Message, type Session } from "./api";
+import { ApiError, describe, type DocRole, type Member, type Message, type Session } from "./api";
 import { Assistant, renderCitations } from "./assistant";
 import { append, clear, field, h, time } from "./dom";
 import type { Live } from "./live";
@@ -58,6 +58,7 @@ export class Room {
   // tabs (python clients that set none count once, as the user's presence).
   private readonly present = new Map<string, { username: string; tabs: Set<string> }>();
   private readonly typing = new Set<string>();
+  private readonly names = new Map<string, string>(); // user id -> username, from the members list
   private editing: string | null = null;
   private editDraft: string | null = null;
   private typingSentAt = 0;
@@ -81,7 +82,13 @@ export class Room {
     elements: RoomElements,
   ) {
     this.role = initialRole;
-    this.assistant = new Assistant(live, documentId, elements.assistant, (event, handler) => this.on(event, handler));
+    this.assistant = new Assistant(
+      live,
+      documentId,
+      elements.assistant,
+      (event, handler) => this.on(event, handler),
+      (userId) => this.present.get(userId)?.username ?? this.names.get(userId) ?? null,
+    );
     this.assistant.setRole(initialRole);
     this.build(elements);
     this.on("chat:message", (event: { document_id: string; message: Message }) => this.upsert(event));
@@ -129,6 +136,13 @@ export class Room {
     const wrapped = handler as (...args: never[]) => void;
     this.live.socket.on(event, wrapped as never);
     this.handlers.push([event, wrapped]);
+  }
+
+  /** The document's members (main.ts reads them): who asked the assistant's earlier
+   * answers, when they are not here now. */
+  knowMembers(members: Member[]): void {
+    for (const member of members) this.names.set(member.user_id, member.username);
+    this.assistant.namesChanged();
   }
 
   onRole(listener: (role: DocRole) => void): void {
@@ -214,6 +228,7 @@ export class Room {
     const atEnd = this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 40;
     for (const message of messages) this.messages.set(message.seq, message);
     this.renderMessages();
+    this.assistant.stored(messages);
     if (scrollToEnd || atEnd) this.list.scrollTop = this.list.scrollHeight;
   }
 
