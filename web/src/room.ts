@@ -12,17 +12,19 @@ const TYPING_REPEAT_MS = 2000;
 const TYPING_IDLE_MS = 3000;
 const RETRY_MS = 2000;
 
+interface PresenceEntry {
+  user_id: string;
+  username: string;
+  connection_count: number;
+  connections: { connection_id: string; state: unknown }[];
+}
+
 interface JoinAck {
   role: DocRole;
   connection_id: string;
   user: { user_id: string; username: string };
   last_seq: number;
-  presence: {
-    user_id: string;
-    username: string;
-    connection_count: number;
-    connections: { connection_id: string; state: unknown }[];
-  }[];
+  presence: PresenceEntry[];
   messages: Message[];
   has_more: boolean;
   replies: { reply_id: string; seq: number; text: string }[];
@@ -50,6 +52,7 @@ export class Room {
   role: DocRole;
   private readonly assistant: Assistant;
   private joined = false;
+  private self: { userId: string; connectionId: string } | null = null; // from the join ack
   private readonly messages = new Map<number, Message>();
   private hasOlder = false;
   private loadingOlder = false;
@@ -121,6 +124,16 @@ export class Room {
     this.on("room:role", (event: { document_id: string; role: DocRole }) => {
       if (event.document_id === this.documentId) this.setRole(event.role);
     });
+    this.on("room:resync", (event: { document_id: string; presence: PresenceEntry[] }) => {
+      // The server lost touch with its other processes for a while (§5.7): the room's
+      // whole presence replaces ours, typing starts afresh, and the newest page is read
+      // again for edits and deletions made meanwhile (missed messages came already).
+      if (event.document_id !== this.documentId) return;
+      this.setPresence(event.presence);
+      void this.history({})
+        .then((page) => this.merge(page.messages, false))
+        .catch(() => undefined);
+    });
     this.on("room:removed", (event: { document_id: string; reason: string }) => {
       if (event.document_id !== this.documentId) return;
       this.joined = false;
@@ -169,18 +182,12 @@ export class Room {
       since_seq: first ? null : this.lastSeq,
     });
     this.joined = true;
+    this.self = { userId: ack.user.user_id, connectionId: ack.connection_id };
     this.setRole(ack.role);
-    this.present.clear();
-    for (const person of ack.presence) {
-      const tabs = new Set(person.connections.map((connection) => connection.connection_id));
-      if (person.user_id === ack.user.user_id) tabs.add(ack.connection_id);
-      this.present.set(person.user_id, { username: person.username, tabs });
-    }
+    this.setPresence(ack.presence);
     void this.live
       .command("presence:update", { document_id: this.documentId, state: { page: true } })
       .catch(() => undefined);
-    this.typing.clear();
-    this.renderPresence();
     this.assistant.streaming(ack.replies);
     if (first) {
       const page = await this.history({});
@@ -197,6 +204,18 @@ export class Room {
     }
     this.chatNote.textContent = "";
     for (const pending of this.pending.values()) void this.trySend(pending);
+  }
+
+  /** Everyone here, as a join ack or room:resync lists them (this tab among them). */
+  private setPresence(entries: PresenceEntry[]): void {
+    this.present.clear();
+    for (const person of entries) {
+      const tabs = new Set(person.connections.map((connection) => connection.connection_id));
+      if (person.user_id === this.self?.userId) tabs.add(this.self.connectionId);
+      this.present.set(person.user_id, { username: person.username, tabs });
+    }
+    this.typing.clear();
+    this.renderPresence();
   }
 
   private history(bounds: { before_seq?: number; after_seq?: number; limit?: number }): Promise<Page> {
