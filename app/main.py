@@ -191,8 +191,10 @@ def create_app(settings: Settings) -> web.Application:
                 sessions, live_documents, limits, knowledge, passages=settings.ai_passages
             )
             app[ASSISTANT] = assistant = Assistant(
-                sessions, broadcaster, chat, context, responder, limits
+                sessions, broadcaster, chat, context, responder, limits, realtime.replies
             )
+            if realtime.replies is not None:  # another node's cancel of a reply here
+                realtime.replies.use(assistant.cancel_here)
             yield
             # After the connections ended (on_shutdown): replies streaming are
             # ended and stored, what is unsaved is saved.
@@ -219,6 +221,7 @@ def create_app(settings: Settings) -> web.Application:
     realtime, broadcaster = create_realtime(app, settings, metrics, cluster)
     # Chat by seq across nodes: every node's messages in order, joins split at one seq.
     chat_order = ChatStitch(cluster, realtime.delivery) if cluster is not None else None
+    replies = realtime.replies  # the assistant's replies over every node
     # After a Redis outage: the rooms' members, here and on the other nodes, resynced.
     resync = None
     if cluster is not None and chat_order is not None and realtime.shared is not None:
@@ -226,10 +229,19 @@ def create_app(settings: Settings) -> web.Application:
 
     async def cluster_lifecycle(app: web.Application) -> AsyncIterator[None]:
         assert cluster is not None and chat_order is not None and resync is not None
-        await cluster.start(chat_order.heard, act=broadcaster.act, on_resumed=resync.resumed)
+        assert replies is not None
+        replies.forward = chat_order.heard  # the assistant's events through its copies
+
+        def act(action: str, args: list[str | None]) -> None:
+            if not replies.act(action, args):  # a cancel between nodes, or the others'
+                broadcaster.act(action, args)
+
+        await cluster.start(replies.heard, act=act, on_resumed=resync.resumed)
+        await replies.start()
         try:
             yield
         finally:
+            await replies.close()  # after the assistant's (database) cleanup released its own
             await resync.close()
             await cluster.close()  # last: what the services store on the way out is sent
 

@@ -7,7 +7,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -28,6 +28,9 @@ from realtime.ratelimit import CommandLimits
 from realtime.server import RoomServer
 from realtime.typing_indicators import TypingIndicators
 from realtime.yjs_connections import YjsConnections
+
+if TYPE_CHECKING:
+    from realtime.cluster.replies import ClusterReplies
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ class Realtime:
     connections: Connections = field(default_factory=Connections)
     presence: Presence = field(default_factory=Presence)
     shared: SharedPresence | None = None  # presence over every node (with Redis)
+    replies: ClusterReplies | None = None  # the assistant's over every node (with Redis)
     yjs: YjsConnections = field(default_factory=YjsConnections)
     typing: TypingIndicators = field(init=False)
     presence_changes: PresenceChanges = field(init=False)

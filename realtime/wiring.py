@@ -17,6 +17,7 @@ from realtime.admission import Admission
 from realtime.broadcaster import SocketBroadcaster
 from realtime.cluster import ClusterMetrics, RedisLink
 from realtime.cluster.presence import SharedPresence
+from realtime.cluster.replies import ClusterReplies
 from realtime.cluster.target import RedisTarget
 from realtime.delivery import Delivery
 from realtime.namespaces.main import MainNamespace
@@ -52,6 +53,7 @@ def create_realtime(
         admission=admission,
         presence=shared or Presence(),
         shared=shared,
+        replies=cluster_replies(settings, cluster, delivery) if cluster is not None else None,
     )
     app[CLUSTER] = shared or LocalNode(rt.presence, admission)
     sio.register_namespace(MainNamespace(rt))
@@ -87,6 +89,15 @@ def shared_presence(settings: Settings, cluster: RedisLink) -> SharedPresence:
         prefix=settings.cluster_channel_prefix,
         node=cluster.node,
         max_per_user=settings.max_connections_per_user,
+    )
+
+
+def cluster_replies(settings: Settings, cluster: RedisLink, delivery: Delivery) -> ClusterReplies:
+    """The assistant's replies over every node (started by app/main.py)."""
+    target = redis_target(settings)
+    assert target is not None
+    return ClusterReplies(
+        target, prefix=settings.cluster_channel_prefix, link=cluster, delivery=delivery
     )
 
 

@@ -7,6 +7,10 @@ not get one event per token; the final text is the same either way. It ends with
 one ``ai:done`` (the stored message, usage, stop reason) or one ``ai:error`` (the
 partial text stored and marked failed). A client that joins mid-reply gets the text
 so far with its ``seq`` and then the live chunks after it.
+
+With several nodes (``ReplyCluster``, realtime/cluster/replies.py) a reply is counted
+against the room's and the user's limits over every node, its text so far is kept
+where the other nodes' joins read it, and a cancel asked on another node reaches it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -74,6 +78,36 @@ class Reply:
         return {"reply_id": str(self.id), "seq": self.seq, "text": self.text}
 
 
+class ReplyCluster(Protocol):
+    """The replies of every node: what one node's assistant tells the others."""
+
+    async def admit(
+        self,
+        reply_id: uuid.UUID,
+        document_id: uuid.UUID,
+        user_id: uuid.UUID,
+        *,
+        per_room: int,
+        per_user: int,
+    ) -> None:
+        """Count a reply against the limits over every node, or raise ``AiBusy``."""
+
+    def streamed(self, reply_id: uuid.UUID, chunk: str) -> None:
+        """A chunk of an admitted reply, just before it is sent to the room."""
+
+    def ended(self, reply_id: uuid.UUID) -> None:
+        """An admitted reply sent its last event (or never started)."""
+
+    async def owner(self, document_id: uuid.UUID, reply_id: uuid.UUID) -> str | None:
+        """The other node streaming this reply in this room, if one is."""
+
+    async def cancel(
+        self, owner: str, document_id: uuid.UUID, reply_id: uuid.UUID, user_id: uuid.UUID
+    ) -> None:
+        """Have ``owner`` cancel the reply; return once it has (``NotFound`` if the
+        reply had ended)."""
+
+
 class Assistant:
     def __init__(
         self,
@@ -83,8 +117,10 @@ class Assistant:
         context: ContextBuilder,
         responder: Responder,
         limits: AssistantLimits,
+        cluster: ReplyCluster | None = None,
     ) -> None:
         self._sessions = sessions
+        self._cluster = cluster
         self._broadcaster = broadcaster
         self._chat = chat
         self._context = context
@@ -124,41 +160,80 @@ class Assistant:
                 by_me = await usage_repo.tokens_used_since(session, principal.user_id, today)
                 by_all = await usage_repo.all_tokens_used_since(session, today)
             self.budgets.check(hold, spent_by_user=by_me, spent=by_all)
-            return self._start(principal, document_id, question, hold)
+            return await self._start(principal, document_id, question, hold)
         except BaseException:
             self.budgets.release(hold)
             raise
 
-    def _start(
+    async def _start(
         self, principal: Principal, document_id: uuid.UUID, question: str, hold: Hold
     ) -> Reply:
         limits = self.limits
-        if len(self.active(document_id)) >= limits.replies_per_room:
-            raise AiBusy()
-        mine = Counter(r.asked_by.user_id for r in self._replies.values())
-        if mine[principal.user_id] >= limits.replies_per_user:
-            raise AiBusy("you have as many replies streaming as you may")
-        if self._closed:  # an ask that was still checking when shutdown began
-            raise AiUnavailable("the server is shutting down; ask again in a moment")
-        self.breaker.check()  # last: it may admit this reply as the one trial
+        self._check_counts(principal, document_id)
         reply = Reply(uuid.uuid4(), document_id, principal, question, hold)
+        if self._cluster is not None:
+            await self._cluster.admit(
+                reply.id,
+                document_id,
+                principal.user_id,
+                per_room=limits.replies_per_room,
+                per_user=limits.replies_per_user,
+            )
+        try:
+            if self._cluster is not None:
+                self._check_counts(principal, document_id)  # asks here while it was admitted
+            if self._closed:  # an ask that was still checking when shutdown began
+                raise AiUnavailable("the server is shutting down; ask again in a moment")
+            self.breaker.check()  # last: it may admit this reply as the one trial
+        except BaseException:
+            if self._cluster is not None:
+                self._cluster.ended(reply.id)
+            raise
         self._replies[reply.id] = reply
         reply.task = asyncio.get_running_loop().create_task(self._run(reply))
         return reply
 
+    def _check_counts(self, principal: Principal, document_id: uuid.UUID) -> None:
+        """The room's and the user's replies on this node (every node's: ``admit``)."""
+        if len(self.active(document_id)) >= self.limits.replies_per_room:
+            raise AiBusy()
+        mine = Counter(r.asked_by.user_id for r in self._replies.values())
+        if mine[principal.user_id] >= self.limits.replies_per_user:
+            raise AiBusy("you have as many replies streaming as you may")
+
     async def cancel(
         self, principal: Principal, document_id: uuid.UUID, reply_id: uuid.UUID
     ) -> None:
+        """Cancel a reply streaming in the room, on this node or, with a cluster, on
+        another (returns once its node has cancelled it)."""
         reply = self._replies.get(reply_id)
+        owner = None
         if reply is None or reply.document_id != document_id:
-            raise NotFound("no such reply streaming in this room")
+            if self._cluster is not None:
+                owner = await self._cluster.owner(document_id, reply_id)
+            if owner is None:
+                raise NotFound("no such reply streaming in this room")
         async with read_session(self._sessions) as session:
             view = await membership(session, principal, document_id)
         if view.role not in CAN_WRITE:
             raise Forbidden("viewers cannot cancel a reply")
+        if owner is not None and self._cluster is not None:
+            await self._cluster.cancel(owner, document_id, reply_id, principal.user_id)
+        else:
+            await self.cancel_here(document_id, reply_id, principal.user_id)
+
+    async def cancel_here(
+        self, document_id: uuid.UUID, reply_id: uuid.UUID, user_id: uuid.UUID
+    ) -> bool:
+        """Cancel a reply of this node (its asker's rights checked by the caller);
+        False if it is not streaming here."""
+        reply = self._replies.get(reply_id)
+        if reply is None or reply.document_id != document_id:
+            return False
         if reply.task is not None and reply.cancelled_by is None:
-            reply.cancelled_by = principal.user_id
+            reply.cancelled_by = user_id
             reply.task.cancel()
+        return True
 
     async def close(self) -> None:
         """Shutdown: end the replies streaming (stored as cancelled); refuse new ones."""
@@ -236,6 +311,8 @@ class Assistant:
             await self._finish(reply, status, error)
         finally:
             self._replies.pop(reply.id, None)
+            if self._cluster is not None:
+                self._cluster.ended(reply.id)  # after its last event
             # Its usage is committed (or could not be): what it cost is read from there.
             self.budgets.release(reply.hold)
 
@@ -297,6 +374,8 @@ class Assistant:
         # this chunk either in the reply's text or live, never neither.
         reply.text += chunk
         reply.seq += 1
+        if self._cluster is not None:
+            self._cluster.streamed(reply.id, chunk)  # the text, ahead of the chunk
         self._emit(reply, ServerEvent.AI_CHUNK, {"seq": reply.seq, "text": chunk})
 
     async def _finish(self, reply: Reply, status: str, error: AppError | None) -> None:

@@ -97,7 +97,7 @@ class RedisLink:
         self._control = f"{prefix}:control".encode()
         self._on_resumed: Resumed = lambda rooms: None
         # Publishing.
-        self._outgoing: list[tuple[bytes, bytes]] = []
+        self._outgoing: list[tuple[bytes | str | int, ...]] = []  # commands, in order
         self._wake_publisher = asyncio.Event()
         self._publisher: AbstractConnection | None = None
         self._publisher_generation = 0
@@ -133,7 +133,8 @@ class RedisLink:
         except (TypeError, ValueError):  # a payload JSON cannot carry: a bug, not Redis
             log.exception("cluster: %r cannot cross nodes", event)
             return
-        self._queue(self._channels.get(room) or codec.channel_of(self._prefix, room), message)
+        channel = self._channels.get(room) or codec.channel_of(self._prefix, room)
+        self._queue(("PUBLISH", channel, message))
 
     def announce(self, action: str, *args: str | None) -> None:
         """Tell every other node to do ``action`` to its own connections (a removal, a
@@ -142,20 +143,29 @@ class RedisLink:
         if not self.up:
             self._metrics.dropped.inc()
             return
-        self._queue(self._control, codec.encode_action(self.node, action, args))
+        self._queue(("PUBLISH", self._control, codec.encode_action(self.node, action, args)))
 
     def handle(self, action: str, handler: Handler) -> None:
         """The others' ``announce`` of ``action`` goes to ``handler`` (not to ``act``)."""
         self._handlers[action] = handler
 
-    def _queue(self, channel: bytes, message: bytes) -> None:
+    def command(self, *args: bytes | str | int) -> None:
+        """Queue a command of another kind in the publishing pipeline (no answer is
+        read): Redis runs it after what was queued before it and before what follows
+        (a reply's text appended just before its chunk's ``PUBLISH``)."""
+        if not self.up:
+            self._metrics.dropped.inc()
+            return
+        self._queue(args)
+
+    def _queue(self, command: tuple[bytes | str | int, ...]) -> None:
         if not self._outgoing:
             self._wake_publisher.set()
             self._idle.clear()
         elif len(self._outgoing) >= MAX_OUTGOING:
             self._metrics.dropped.inc()
             return
-        self._outgoing.append((channel, message))
+        self._outgoing.append(command)
 
     def watch(self, room: Room) -> None:
         channel = codec.channel_of(self._prefix, room)
@@ -248,7 +258,7 @@ class RedisLink:
             if not self._outgoing:
                 self._idle.set()
 
-    async def _publish_batch(self, batch: list[tuple[bytes, bytes]]) -> None:
+    async def _publish_batch(self, batch: list[tuple[bytes | str | int, ...]]) -> None:
         try:
             await self._send(batch)
         except (RedisError, OSError) as exc:
@@ -261,14 +271,14 @@ class RedisLink:
             await self._drop_publisher()
         else:
             self._publisher_failed = False
-            self._metrics.published.inc(len(batch))
+            self._metrics.published.inc(sum(1 for command in batch if command[0] == "PUBLISH"))
 
     async def _drop_publisher(self) -> None:
         if self._publisher is not None:
             await self._publisher.disconnect(nowait=True)
             self._publisher = None
 
-    async def _send(self, batch: list[tuple[bytes, bytes]]) -> None:
+    async def _send(self, batch: list[tuple[bytes | str | int, ...]]) -> None:
         if self._publisher_generation != self._generation:
             await self._drop_publisher()  # from before an outage: a dead socket
         connection = self._publisher
@@ -279,9 +289,7 @@ class RedisLink:
             # PUBLISH answers how many nodes heard it, which nobody reads: without
             # replies a batch is one write, and this node reads nothing back.
             await connection.send_command("CLIENT", "REPLY", "OFF", check_health=False)
-        packed = connection.pack_commands(
-            [("PUBLISH", channel, message) for channel, message in batch]
-        )
+        packed = connection.pack_commands(batch)
         await connection.send_packed_command(packed, check_health=False)
 
     # --- hearing ------------------------------------------------------------------------

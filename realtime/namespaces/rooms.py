@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -70,14 +71,20 @@ async def join(call: Call, payload: Join) -> dict[str, Any]:
     room_cap(rt, call.sid, document_id)  # before any work
     access = await rt.documents.room_access(principal, document_id)
     replies: list[dict[str, Any]] = []
+    elsewhere: asyncio.Future[list[dict[str, Any]]] | None = None
 
     def enter() -> None:
+        nonlocal elsewhere
         room_cap(rt, call.sid, document_id)  # again: joins at once passed the first
         rt.delivery.join(room_of(document_id), call.sid)
         # Read right after entering: each later chunk is sent to this connection.
         replies.extend(reply.so_far() for reply in rt.assistant.active(document_id))
+        if rt.replies is not None:  # the other nodes' (read from Redis by a first join)
+            elsewhere = rt.replies.entered(document_id)
 
     backlog = await rt.chat.enter_room(document_id, payload.since_seq, enter)
+    if elsewhere is not None:
+        replies.extend(await elsewhere)
     # A removal or a new role between the check above and entering the room reached
     # the room's members, not this connection: checked again now that it is in (the
     # services forget what they cached on a change, so this reads the change).
