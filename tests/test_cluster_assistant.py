@@ -235,6 +235,10 @@ async def test_a_killed_nodes_reply_frees_the_room_within_its_lease(
     await eventually(lambda: streaming(on_b, reply_id, 2), timeout=WAIT)
 
     await a.kill()
+    # A cancel finds the reply still counted (its lease runs) and its node silent.
+    with pytest.raises(CommandError) as unanswered:
+        await on_b.command("ai:cancel", {"document_id": doc_id, "reply_id": reply_id})
+    assert unanswered.value.code == "ai_unavailable"
     # Node B tells the room the reply ended with its node, once; then asks are taken.
     await eventually(lambda: ended(on_b, reply_id), timeout=LEASE)
     error = ended(on_b, reply_id)
