@@ -24,12 +24,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.events import EventClass
 from app.services.document_peers import Heard
 from realtime.cluster.link import RedisLink
+from realtime.cluster.target import RedisTarget
 from realtime.delivery import Event
 from realtime.delivery.rooms import Room
 
@@ -65,9 +65,10 @@ def documents_of(rooms: list[Room]) -> list[uuid.UUID]:
 class DocumentLog:
     """``DocumentPeers`` (app/services/document_peers.py) over the cluster link."""
 
-    def __init__(self, link: RedisLink, redis_url: str, *, prefix: str) -> None:
+    def __init__(self, link: RedisLink, target: RedisTarget, *, prefix: str) -> None:
         self._link = link
-        self._redis = Redis.from_url(redis_url)
+        # For the lease only; a hung Redis fails a snapshot's SET (then it goes on).
+        self._redis = target.client(socket_connect_timeout=2.0, socket_timeout=5.0)
         self._release = self._redis.register_script(RELEASE)
         self._prefix = prefix
         self._heard: Heard = lambda document_id, update_id, update: None

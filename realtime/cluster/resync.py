@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 
 from app.events import EventClass
 from app.wire import ServerEvent
+from realtime.cluster import documents as document_log
 from realtime.cluster.chat import ChatStitch
 from realtime.cluster.link import RedisLink
 from realtime.cluster.presence import SharedPresence
@@ -135,9 +136,10 @@ class Resync:
 
 
 def _documents_of(rooms: list[Room]) -> list[uuid.UUID]:
-    """The documents of the rooms (chat's and Yjs'), each once, in order."""
+    """The documents of the rooms (chat's, Yjs' and the live documents' updates: a
+    document open here for REST or the assistant alone), each once, in order."""
     documents: dict[uuid.UUID, None] = {}
     for room in rooms:
-        if isinstance(room, tuple) and room[0] in ("doc", "yjs"):
+        if isinstance(room, tuple) and room[0] in ("doc", "yjs", document_log.ROOM_KIND):
             documents[room[1]] = None
     return list(documents)
