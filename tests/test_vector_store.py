@@ -1,0 +1,138 @@
+"""The vector store in Qdrant's local mode: a search whose scope is checked here (on
+candidates found without a filter) gives exactly what Qdrant's own filtered search
+gives, for every shape of scope, narrow ones included."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from storage.vectors import Found, Point, Scope, VectorStore
+
+DIMENSION = 16
+OWNERS = ["u1", "u2", ""]
+TAGS = ["a", "b", "c"]
+KNOWLEDGE_SCOPES: list[tuple[Literal["all", "approved", "approved_or_own"] | None, str | None]] = [
+    (None, None),
+    ("all", None),
+    ("approved", None),
+    ("approved_or_own", "u1"),
+    ("approved_or_own", None),
+]
+
+
+def payload(rng: random.Random, kind: str) -> dict[str, Any]:
+    """What entries and documents carry, and now and then what they never do (values
+    of the wrong type, missing fields): each matched as Qdrant matches it."""
+    if kind != "knowledge":
+        return {"title": f"{kind} title", "approved": rng.random() < 0.5}
+    fields: dict[str, Any] = {
+        "title": "entry title",
+        "approved": rng.choice([True, False, True, 1, "true", None]),
+        "owner": rng.choice([*OWNERS, None]),
+        "tags": rng.sample(TAGS, rng.randrange(len(TAGS) + 1)),
+    }
+    if rng.random() < 0.1:
+        fields["tags"] = rng.choice(TAGS)  # one tag, not a list
+    if rng.random() < 0.1:
+        del fields[rng.choice(["approved", "owner", "tags"])]
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def points(rng: random.Random, count: int) -> list[Point]:
+    made = []
+    for number in range(count):
+        kind = rng.choices(["knowledge", "document", "other"], [6, 3, 1])[0]
+        ref = f"d{rng.randrange(30)}" if kind == "document" else f"k{number}"
+        dense = np.array([rng.gauss(0, 1) for _ in range(DIMENSION)])
+        # Words 0-49 are common; 1000 and up each in one passage.
+        words = sorted({*rng.sample(range(50), rng.randrange(1, 6)), 1000 + number})
+        made.append(
+            Point(
+                kind=kind,
+                ref=ref,
+                chunk=number,
+                dense=(dense / np.linalg.norm(dense)).tolist(),
+                sparse_indices=words,
+                sparse_values=[rng.uniform(0.5, 2.0) for _ in words],
+                payload={**payload(rng, kind), "text": f"passage {number}"},
+            )
+        )
+    return made
+
+
+def scopes(rng: random.Random) -> list[Scope]:
+    kinds = [
+        frozenset({"knowledge", "document"}),
+        frozenset({"knowledge"}),
+        frozenset({"document"}),
+    ]
+    documents: list[list[str]] = [[], ["d1"], [f"d{n}" for n in range(20)], ["nowhere"]]
+    made = [
+        Scope(knowledge=knowledge, owner=owner, documents=docs, tags=tags, kinds=kind)
+        for knowledge, owner in KNOWLEDGE_SCOPES
+        for docs in documents
+        for tags in [[], ["a"], ["a", "b"]]
+        for kind in kinds
+    ]
+    return rng.sample(made, 40)
+
+
+async def search(store: VectorStore, query: Point, scope: Scope, limit: int) -> list[Found]:
+    return await store.search(
+        query.dense, query.sparse_indices, query.sparse_values, scope, limit=limit
+    )
+
+
+async def test_scope_checked_here_gives_what_qdrant_filters(tmp_path: Path) -> None:
+    rng = random.Random(14)
+    store = VectorStore(url=None, path=tmp_path / "qdrant", collection="t", dimension=DIMENSION)
+    try:
+        assert store.scope_checked_here  # local mode
+        await store.upsert(points(rng, 400))
+        queries = points(random.Random(15), 6)
+        # One query shares only common words, one a rare word too, one no word at all.
+        queries[1] = replace(queries[1], sparse_indices=[7, 1003], sparse_values=[1.0, 1.0])
+        queries[2] = replace(queries[2], sparse_indices=[], sparse_values=[])
+        compared = found_some = 0
+        for scope in scopes(rng):
+            for query in rng.sample(queries, 2):
+                # 1: few candidates; 5: a narrow scope needs Qdrant's filter after all;
+                # 40: more candidates asked than there are points.
+                for limit in (1, 5, 40):
+                    store.scope_checked_here = False
+                    expected = await search(store, query, scope, limit)
+                    store.scope_checked_here = True
+                    assert await search(store, query, scope, limit) == expected, (scope, limit)
+                    compared += 1
+                    found_some += bool(expected)
+        assert found_some > compared / 2  # most scopes find something
+    finally:
+        await store.close()
+
+
+async def test_a_search_after_deletions_and_changes(tmp_path: Path) -> None:
+    rng = random.Random(16)
+    store = VectorStore(url=None, path=tmp_path / "qdrant", collection="t", dimension=DIMENSION)
+    try:
+        made = points(rng, 200)
+        await store.upsert(made)
+        knowledge = sorted({p.ref for p in made if p.kind == "knowledge"})
+        await store.delete("knowledge", knowledge[:40])
+        for ref in knowledge[40:80]:
+            await store.set_payload("knowledge", ref, {"approved": True, "tags": ["a"]})
+        user = Scope(knowledge="approved", tags=["a"], documents=["d3", "d4"])
+        for query in points(random.Random(17), 5):
+            store.scope_checked_here = False
+            expected = await search(store, query, user, 5)
+            store.scope_checked_here = True
+            got = await search(store, query, user, 5)
+            assert got == expected and got
+            assert not {f.ref for f in got} & set(knowledge[:40])
+            assert all(f.kind == "knowledge" or f.ref in ("d3", "d4") for f in got)
+    finally:
+        await store.close()
