@@ -32,10 +32,12 @@ from tests.test_cluster import (  # noqa: F401  (fixtures)
     RedisProcess,
     StartNodes,
     api_of,
+    channel,
     cluster_database,
     own_redis,
     shared_redis,
     start_nodes,
+    subscribers,
 )
 from tests.test_yjs_js import Server
 from tests.test_yjs_properties import clocks
@@ -303,11 +305,15 @@ async def test_a_node_holding_a_document_without_yjs_clients_applies_the_others_
     a, b = await start_nodes(2, shared_redis)
     async with api_of(a) as api:
         users, doc_id = await members(api, 2)
+    updates = channel("ylog", doc_id)
+    assert await subscribers(shared_redis, updates) == 0  # nobody holds it yet
     assert await text_of(b, users[1], doc_id) == ""  # loaded on B, no Yjs client there
+    assert await subscribers(shared_redis, updates) == 1  # subscribed before it loaded
     on_a = DocumentClient(a.base, users[0].access_token, doc_id)
     try:
         await on_a.connect()
         await asyncio.wait_for(on_a.synced.wait(), WAIT)
+        assert await subscribers(shared_redis, updates) == 2
         on_a.edit(lambda text: text.insert(0, "from a"))
 
         async def read_on_b() -> None:
