@@ -57,6 +57,7 @@ from app.services.live_documents import Limits, LiveDocuments
 from app.services.responders import AnthropicResponder, OfflineResponder, Responder
 from app.services.users import UserService
 from realtime.cluster.chat import ChatStitch
+from realtime.cluster.documents import DocumentLog
 from realtime.cluster.resync import Resync
 from realtime.server import shutdown
 from realtime.wiring import cluster_link, create_realtime, redis_target
@@ -155,8 +156,11 @@ def create_app(settings: Settings) -> web.Application:
                     unload_after=settings.yjs_unload_after_seconds,
                 ),
                 on_change=document_index.changed,
+                peers=document_log,
             )
             app[LIVE_DOCUMENTS] = live_documents
+            if resync is not None:  # after a Redis outage, the copies read what they lack
+                resync.use_documents(live_documents.resync)
             app[DOCUMENT_SERVICE] = documents = DocumentService(
                 sessions,
                 broadcaster,
@@ -222,6 +226,13 @@ def create_app(settings: Settings) -> web.Application:
     # Chat by seq across nodes: every node's messages in order, joins split at one seq.
     chat_order = ChatStitch(cluster, realtime.delivery) if cluster is not None else None
     replies = realtime.replies  # the assistant's replies over every node
+    # The live documents' updates between the nodes holding each document.
+    redis_at = redis_target(settings)
+    document_log = (
+        DocumentLog(cluster, redis_at, prefix=settings.cluster_channel_prefix)
+        if cluster is not None and redis_at is not None
+        else None
+    )
     # After a Redis outage: the rooms' members, here and on the other nodes, resynced.
     resync = None
     if cluster is not None and chat_order is not None and realtime.shared is not None:
@@ -229,14 +240,15 @@ def create_app(settings: Settings) -> web.Application:
 
     async def cluster_lifecycle(app: web.Application) -> AsyncIterator[None]:
         assert cluster is not None and chat_order is not None and resync is not None
-        assert replies is not None
+        assert replies is not None and document_log is not None
         replies.forward = chat_order.heard  # the assistant's events through its copies
+        document_log.forward = replies.heard  # documents' updates to their copies
 
         def act(action: str, args: list[str | None]) -> None:
             if not replies.act(action, args):  # a cancel between nodes, or the others'
                 broadcaster.act(action, args)
 
-        await cluster.start(replies.heard, act=act, on_resumed=resync.resumed)
+        await cluster.start(document_log.heard, act=act, on_resumed=resync.resumed)
         await replies.start()
         try:
             yield
@@ -244,6 +256,7 @@ def create_app(settings: Settings) -> web.Application:
             await replies.close()  # after the assistant's (database) cleanup released its own
             await resync.close()
             await cluster.close()  # last: what the services store on the way out is sent
+            await document_log.close()  # after the last snapshots (database cleanup)
 
     if cluster is not None:
         app.cleanup_ctx.append(cluster_lifecycle)
