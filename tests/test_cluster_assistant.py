@@ -5,19 +5,25 @@ fixtures these use), each pointed at this test's stand-in for the Messages API
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
+from app.errors import AiBusy
 from app.events import EventClass
-from realtime.cluster.replies import _apply, _Mirror, _Text
-from realtime.delivery import Event
+from realtime.cluster.replies import ClusterReplies, _apply, _Mirror, _Text
+from realtime.cluster.target import RedisTarget
+from realtime.delivery import Delivery, Event
 from roomclient import CommandError, RoomClient
 from tests.assistant_support import ask, of
 from tests.fake_anthropic import FakeAnthropic, Plan
 from tests.helpers import User, eventually
 from tests.test_cluster import (  # noqa: F401  (fixtures)
+    PREFIX,
     WAIT,
     StartNodes,
     api_of,
@@ -100,10 +106,87 @@ def test_what_a_copy_read_from_redis_holds_is_not_delivered_again() -> None:
         {"reply_id": "r", "seq": 4, "text": "abcd"},
         {"reply_id": "new", "seq": 1, "text": "n"},
     ]
-    # Live (not replaying): a reply whose start was lost still reaches the room.
+    # Live (not replaying): a reply whose start was lost still reaches the room; a
+    # chunk past a gap (lost in an outage) too, and its text is to be read again.
     assert _apply(mirror, event("ai:chunk", "lost", seq=2, text="y"), replaying=False)
+    assert _apply(mirror, event("ai:chunk", "new", seq=3, text="p"), replaying=False)
+    assert mirror.gaps == {"new"}
     assert _apply(mirror, event("ai:done", "r"), replaying=False)
     assert [r["reply_id"] for r in mirror.so_far()] == ["new"]
+
+
+class _Link:
+    """What ClusterReplies uses of RedisLink: its node id, whether it is up, and the
+    commands queued on its publishing connection (run here on Redis by ``flush``)."""
+
+    node = b"testnode"
+
+    def __init__(self) -> None:
+        self.up = True
+        self.queued: list[tuple[Any, ...]] = []
+
+    def command(self, *args: Any) -> None:
+        if self.up:
+            self.queued.append(args)
+
+    async def flush(self, redis: Redis) -> None:
+        for args in self.queued:
+            await redis.execute_command(*args)
+        self.queued.clear()
+
+
+async def test_the_replies_scripts_count_lease_and_keep_the_text(shared_redis: str) -> None:  # noqa: F811
+    """In one process on Redis: the room's limit over every node, the text so far
+    (written whole again after chunks the link dropped), the release, and a lease
+    that ends."""
+    prefix = f"{PREFIX}-scripts"
+    link = _Link()
+    replies = ClusterReplies(
+        RedisTarget(shared_redis),
+        prefix=prefix,
+        link=link,
+        delivery=Delivery(),  # type: ignore[arg-type]
+    )
+    redis = Redis.from_url(shared_redis)
+    doc, user, first, second = (uuid.uuid4() for _ in range(4))
+    try:
+        await replies.admit(first, doc, user, per_room=1, per_user=2)
+        with pytest.raises(AiBusy):  # as another node would be
+            await replies.admit(second, doc, uuid.uuid4(), per_room=1, per_user=2)
+        replies.streamed(first, "a")
+        link.up = False  # Redis away: this chunk's RPUSH is not sent
+        replies.streamed(first, "b")
+        link.up = True
+        replies.streamed(first, "c")
+        await link.flush(redis)
+        [[reply, node, chunks]] = await replies._read(args=[prefix, str(doc)])
+        assert (reply.decode(), node.decode()) == (str(first), link.node.hex())
+        assert chunks == [b"a", b"b", b"c"]
+        # A node whose copy missed chunk 2 (heard 1 and 3) reads the text again.
+        copy = _Mirror(replies={str(first): _Text(["a", "c"], 3)}, loading=False)
+        copy.gaps.add(str(first))
+        await replies._mend(copy)
+        assert copy.so_far() == [{"reply_id": str(first), "seq": 3, "text": "abc"}]
+
+        replies.ended(first)
+        await link.flush(redis)
+        assert await replies._read(args=[prefix, str(doc)]) == []
+        await replies.admit(second, doc, user, per_room=1, per_user=2)  # the room is free
+
+        # A lease that ends (its node stopped renewing it): removed once, by one caller.
+        dead = uuid.uuid4()
+        args = [prefix, str(doc), str(dead), str(user), "deadnode", 5, 5, 1]
+        assert (await replies._admit(args=args))[0] == 0
+        await asyncio.sleep(0.05)
+        gone = await replies._beat(args=[prefix, 8000])
+        assert gone == [f"{doc} {dead} {user}".encode()]
+        assert await replies._beat(args=[prefix, 8000]) == []
+    finally:
+        keys = [key async for key in redis.scan_iter(f"{prefix}:*")]
+        if keys:
+            await redis.delete(*keys)
+        await redis.aclose()
+        await replies.close()
 
 
 async def test_a_reply_streams_to_the_room_on_every_node(

@@ -15,7 +15,8 @@ lives in Redis, under the cluster prefix ``P``:
   ``seq`` of the last).
 
 Admission is one script (expired leases removed, both counts checked, the reply
-added), so two nodes asked at once cannot both pass a limit of one.
+added; the scripts are in reply_scripts.py), so two nodes asked at once cannot both
+pass a limit of one.
 
 A chunk's ``RPUSH`` is queued on the link's publishing connection just before the
 chunk's ``PUBLISH`` (``RedisLink.command``): Redis runs them in that order, so a read
@@ -30,6 +31,10 @@ chat.py) makes the copy: it reads the replies and their chunks from Redis in one
 script; what is heard of the room's replies meanwhile is held and, once the read is
 in, delivered but for what the read already holds (a chunk with a ``seq`` the text
 has, the start of a reply it has, the end of a reply it did not see).
+
+Redis away: an ask is admitted on this node's counts alone; chunks the link dropped
+are written again, the whole list, with the owner's first chunk after it is back; a
+node whose copy hears a chunk past a gap reads that reply's text again (``_mend``).
 
 Cancelling from any node: the node that gets ``ai:cancel`` for a reply it does not
 own finds the owner in Redis and asks it on the control channel; the owner cancels
@@ -52,6 +57,7 @@ from app.errors import AiBusy, AiUnavailable, NotFound
 from app.events import EventClass
 from app.wire import ServerEvent
 from realtime.cluster.link import Deliver, RedisLink
+from realtime.cluster.reply_scripts import ADMIT, BEAT, READ, RELEASE
 from realtime.cluster.target import RedisTarget
 from realtime.delivery import Delivery, Event
 from realtime.delivery.rooms import Room
@@ -74,91 +80,21 @@ _EVENTS = frozenset(
 # A reply's owner cancels it: (document, reply, by whom) -> whether it was streaming.
 CancelHere = Callable[[uuid.UUID, uuid.UUID, uuid.UUID], Awaitable[bool]]
 
-_PRELUDE = """
-local P = ARGV[1]
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function release(doc, reply, user)
-  redis.call('HDEL', P .. ':ai:room:' .. doc, reply)
-  redis.call('HDEL', P .. ':ai:user:' .. user, reply)
-  redis.call('DEL', P .. ':ai:text:' .. reply)
-  return redis.call('ZREM', P .. ':ai:leases', doc .. ' ' .. reply .. ' ' .. user)
-end
--- The replies whose lease ended, removed; each returned to the one caller that did.
-local function purge(now)
-  local gone = redis.call('ZRANGEBYSCORE', P .. ':ai:leases', '-inf', now)
-  for _, m in ipairs(gone) do
-    local doc, reply, user = string.match(m, '^(%S+) (%S+) (%S+)$')
-    release(doc, reply, user)
-  end
-  return gone
-end
-"""
-
-# ARGV: P, doc, reply, user, node, per room, per user, lease ms.
-# Returns {0 admitted | 1 the room is full | 2 the user is, {expired entries}}.
-ADMIT = (
-    _PRELUDE
-    + """
-local doc, reply, user = ARGV[2], ARGV[3], ARGV[4]
-local now = now_ms()
-local gone = purge(now)
-local room, mine = P .. ':ai:room:' .. doc, P .. ':ai:user:' .. user
-if redis.call('HLEN', room) >= tonumber(ARGV[6]) then return {1, gone} end
-if redis.call('HLEN', mine) >= tonumber(ARGV[7]) then return {2, gone} end
-redis.call('HSET', room, reply, ARGV[5] .. ' ' .. user)
-redis.call('HSET', mine, reply, doc)
-redis.call('ZADD', P .. ':ai:leases', now + tonumber(ARGV[8]), doc .. ' ' .. reply .. ' ' .. user)
-return {0, gone}
-"""
-)
-
-# ARGV: P, doc, reply, user. Queued after the reply's last event (no answer read).
-RELEASE = _PRELUDE + "release(ARGV[2], ARGV[3], ARGV[4])\nreturn 0\n"
-
-# ARGV: P, lease ms, this node's entries... Their leases renewed (those still there);
-# then the expired entries removed. Returns {expired entries}.
-BEAT = (
-    _PRELUDE
-    + """
-local now = now_ms()
-local leases = P .. ':ai:leases'
-for i = 3, #ARGV do
-  if redis.call('ZSCORE', leases, ARGV[i]) then
-    redis.call('ZADD', leases, now + tonumber(ARGV[2]), ARGV[i])
-  end
-end
-return purge(now)
-"""
-)
-
-# ARGV: P, doc. The room's replies whose lease holds: {{reply, node, {chunks}}, ...}.
-READ = (
-    _PRELUDE
-    + """
-local doc = ARGV[2]
-local now = now_ms()
-local entries = redis.call('HGETALL', P .. ':ai:room:' .. doc)
-local out = {}
-for i = 1, #entries, 2 do
-  local reply = entries[i]
-  local node, user = string.match(entries[i + 1], '^(%S+) (%S+)$')
-  local until_ms = redis.call('ZSCORE', P .. ':ai:leases', doc .. ' ' .. reply .. ' ' .. user)
-  if until_ms and tonumber(until_ms) > now then
-    out[#out + 1] = {reply, node, redis.call('LRANGE', P .. ':ai:text:' .. reply, 0, -1)}
-  end
-end
-return out
-"""
-)
-
 
 @dataclass(slots=True)
 class _Text:
     parts: list[str] = field(default_factory=list)
     seq: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Own:
+    """A reply of this node, as Redis has it (or should)."""
+
+    entry: str  # "<doc> <reply> <user>", its lease's member
+    key: str  # its chunks' list
+    chunks: list[str] = field(default_factory=list)
+    behind: bool = False  # chunks were not written (the link was down): all again
 
 
 @dataclass(eq=False, slots=True)
@@ -169,6 +105,8 @@ class _Mirror:
     loading: bool = True
     held: list[Event] = field(default_factory=list)  # heard while loading
     waiting: list[asyncio.Future[list[dict[str, Any]]]] = field(default_factory=list)
+    gaps: set[str] = field(default_factory=set)  # replies missing chunks (an outage)
+    mending: bool = False
 
     def so_far(self) -> list[dict[str, Any]]:
         return [
@@ -196,7 +134,7 @@ class ClusterReplies:
         self._release = self._redis.register_script(RELEASE)
         self.forward: Deliver = delivery.to_local_room  # what is not the assistant's
         self._cancel_here: CancelHere | None = None
-        self._mine: dict[uuid.UUID, tuple[uuid.UUID, str]] = {}  # reply -> doc, entry
+        self._mine: dict[uuid.UUID, _Own] = {}
         self._unreleased: list[str] = []  # entries released while the link was down
         self._mirrors: dict[uuid.UUID, _Mirror] = {}
         self._asks: dict[str, asyncio.Future[str]] = {}  # cancels sent, by request id
@@ -247,22 +185,32 @@ class ClusterReplies:
             raise AiBusy()
         if refused == 2:
             raise AiBusy("you have as many replies streaming as you may")
-        self._mine[reply_id] = (document_id, entry)
+        self._mine[reply_id] = _Own(entry, f"{self._prefix}:ai:text:{reply_id}")
 
     def streamed(self, reply_id: uuid.UUID, chunk: str) -> None:
         """A chunk, just before its ``ai:chunk`` is handed to delivery."""
-        if reply_id in self._mine:
-            self._link.command("RPUSH", f"{self._prefix}:ai:text:{reply_id}", chunk)
+        own = self._mine.get(reply_id)
+        if own is None:
+            return
+        own.chunks.append(chunk)
+        if not self._link.up:
+            own.behind = True  # dropped: the list is written whole once the link is back
+        elif own.behind:
+            own.behind = False
+            self._link.command("DEL", own.key)
+            self._link.command("RPUSH", own.key, *own.chunks)
+        else:
+            self._link.command("RPUSH", own.key, chunk)
 
     def ended(self, reply_id: uuid.UUID) -> None:
         """The reply's last event was handed to delivery (or it never started)."""
-        mine = self._mine.pop(reply_id, None)
-        if mine is None:
+        own = self._mine.pop(reply_id, None)
+        if own is None:
             return
         if self._link.up:
-            self._link.command("EVAL", RELEASE, 0, self._prefix, *mine[1].split())
+            self._link.command("EVAL", RELEASE, 0, self._prefix, *own.entry.split())
         else:  # released at the next beat Redis answers (its lease ends otherwise)
-            self._unreleased.append(mine[1])
+            self._unreleased.append(own.entry)
 
     # --- cancelling from any node -------------------------------------------------------
 
@@ -348,6 +296,9 @@ class ClusterReplies:
             mirror.held.append(event)
         elif _apply(mirror, event, replaying=False):
             self._delivery.to_local_room(room, event)
+            if mirror.gaps and not mirror.mending:
+                mirror.mending = True
+                self._spawn(self._mend(mirror))
 
     def entered(self, document_id: uuid.UUID) -> asyncio.Future[list[dict[str, Any]]]:
         """The other nodes' replies streaming in the room (as ``Reply.so_far``), for a
@@ -389,6 +340,28 @@ class ClusterReplies:
             if _apply(mirror, event, replaying=True):
                 self._delivery.to_local_room(room, event)
 
+    async def _mend(self, mirror: _Mirror) -> None:
+        """Read again the text of the replies whose copy missed chunks (lost in a Redis
+        outage): its first ``seq`` chunks, which Redis held before it was published."""
+        try:
+            while mirror.gaps:
+                reply_id = mirror.gaps.pop()
+                try:
+                    key = f"{self._prefix}:ai:text:{reply_id}"
+                    chunks = [_str(c) for c in await self._redis.lrange(key, 0, -1)]
+                except (RedisError, OSError) as exc:
+                    self._away(exc)
+                    chunks = []
+                text = mirror.replies.get(reply_id)
+                if text is None:
+                    continue
+                if len(chunks) >= text.seq:
+                    text.parts = chunks[: text.seq]
+                else:  # ended meanwhile, or its node's text has gaps too: none is better
+                    del mirror.replies[reply_id]
+        finally:
+            mirror.mending = False
+
     def _sweep(self) -> None:
         members = self._delivery.rooms.members
         for document_id in [
@@ -405,7 +378,7 @@ class ClusterReplies:
                 for entry in list(self._unreleased):
                     await self._release(args=[self._prefix, *entry.split()])
                     self._unreleased.remove(entry)
-                entries = [entry for _, entry in self._mine.values()]
+                entries = [own.entry for own in self._mine.values()]
                 gone = await self._beat(args=[self._prefix, int(LEASE_SECONDS * 1000), *entries])
             except (RedisError, OSError) as exc:
                 self._away(exc)
@@ -483,6 +456,9 @@ def _apply(mirror: _Mirror, event: Event, *, replaying: bool) -> bool:
         seq = int(data["seq"])
         if seq <= known.seq:
             return False  # in the text so far
+        first = int(data.get("first_seq") or seq)
+        if first > known.seq + 1:
+            mirror.gaps.add(reply_id)  # chunks were lost: the text is read again
         known.parts.append(str(data["text"]))
         known.seq = seq
         return True
@@ -491,3 +467,7 @@ def _apply(mirror: _Mirror, event: Event, *, replaying: bool) -> bool:
         return False  # ended before the read: the joins never heard of it
     mirror.replies.pop(reply_id, None)
     return True
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
