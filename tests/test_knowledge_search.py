@@ -3,13 +3,16 @@ index rebuilt from the database, and failed index writes retried."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from app.auth.principal import Principal
 from app.keys import KNOWLEDGE
+from app.services.knowledge.entries import KnowledgeService, Reindexed
 from storage.models import GlobalRole
 from storage.vectors import VectorStore, VectorStoreError
 from tests.conftest import AppFactory
@@ -87,6 +90,55 @@ async def test_dropping_the_collection_and_reindexing(api: Api) -> None:
     done = await api.call("POST", f"{BASE}/reindex", user=admin)
     assert done["entries"] == 3 and done["passages"] >= 3
     assert (await found(api, user, "how do I ship a new release?"))[0] == "Deploying"
+
+
+async def test_a_reindex_asked_while_one_runs_gets_its_answer(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second reindex (another admin, or a client retrying after its timeout) joins
+    the one running instead of dropping what it has written and starting over."""
+    admin = await api.user("root", GlobalRole.ADMIN)
+    other = await api.user("ops", GlobalRole.ADMIN)
+    for title, text in ENTRIES.items():
+        await add(api, admin, title, text)
+    drops: list[None] = []
+    release = asyncio.Event()
+    original_drop = VectorStore.drop
+
+    async def drop(self: VectorStore) -> None:
+        drops.append(None)
+        await release.wait()
+        await original_drop(self)
+
+    asked: list[None] = []
+    original_reindex = KnowledgeService.reindex
+
+    async def reindex(self: KnowledgeService, principal: Principal) -> Reindexed:
+        asked.append(None)
+        return await original_reindex(self, principal)
+
+    monkeypatch.setattr(VectorStore, "drop", drop)
+    monkeypatch.setattr(KnowledgeService, "reindex", reindex)
+
+    def dropped() -> None:
+        assert len(drops) == 1
+
+    def both_asked() -> None:
+        assert len(asked) == 2
+
+    first = asyncio.ensure_future(api.call("POST", f"{BASE}/reindex", user=admin))
+    await eventually(dropped)
+    second = asyncio.ensure_future(api.call("POST", f"{BASE}/reindex", user=other))
+    await eventually(both_asked)
+    release.set()
+    answers = await asyncio.gather(first, second)
+    assert answers[0] == answers[1] == {"entries": 3, "documents": 0, "passages": 3}
+    assert len(drops) == 1
+    assert (await found(api, admin, "how do I ship a new release?"))[0] == "Deploying"
+
+    # Once it has ended, a reindex is a new one.
+    assert await api.call("POST", f"{BASE}/reindex", user=other) == answers[0]
+    assert len(drops) == 2
 
 
 async def test_failed_index_writes_are_retried(

@@ -14,6 +14,9 @@ is what an admin approved.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +34,8 @@ from storage.models import GlobalRole, KnowledgeEntry, utcnow
 from storage.repositories import documents as documents_repo
 from storage.repositories import knowledge as knowledge_repo
 from storage.vectors import Found, Scope
+
+log = logging.getLogger(__name__)
 
 EDITABLE = ("title", "text", "tags", "source")
 # A search asks the index for this many passages per hit wanted: several passages of
@@ -89,6 +94,7 @@ class KnowledgeService:
         self._sessions = sessions
         self._indexer = indexer
         self.documents = documents
+        self._rebuilding: asyncio.Task[Reindexed] | None = None
 
     async def create(
         self,
@@ -268,9 +274,18 @@ class KnowledgeService:
             raise ServiceUnavailable("the search index is unavailable; try again") from exc
 
     async def reindex(self, principal: Principal) -> Reindexed:
-        """Rebuild the index from the database (admins)."""
+        """Rebuild the index from the database (admins). A reindex asked while one runs
+        gets that one's answer: a second would drop what the first has written and
+        start over (a client that timed out and asked again would never see one end).
+        The rebuild goes on if its caller goes away."""
         check_reader(principal)
         check_admin(principal)
+        if self._rebuilding is None:
+            self._rebuilding = asyncio.get_running_loop().create_task(self._rebuild())
+            self._rebuilding.add_done_callback(self._rebuilt)
+        return await asyncio.shield(self._rebuilding)
+
+    async def _rebuild(self) -> Reindexed:
         try:
             entries = await self._indexer.rebuild()
             documents = await self.documents.rebuild()
@@ -279,6 +294,13 @@ class KnowledgeService:
             raise ServiceUnavailable("the search index is unavailable; try again") from exc
         return Reindexed(entries=entries, documents=documents, passages=passages)
 
+    def _rebuilt(self, task: asyncio.Task[Reindexed]) -> None:
+        if self._rebuilding is task:
+            self._rebuilding = None
+        error = None if task.cancelled() else task.exception()
+        if error is not None:  # its callers have it too, if any are still there
+            log.warning("reindex failed: %r", error)
+
     # --- the index ----------------------------------------------------------------------
 
     def start(self) -> None:
@@ -286,6 +308,10 @@ class KnowledgeService:
         self._indexer.start()
 
     async def close(self) -> None:
+        if self._rebuilding is not None:
+            self._rebuilding.cancel()
+            with contextlib.suppress(BaseException):
+                await self._rebuilding
         await self.documents.close()
         await self._indexer.close()
         await self._indexer.index.close()
