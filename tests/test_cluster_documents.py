@@ -17,17 +17,24 @@ from typing import Any
 
 import pycrdt
 import pytest
+from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.config import Settings
+from app.metrics import Metrics
 from app.services.yjs_updates import build_document
+from realtime.cluster.documents import LEASE_MS, DocumentLog
+from realtime.cluster.target import RedisTarget
+from realtime.wiring import cluster_link
 from roomclient import DocumentClient
 from storage.db import create_engine, create_sessionmaker
 from storage.models import DocumentSnapshot, DocumentUpdate
 from storage.repositories import crdt as crdt_repo
-from tests.conftest import NodePrograms
+from tests.conftest import TEST_JWT_SECRET, NodePrograms
 from tests.helpers import Api, User, eventually
 from tests.test_cluster import (  # noqa: F401  (fixtures)
+    PREFIX,
     WAIT,
     RedisProcess,
     StartNodes,
@@ -331,3 +338,36 @@ async def test_a_node_holding_a_document_without_yjs_clients_applies_the_others_
         await eventually(lambda: _equal(on_a.text, "from a, then b"), timeout=WAIT)
     finally:
         await on_a.close()
+
+
+async def test_one_node_at_a_time_holds_a_documents_snapshot_lease(
+    shared_redis: str,  # noqa: F811
+) -> None:
+    settings = Settings(
+        jwt_secret=TEST_JWT_SECRET, redis_url=shared_redis, cluster_channel_prefix=PREFIX
+    )
+    link = cluster_link(settings, Metrics())
+    assert link is not None
+    first, second = (DocumentLog(link, RedisTarget(shared_redis), prefix=PREFIX) for _ in "12")
+    document_id = uuid.uuid4()
+    key = f"{PREFIX}:snapshot:{document_id}"
+    redis = Redis.from_url(shared_redis)
+    try:
+        async with first.snapshot_turn(document_id) as mine:
+            assert mine
+            assert 0 < await redis.pttl(key) <= LEASE_MS
+            async with second.snapshot_turn(document_id) as theirs:
+                assert not theirs
+        async with second.snapshot_turn(document_id) as theirs:
+            assert theirs  # released at the end of the first turn
+        # A holder whose lease ran out (another node holds it now) releases nothing.
+        async with first.snapshot_turn(document_id) as mine:
+            assert mine
+            await redis.set(key, "another node's token", px=LEASE_MS)
+        assert await redis.get(key) == b"another node's token"
+    finally:
+        await redis.delete(key)
+        await redis.aclose()
+        for log in (first, second):
+            await log.close()
+        await link.close()

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 TEXT_NAME = "content"
 # Updates waiting for a dependency that a document keeps track of (LiveDocument.waiting).
 MAX_WAITING = 100
+# Log row ids a copy remembers having applied (``LiveDocument.applied``) at most. A node
+# that only hears a document never snapshots it, so nothing else bounds them; an id
+# forgotten costs at most applying its row again (Yjs applies are idempotent).
+MAX_APPLIED = 100_000
 
 
 @dataclass(frozen=True, slots=True)

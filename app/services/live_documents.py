@@ -53,6 +53,7 @@ from app.errors import DocumentTooLarge, InvalidUpdate
 from app.events import Broadcaster
 from app.services.document_peers import DocumentPeers
 from app.services.live_document import (
+    MAX_APPLIED,
     MAX_WAITING,
     TEXT_NAME,
     Limits,
@@ -393,6 +394,8 @@ class LiveDocuments:
         what it changed to this node's Yjs clients."""
         if update_id in live.applied:
             return
+        if len(live.applied) >= MAX_APPLIED:
+            live.applied = set(sorted(live.applied)[MAX_APPLIED // 2 :])  # the newest half
         live.applied.add(update_id)
         live.last_update_id = max(update_id, live.last_update_id or 0)
         self._integrate(live, update)
