@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pycrdt
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -20,6 +20,7 @@ from storage.models import AuthorKind, ChatMessage, DocumentMember, DocumentUpda
 from storage.repositories import crdt, messages, usage
 from storage.repositories import documents as documents_repo
 from storage.repositories import users as users_repo
+from tests.helpers import eventually
 from tests.test_yjs_properties import clocks
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -269,6 +270,41 @@ async def test_a_snapshot_drops_exactly_the_rows_it_covers(sessions: Sessions) -
     async with sessions() as session:
         stored = await crdt.load(session, document)
     assert newer is not None and stored.snapshot_id == newer and stored.updates == []
+
+
+async def test_snapshots_of_one_document_take_turns(sessions: Sessions, backend: str) -> None:
+    """On PostgreSQL a second snapshot transaction of the document waits for the first
+    (an advisory lock), while another document's and the document's chat do not."""
+    if backend != "postgres":
+        pytest.skip("SQLite has one writer at a time: nothing to take turns")
+    author, document = await make_document(sessions)
+    _, other = await make_document(sessions)
+    async with sessions.begin() as first:
+        await crdt.lock_for_snapshot(first, document)
+
+        async def second() -> None:
+            async with sessions.begin() as session:
+                await crdt.lock_for_snapshot(session, document)
+
+        waiting = asyncio.ensure_future(second())
+
+        async def waits() -> None:
+            async with sessions() as session:
+                count = await session.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT "
+                        "granted AND database = (SELECT oid FROM pg_database WHERE datname = "
+                        "current_database())"
+                    )
+                )
+            assert count == 1
+
+        await eventually(waits)
+        async with sessions.begin() as session:  # another document: no wait
+            await crdt.lock_for_snapshot(session, other)
+        await send(sessions, document, author, "chat goes on", None)
+        assert not waiting.done()
+    await asyncio.wait_for(waiting, 10)
 
 
 async def test_a_read_session_reads_beside_a_writer_and_postgres_refuses_its_writes(

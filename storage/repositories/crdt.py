@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Document, DocumentSnapshot, DocumentUpdate
+from storage.models import DocumentSnapshot, DocumentUpdate
 
 # Row ids per DELETE ... IN (...) when a snapshot drops what it covers.
 DELETE_CHUNK = 1_000
@@ -132,13 +132,14 @@ async def updates_by_id(
 
 
 async def lock_for_snapshot(session: AsyncSession, document_id: uuid.UUID) -> None:
-    """Take the document's row until the transaction ends, so that snapshots of one
-    document are written one after another whatever the nodes (on PostgreSQL ``FOR NO
-    KEY UPDATE``, which appends of log rows, whose foreign key takes ``FOR KEY SHARE``,
-    do not wait for; SQLite has one writer at a time anyway)."""
-    await session.execute(
-        select(Document.id).where(Document.id == document_id).with_for_update(key_share=True)
-    )
+    """Hold the document's snapshot lock until the transaction ends, so that snapshots
+    of one document are written one after another whatever the nodes. On PostgreSQL a
+    transaction-level advisory lock keyed by the document id: nothing else waits for
+    it (a row lock on the document would hold up its chat, whose seq counter is an
+    UPDATE of that row). SQLite has one writer at a time anyway."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(document_id.bytes[:8], "big", signed=True)
+        await session.execute(select(func.pg_advisory_xact_lock(key)))
 
 
 async def save_snapshot(
