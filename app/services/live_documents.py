@@ -30,8 +30,8 @@ clients on other nodes: the room relay does not carry them). A node subscribes b
 it reads the log at load, so an update is either in what it read or heard after
 (applying one twice is harmless); after a Redis outage ``resync`` reads the log rows a
 copy lacks and asks its Yjs clients for ``sync-step-1``. A snapshot is taken by one
-node at a time (``snapshot_turn``, a Redis lease; the document's row is locked in the
-database as well), after the copy has caught up with the log, and it deletes exactly
+node at a time (``snapshot_turn``, a Redis lease; an advisory lock in the database as
+well), after the copy has caught up with the log, and it deletes exactly
 the log rows it covers: a row another node committed meanwhile, even with a lower id,
 stays in the log.
 """

@@ -10,7 +10,7 @@ node with no copy of a document is not subscribed, and hears nothing of it.
 
 Snapshots: ``snapshot_turn`` is a lease in Redis (``SET NX PX`` with a token of this
 node's, released by a script that checks the token), so that one node at a time
-compacts a document. Redis unreachable, a node snapshots anyway: the database row lock
+compacts a document. Redis unreachable, a node snapshots anyway: the advisory lock
 taken by the snapshot (storage/repositories/crdt.py) keeps two snapshots apart, and
 each catches up with the log first, so the lease saves work, not correctness.
 """
