@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from storage.vectors import Found, Point, Scope, VectorStore
+from storage.vectors import ID_PAGE, Found, Point, Scope, VectorStore
 
 DIMENSION = 16
 OWNERS = ["u1", "u2", ""]
@@ -45,9 +45,12 @@ def payload(rng: random.Random, kind: str) -> dict[str, Any]:
 
 def points(rng: random.Random, count: int) -> list[Point]:
     made = []
+    chunks: dict[tuple[str, str], int] = {}
     for number in range(count):
         kind = rng.choices(["knowledge", "document", "other"], [6, 3, 1])[0]
         ref = f"d{rng.randrange(30)}" if kind == "document" else f"k{number}"
+        # An entry's or a document's passages are numbered from 0, as SearchIndex does.
+        chunk = chunks[kind, ref] = chunks.get((kind, ref), -1) + 1
         dense = np.array([rng.gauss(0, 1) for _ in range(DIMENSION)])
         # Words 0-49 are common; 1000 and up each in one passage.
         words = sorted({*rng.sample(range(50), rng.randrange(1, 6)), 1000 + number})
@@ -55,7 +58,7 @@ def points(rng: random.Random, count: int) -> list[Point]:
             Point(
                 kind=kind,
                 ref=ref,
-                chunk=number,
+                chunk=chunk,
                 dense=(dense / np.linalg.norm(dense)).tolist(),
                 sparse_indices=words,
                 sparse_values=[rng.uniform(0.5, 2.0) for _ in words],
@@ -134,5 +137,51 @@ async def test_a_search_after_deletions_and_changes(tmp_path: Path) -> None:
             assert got == expected and got
             assert not {f.ref for f in got} & set(knowledge[:40])
             assert all(f.kind == "knowledge" or f.ref in ("d3", "d4") for f in got)
+    finally:
+        await store.close()
+
+
+async def test_passages_are_replaced_changed_and_deleted_by_entry(tmp_path: Path) -> None:
+    """Local mode finds an entry's passages by their ids, a page at a time: more than
+    a page of them, fewer after a change, none after a deletion; others untouched."""
+    rng = random.Random(18)
+    store = VectorStore(url=None, path=tmp_path / "qdrant", collection="t", dimension=DIMENSION)
+
+    def passages(ref: str, count: int, approved: bool) -> list[Point]:
+        return [
+            replace(point, kind="knowledge", ref=ref, chunk=chunk, payload={"approved": approved})
+            for chunk, point in enumerate(points(rng, count))
+        ]
+
+    everyone = Scope(knowledge="approved")
+    admin = Scope(knowledge="all")
+    query = points(rng, 1)[0]
+
+    async def refs(scope: Scope) -> dict[str, int]:
+        found = await search(store, query, scope, 1000)
+        return {ref: sum(f.ref == ref for f in found) for ref in {f.ref for f in found}}
+
+    try:
+        await store.replace("knowledge", "long", passages("long", ID_PAGE + 6, False))
+        await store.replace("knowledge", "other", passages("other", 5, True))
+        await store.replace(
+            "document", "long", [replace(p, kind="document") for p in passages("long", 3, True)]
+        )
+        assert await store.count() == ID_PAGE + 6 + 5 + 3
+        assert await refs(admin) == {"long": ID_PAGE + 6, "other": 5}
+
+        await store.set_payload("knowledge", "long", {"approved": True})
+        assert await refs(everyone) == {"long": ID_PAGE + 6, "other": 5}
+
+        await store.replace("knowledge", "long", passages("long", 2, False))
+        assert await store.count() == 2 + 5 + 3
+        assert await refs(admin) == {"long": 2, "other": 5}
+        assert await refs(everyone) == {"other": 5}
+
+        await store.delete("knowledge", ["long", "nothing"])
+        assert await store.count() == 5 + 3
+        assert await refs(admin) == {"other": 5}
+        documents = await search(store, query, Scope(knowledge=None, documents=["long"]), 10)
+        assert len(documents) == 3  # the document of the same ref is another's
     finally:
         await store.close()
