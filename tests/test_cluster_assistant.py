@@ -172,6 +172,9 @@ async def test_the_replies_scripts_count_lease_and_keep_the_text(shared_redis: s
         await link.flush(redis)
         assert await replies._read(args=[prefix, str(doc)]) == []
         await replies.admit(second, doc, user, per_room=1, per_user=2)  # the room is free
+        with pytest.raises(AiBusy) as busy:  # the user's one reply, in another room
+            await replies.admit(uuid.uuid4(), uuid.uuid4(), user, per_room=1, per_user=1)
+        assert busy.value.message == "you have as many replies streaming as you may"
 
         # A lease that ends (its node stopped renewing it): removed once, by one caller.
         dead = uuid.uuid4()
