@@ -16,9 +16,9 @@ Local mode has no indexes: it evaluates a filter in Python on every point, for e
 of the two candidate searches, which was 80-90% of a search's time (measured at 2,500
 passages: 130 ms a filtered search against 5-15 ms unfiltered for the dense vectors).
 There, each search asks for ``LOCAL_OVERFETCH`` times the candidates it needs without
-a filter, and the scope is checked here on those (``_in_scope``, the same conditions
-matched as Qdrant matches them); only when too few of them are in scope (a narrow
-scope: a guest's few documents) does Qdrant filter after all. The candidates, and so
+a filter, and the scope is checked here on those (storage/vector_scope.py: the same
+conditions, matched as Qdrant matches them); only when too few of them are in scope (a
+narrow scope: a guest's few documents) does Qdrant filter after all. The candidates, and so
 the fused result, are the ones the filtered search gives (tests/test_vector_store.py).
 """
 
@@ -30,13 +30,16 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.hybrid.fusion import reciprocal_rank_fusion
+
+from storage.vector_scope import SCOPE_FIELDS, in_scope, refs_filter, scope_filter
+from storage.vector_scope import Scope as Scope  # part of this module's interface
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +54,6 @@ CANDIDATES = 4
 LOCAL_OVERFETCH = 3
 # Local mode finds the passages of an entry or a document by their ids, this many a call.
 ID_PAGE = 64
-# The payload fields a scope reads.
-SCOPE_FIELDS = ["kind", "ref", "approved", "owner", "tags"]
 _POINT_IDS = uuid.UUID("8f0f6a52-3c1e-4a8e-9a43-1f5d8f0b7c21")
 
 
@@ -80,18 +81,6 @@ class Point:
 
 def point_id(kind: str, ref: str, chunk: int) -> str:
     return str(uuid.uuid5(_POINT_IDS, f"{kind}:{ref}:{chunk}"))
-
-
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """What a search may return: knowledge entries (``all``, ``approved`` ones, or
-    approved ones and ``owner``'s) and the passages of ``documents``."""
-
-    knowledge: Literal["all", "approved", "approved_or_own"] | None
-    owner: str | None = None
-    documents: Sequence[str] = ()
-    tags: Sequence[str] = ()
-    kinds: frozenset[str] = field(default_factory=lambda: frozenset({"knowledge", "document"}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +198,7 @@ class VectorStore:
         entry or document are numbered from 0 without a gap (SearchIndex writes them
         so), so their ids are looked up a page at a time until a page is not full."""
         if not self.local:
-            return qm.FilterSelector(filter=_of(kind, refs))
+            return qm.FilterSelector(filter=refs_filter(kind, refs))
         ids: list[qm.ExtendedPointId] = []
         for ref in refs:
             for start in itertools.count(0, ID_PAGE):
@@ -230,7 +219,7 @@ class VectorStore:
         limit: int,
     ) -> list[Found]:
         """The best passages in ``scope``: dense and keyword candidates, fused by rank."""
-        where = _scope_filter(scope)
+        where = scope_filter(scope)
         if where is None:
             return []
 
@@ -273,15 +262,15 @@ class VectorStore:
     ) -> list[Found]:
         """What the filtered, fused query gives, with the scope checked here (in the
         worker thread)."""
-        in_scope = _in_scope(scope)
+        check = in_scope(scope)
         wanted = limit * CANDIDATES
-        nearest, narrow = self._candidates(client, dense, DENSE, scope, in_scope, wanted)
+        nearest, narrow = self._candidates(client, dense, DENSE, scope, check, wanted)
         sources = [nearest]
         if keywords is not None:
             # A scope too narrow for the dense candidates is for the keyword ones too:
             # Qdrant filters them at once (their search without a filter costs as much).
             sources.append(
-                self._candidates(client, keywords, SPARSE, scope, in_scope, wanted, narrow)[0]
+                self._candidates(client, keywords, SPARSE, scope, check, wanted, narrow)[0]
             )
         # The fusion Qdrant's local mode applies to prefetches, then their payloads.
         fused = reciprocal_rank_fusion(sources, limit=limit)
@@ -306,7 +295,7 @@ class VectorStore:
         query: list[float] | qm.SparseVector,
         using: str,
         scope: Scope,
-        in_scope: Callable[[dict[str, Any]], bool],
+        check: Callable[[dict[str, Any]], bool],
         wanted: int,
         narrow: bool = False,
     ) -> tuple[list[qm.ScoredPoint], bool]:
@@ -317,11 +306,11 @@ class VectorStore:
             nearest = client.query_points(
                 self.collection, query=query, using=using, limit=asked, with_payload=SCOPE_FIELDS
             ).points
-            kept = [point for point in nearest if in_scope(point.payload or {})]
+            kept = [point for point in nearest if check(point.payload or {})]
             # Fewer than asked: there is no other candidate (none shares a keyword).
             if len(kept) >= wanted or len(nearest) < asked:
                 return kept[:wanted], False
-        where = _scope_filter(scope)
+        where = scope_filter(scope)
         filtered = client.query_points(
             self.collection, query=query, using=using, query_filter=where, limit=wanted
         ).points
@@ -354,77 +343,6 @@ class VectorStore:
             await self._run(call)
         finally:
             self._thread.shutdown(wait=True)
-
-
-def _of(kind: str, refs: Sequence[str]) -> qm.Filter:
-    return qm.Filter(
-        must=[
-            qm.FieldCondition(key="kind", match=qm.MatchValue(value=kind)),
-            qm.FieldCondition(key="ref", match=qm.MatchAny(any=list(refs))),
-        ]
-    )
-
-
-def _scope_filter(scope: Scope) -> qm.Filter | None:
-    either: list[qm.Filter] = []
-    if scope.knowledge is not None and "knowledge" in scope.kinds:
-        must: list[qm.Condition] = [
-            qm.FieldCondition(key="kind", match=qm.MatchValue(value="knowledge"))
-        ]
-        must += [
-            qm.FieldCondition(key="tags", match=qm.MatchValue(value=tag)) for tag in scope.tags
-        ]
-        approved = qm.FieldCondition(key="approved", match=qm.MatchValue(value=True))
-        if scope.knowledge == "approved":
-            must.append(approved)
-        elif scope.knowledge == "approved_or_own":
-            own = qm.FieldCondition(key="owner", match=qm.MatchValue(value=scope.owner or ""))
-            must.append(qm.Filter(should=[approved, own]))
-        either.append(qm.Filter(must=must))
-    if scope.documents and "document" in scope.kinds:
-        either.append(_of("document", scope.documents))
-    if not either:
-        return None
-    return either[0] if len(either) == 1 else qm.Filter(should=list(either))
-
-
-def _in_scope(scope: Scope) -> Callable[[dict[str, Any]], bool]:
-    """Whether a payload is in ``scope``: ``_scope_filter(scope)`` evaluated here, each
-    condition matched as Qdrant matches a keyword (an array matches if one of its
-    values does; a bool matches only a bool)."""
-    knowledge = scope.knowledge if "knowledge" in scope.kinds else None
-    documents = frozenset(scope.documents) if "document" in scope.kinds else frozenset()
-    owner = scope.owner or ""
-
-    def check(payload: dict[str, Any]) -> bool:
-        if (
-            knowledge is not None
-            and _has(payload, "kind", "knowledge")
-            and all(_has(payload, "tags", tag) for tag in scope.tags)
-            and (
-                knowledge == "all"
-                or _has(payload, "approved", True)
-                or (knowledge == "approved_or_own" and _has(payload, "owner", owner))
-            )
-        ):
-            return True
-        return (
-            bool(documents)
-            and _has(payload, "kind", "document")
-            and any(isinstance(ref, str) and ref in documents for ref in _values(payload, "ref"))
-        )
-
-    return check
-
-
-def _values(payload: dict[str, Any], key: str) -> list[Any]:
-    value = payload.get(key)
-    return value if isinstance(value, list) else [value]
-
-
-def _has(payload: dict[str, Any], key: str, wanted: str | bool) -> bool:
-    # Qdrant keeps bool and str apart (True is not 1); our values are only these two.
-    return any(type(value) is type(wanted) and value == wanted for value in _values(payload, key))
 
 
 def _point(point: Point) -> qm.PointStruct:
