@@ -264,7 +264,12 @@ class VectorStore:
         worker thread)."""
         check = in_scope(scope)
         wanted = limit * CANDIDATES
-        nearest, narrow = self._candidates(client, dense, DENSE, scope, check, wanted)
+        # Documents alone (a guest's) are a small part of the index: no knowledge in
+        # scope, and Qdrant filters at once, as before.
+        documents_only = scope.knowledge is None or "knowledge" not in scope.kinds
+        nearest, narrow = self._candidates(
+            client, dense, DENSE, scope, check, wanted, documents_only
+        )
         sources = [nearest]
         if keywords is not None:
             # A scope too narrow for the dense candidates is for the keyword ones too:
