@@ -62,6 +62,7 @@ async def test_without_a_key_the_offline_responder_answers_through_the_same_path
     assert done["message"]["text"].startswith("[offline assistant")
     assert streamed(b, reply_id) == done["message"]["text"]
     assert done["message"]["metadata"]["model"] == "offline"
+    assert done["message"]["metadata"]["question"] == "Hello?"  # shown again after a reload
 
 
 async def test_cancel_closes_the_upstream_stream_and_keeps_the_partial_text(

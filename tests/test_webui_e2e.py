@@ -467,13 +467,15 @@ async def test_the_assistant_streams_into_both_pages_and_cancel_stops_it(
     done = page.locator(".reply[data-status=completed]")
     await expect(done.locator(".answer")).to_have_text("".join(words).strip())
     await expect(done.locator(".usage")).to_have_text("completed · 321 tokens in, 40 out")
-    await expect(done.locator(".question")).to_have_text(f"Asked by {ann.username}")
+    await expect(done.locator(".question")).to_have_text(f"{ann.username} asked: What is the plan?")
     await expect(done.locator(".sources li", has_text="Ask me")).to_contain_text(
         "12th of March in Lisbon"
     )
     cancelled = page.locator(".reply[data-status=cancelled]")
     await expect(cancelled.locator(".answer")).to_contain_text("tick tick")
-    await expect(cancelled.locator(".question")).to_have_text(f"Asked by {ben.username}")
+    await expect(cancelled.locator(".question")).to_have_text(
+        f"{ben.username} asked: Count for ever"
+    )
     await shot(page, site.shots, "06-assistant-after-reload")
 
 

@@ -393,6 +393,7 @@ class Assistant:
             "stop_reason": reply.outcome.stop_reason,
             "usage": _usage_body(usage),
             "asked_by": str(reply.asked_by.user_id),
+            "question": reply.question,  # a page reloaded later shows what was asked
             "citations": [citation.body() for citation in reply.citations],
         }
         message: MessageOut | None = None

@@ -1,7 +1,7 @@
 // The assistant's panel of a room (docs/protocol.md §5.6 ai:ask, ai:cancel; §5.7 ai:*):
 // ask, the answers streaming in by chunk seq, cancel, usage and citations. Earlier
 // answers come from the chat history, where each ended reply is stored as a message of
-// the assistant (its metadata: reply_id, status, usage, asked_by, citations), so the
+// the assistant (its metadata: reply_id, status, usage, asked_by, question, citations), so the
 // panel shows them again after a reload, oldest first.
 
 import { describe, type DocRole, type Message } from "./api";
@@ -116,6 +116,7 @@ export class Assistant {
       if (message.text.length >= reply.text.length) reply.text = message.text;
       reply.messageSeq = message.seq;
       if (typeof meta["asked_by"] === "string") reply.askedById = meta["asked_by"];
+      if (typeof meta["question"] === "string" && reply.question === "") reply.question = meta["question"];
       if (typeof meta["usage"] === "object" && meta["usage"] !== null) reply.usage = meta["usage"] as Record<string, number>;
       if (Array.isArray(meta["citations"])) reply.citations = meta["citations"];
     }
