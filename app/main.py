@@ -243,12 +243,7 @@ def create_app(settings: Settings) -> web.Application:
         assert replies is not None and document_log is not None
         replies.forward = chat_order.heard  # the assistant's events through its copies
         document_log.forward = replies.heard  # documents' updates to their copies
-
-        def act(action: str, args: list[str | None]) -> None:
-            if not replies.act(action, args):  # a cancel between nodes, or the others'
-                broadcaster.act(action, args)
-
-        await cluster.start(document_log.heard, act=act, on_resumed=resync.resumed)
+        await cluster.start(document_log.heard, act=broadcaster.act, on_resumed=resync.resumed)
         await replies.start()
         try:
             yield

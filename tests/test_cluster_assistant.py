@@ -116,14 +116,19 @@ def test_what_a_copy_read_from_redis_holds_is_not_delivered_again() -> None:
 
 
 class _Link:
-    """What ClusterReplies uses of RedisLink: its node id, whether it is up, and the
-    commands queued on its publishing connection (run here on Redis by ``flush``)."""
+    """What ClusterReplies uses of RedisLink: its node id, whether it is up, the
+    commands queued on its publishing connection (run here on Redis by ``flush``), and
+    the handlers of the others' actions."""
 
     node = b"testnode"
 
     def __init__(self) -> None:
         self.up = True
         self.queued: list[tuple[Any, ...]] = []
+        self.handlers: dict[str, Any] = {}
+
+    def handle(self, action: str, handler: Any) -> None:
+        self.handlers[action] = handler
 
     def command(self, *args: Any) -> None:
         if self.up:

@@ -141,6 +141,9 @@ class ClusterReplies:
         self._tasks: set[asyncio.Task[None]] = set()
         self._beating: asyncio.Task[None] | None = None
         self._down = False
+        # Cancels between nodes: asked of the owner, answered by it.
+        link.handle(CANCEL, self._asked_to_cancel)
+        link.handle(CANCELLED, self._answered)
 
     def use(self, cancel_here: CancelHere) -> None:
         """The assistant's own cancel (an owner asked by another node)."""
@@ -248,16 +251,6 @@ class ClusterReplies:
             self._asks.pop(request, None)
         if result != "cancelled":
             raise NotFound("no such reply streaming in this room")
-
-    def act(self, action: str, args: list[str | None]) -> bool:
-        """Another node's ``announce``, if it is one of this module's."""
-        if action == CANCEL:
-            self._asked_to_cancel(args)
-        elif action == CANCELLED:
-            self._answered(args)
-        else:
-            return False
-        return True
 
     def _asked_to_cancel(self, args: list[str | None]) -> None:
         owner, document, reply, user, asker, request = args
