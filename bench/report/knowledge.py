@@ -46,9 +46,12 @@ def knowledge_section(result: KnowledgeResult) -> str:
             shares.append(f"{store / median:.0%} as {name}")
     lines += [
         "",
-        f"Qdrant's part of a search's median: {', '.join(shares)}. Local mode evaluates "
-        "the scope's filter in Python, point by point, for each of the two candidate "
-        "searches (dense and keywords); a Qdrant server (`QDRANT_URL`) indexes the "
-        "filtered fields instead.",
+        f"Qdrant's part of a search's median: {', '.join(shares)}. In local mode each of "
+        "the two candidate searches (dense and keywords) runs unfiltered for three times "
+        "the passages it needs and the scope is checked on them here "
+        "(storage/vector_scope.py), falling back to Qdrant's filter when too few are in "
+        "scope; what is left is mostly local mode's keyword scoring, a loop in Python "
+        "over every passage. A Qdrant server (`QDRANT_URL`) filters and scores in its "
+        "own indexes instead.",
     ]
     return "\n".join(lines) + "\n"
