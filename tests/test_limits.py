@@ -125,6 +125,12 @@ async def test_past_max_connections_a_handshake_is_answered_503_server_full(
                 if response.status == 200:
                     break
                 await asyncio.sleep(0.05)
+        # Close that polling session (an Engine.IO close packet): left open, the app's
+        # shutdown would wait SHUTDOWN_TIMEOUT_SECONDS for it to poll again.
+        sid = json.loads((await response.text())[1:])["sid"]
+        params = {"EIO": "4", "transport": "polling", "sid": sid}
+        closed = await client.post("/socket.io/", params=params, data="1")
+        assert closed.status == 200
     finally:
         for raw in held:
             await raw.close()
