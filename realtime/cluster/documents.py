@@ -57,11 +57,6 @@ def room_of(document_id: uuid.UUID) -> tuple[str, uuid.UUID]:
     return (ROOM_KIND, document_id)
 
 
-def documents_of(rooms: list[Room]) -> list[uuid.UUID]:
-    """The documents whose updates the rooms carry (``RedisLink``'s ``on_resumed``)."""
-    return [room[1] for room in rooms if isinstance(room, tuple) and room[0] == ROOM_KIND]
-
-
 class DocumentLog:
     """``DocumentPeers`` (app/services/document_peers.py) over the cluster link."""
 
