@@ -44,6 +44,9 @@ TEST_JWT_SECRET = "test-secret-" + "x" * 40
 BACKENDS = ["sqlite", "postgres"]
 T = TypeVar("T")
 
+# The cluster tests' nodes and their fixtures (several test modules use them).
+pytest_plugins = ["tests.cluster_nodes"]
+
 
 def run_blocking(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run ``coroutine`` to completion on a loop of its own, in another thread.

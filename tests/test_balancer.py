@@ -24,17 +24,14 @@ import pytest
 import socketio
 
 from roomclient import RoomClient
+from tests.cluster_nodes import (
+    StartNodes,
+    api_of,
+    three_members,
+)
 from tests.conftest import service_missing
 from tests.helpers import Api, User, eventually
 from tests.test_cli import free_port
-from tests.test_cluster import (  # noqa: F401  (fixtures)
-    StartNodes,
-    api_of,
-    cluster_database,
-    shared_redis,
-    start_nodes,
-    three_members,
-)
 from tests.test_yjs_js import Server
 
 pytestmark = pytest.mark.slow
@@ -145,8 +142,8 @@ async def _connections(node: Server) -> float:
 
 
 async def test_websocket_and_polling_clients_share_a_room_through_haproxy(
-    start_nodes: StartNodes,  # noqa: F811  (the fixtures of test_cluster)
-    shared_redis: str,  # noqa: F811
+    start_nodes: StartNodes,
+    shared_redis: str,
     balancer: Balancer,
 ) -> None:
     nodes = await start_nodes(3, shared_redis)

@@ -20,19 +20,15 @@ from realtime.cluster.target import RedisTarget
 from realtime.delivery import Delivery, Event
 from roomclient import CommandError, RoomClient
 from tests.assistant_support import ask, of
-from tests.fake_anthropic import FakeAnthropic, Plan
-from tests.helpers import User, eventually
-from tests.test_cluster import (  # noqa: F401  (fixtures)
+from tests.cluster_nodes import (
     PREFIX,
     WAIT,
     StartNodes,
     api_of,
-    clients,
-    cluster_database,
-    shared_redis,
-    start_nodes,
     three_members,
 )
+from tests.fake_anthropic import FakeAnthropic, Plan
+from tests.helpers import User, eventually
 from tests.test_yjs_js import Server
 
 pytestmark = pytest.mark.slow
@@ -47,8 +43,8 @@ TOKENS = [f"t{i} " for i in range(40)]
 @pytest.fixture
 def claude_nodes(
     anthropic_server: tuple[FakeAnthropic, str],
-    start_nodes: StartNodes,  # noqa: F811
-    shared_redis: str,  # noqa: F811
+    start_nodes: StartNodes,
+    shared_redis: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Callable[[int], Awaitable[tuple[FakeAnthropic, list[Server]]]]:
     """``await claude_nodes(n)``: n nodes asking this test's stand-in; every delta a
@@ -140,7 +136,7 @@ class _Link:
         self.queued.clear()
 
 
-async def test_the_replies_scripts_count_lease_and_keep_the_text(shared_redis: str) -> None:  # noqa: F811
+async def test_the_replies_scripts_count_lease_and_keep_the_text(shared_redis: str) -> None:
     """In one process on Redis: the room's limit over every node, the text so far
     (written whole again after chunks the link dropped), the release, and a lease
     that ends."""
@@ -199,7 +195,7 @@ async def test_the_replies_scripts_count_lease_and_keep_the_text(shared_redis: s
 
 async def test_a_reply_streams_to_the_room_on_every_node(
     claude_nodes: Callable[[int], Awaitable[tuple[FakeAnthropic, list[Server]]]],
-    clients: Clients,  # noqa: F811
+    clients: Clients,
 ) -> None:
     fake, (a, b) = await claude_nodes(2)
     fake.plan(Plan(tokens=TOKENS[:12], delay=0.01))
@@ -222,7 +218,7 @@ async def test_a_reply_streams_to_the_room_on_every_node(
 
 async def test_a_reply_is_cancelled_from_another_node(
     claude_nodes: Callable[[int], Awaitable[tuple[FakeAnthropic, list[Server]]]],
-    clients: Clients,  # noqa: F811
+    clients: Clients,
 ) -> None:
     fake, (a, b) = await claude_nodes(2)
     fake.plan(Plan(tokens=TOKENS, delay=0.1))
@@ -254,7 +250,7 @@ async def test_a_reply_is_cancelled_from_another_node(
 
 async def test_a_join_on_another_node_mid_reply_gets_the_text_so_far_and_the_tail(
     claude_nodes: Callable[[int], Awaitable[tuple[FakeAnthropic, list[Server]]]],
-    clients: Clients,  # noqa: F811
+    clients: Clients,
 ) -> None:
     fake, (a, b) = await claude_nodes(2)
     fake.plan(Plan(tokens=TOKENS, delay=0.05))
@@ -290,7 +286,7 @@ async def test_a_join_on_another_node_mid_reply_gets_the_text_so_far_and_the_tai
 
 async def test_the_room_limit_counts_replies_on_every_node(
     claude_nodes: Callable[[int], Awaitable[tuple[FakeAnthropic, list[Server]]]],
-    clients: Clients,  # noqa: F811
+    clients: Clients,
 ) -> None:
     fake, (a, b) = await claude_nodes(2)
     fake.plan(Plan(tokens=TOKENS[:20], delay=0.05), Plan(tokens=["fine"]))
@@ -313,7 +309,7 @@ async def test_the_room_limit_counts_replies_on_every_node(
 
 async def test_a_killed_nodes_reply_frees_the_room_within_its_lease(
     claude_nodes: Callable[[int], Awaitable[tuple[FakeAnthropic, list[Server]]]],
-    clients: Clients,  # noqa: F811
+    clients: Clients,
 ) -> None:
     fake, (a, b) = await claude_nodes(2)
     fake.plan(Plan(tokens=TOKENS * 10, delay=0.1), Plan(tokens=["after"]))

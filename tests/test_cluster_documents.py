@@ -31,21 +31,17 @@ from roomclient import DocumentClient
 from storage.db import create_engine, create_sessionmaker
 from storage.models import DocumentSnapshot, DocumentUpdate
 from storage.repositories import crdt as crdt_repo
-from tests.conftest import TEST_JWT_SECRET, NodePrograms
-from tests.helpers import Api, User, eventually
-from tests.test_cluster import (  # noqa: F401  (fixtures)
+from tests.cluster_nodes import (
     PREFIX,
     WAIT,
     RedisProcess,
     StartNodes,
     api_of,
     channel,
-    cluster_database,
-    own_redis,
-    shared_redis,
-    start_nodes,
     subscribers,
 )
+from tests.conftest import TEST_JWT_SECRET, NodePrograms
+from tests.helpers import Api, User, eventually
 from tests.test_yjs_js import Server
 from tests.test_yjs_properties import clocks
 from tests.yjs_js import YjsJsClient
@@ -55,7 +51,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 async def database(
-    cluster_database: str,  # noqa: F811
+    cluster_database: str,
 ) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(cluster_database)
     yield engine
@@ -146,8 +142,8 @@ async def stored(engine: AsyncEngine, doc_id: str) -> pycrdt.Doc[Any]:
 
 async def test_js_clients_on_three_nodes_converge_and_each_update_is_stored_once(
     no_snapshots: None,
-    start_nodes: StartNodes,  # noqa: F811
-    shared_redis: str,  # noqa: F811
+    start_nodes: StartNodes,
+    shared_redis: str,
     node_programs: NodePrograms,
     database: AsyncEngine,
 ) -> None:
@@ -215,8 +211,8 @@ def _equal(actual: object, expected: object) -> None:
 
 async def test_snapshots_on_several_nodes_lose_no_update(
     eager_snapshots: None,
-    start_nodes: StartNodes,  # noqa: F811
-    shared_redis: str,  # noqa: F811
+    start_nodes: StartNodes,
+    shared_redis: str,
     database: AsyncEngine,
 ) -> None:
     nodes = await start_nodes(3, shared_redis)
@@ -260,9 +256,9 @@ async def test_snapshots_on_several_nodes_lose_no_update(
 
 
 async def test_a_node_that_missed_updates_while_redis_was_away_catches_up(
-    own_redis: RedisProcess,  # noqa: F811  (first: it outlives the nodes)
+    own_redis: RedisProcess,  # first: it outlives the nodes
     no_snapshots: None,
-    start_nodes: StartNodes,  # noqa: F811
+    start_nodes: StartNodes,
 ) -> None:
     a, b = await start_nodes(2, own_redis.url)
     async with api_of(a) as api:
@@ -303,8 +299,8 @@ async def test_a_node_that_missed_updates_while_redis_was_away_catches_up(
 
 async def test_a_node_holding_a_document_without_yjs_clients_applies_the_others_updates(
     monkeypatch: pytest.MonkeyPatch,
-    start_nodes: StartNodes,  # noqa: F811
-    shared_redis: str,  # noqa: F811
+    start_nodes: StartNodes,
+    shared_redis: str,
 ) -> None:
     """Node B holds the document for a REST read only (kept in memory for a while after
     it); an edit on node A reaches B's copy, which B's next read and REST edit build on."""
@@ -341,7 +337,7 @@ async def test_a_node_holding_a_document_without_yjs_clients_applies_the_others_
 
 
 async def test_one_node_at_a_time_holds_a_documents_snapshot_lease(
-    shared_redis: str,  # noqa: F811
+    shared_redis: str,
 ) -> None:
     settings = Settings(
         jwt_secret=TEST_JWT_SECRET, redis_url=shared_redis, cluster_channel_prefix=PREFIX

@@ -24,19 +24,15 @@ from realtime.cluster.presence import SharedPresence
 from realtime.cluster.target import RedisTarget
 from roomclient import RoomClient
 from storage.models import GlobalRole
-from tests.helpers import PASSWORD, Api, User, eventually
-from tests.test_cli import ROOT
-from tests.test_cluster import (  # noqa: F401  (fixtures)
+from tests.cluster_nodes import (
     PREFIX,
     WAIT,
     StartNodes,
     api_of,
-    clients,
-    cluster_database,
-    shared_redis,
-    start_nodes,
     three_members,
 )
+from tests.helpers import PASSWORD, Api, User, eventually
+from tests.test_cli import ROOT
 from tests.test_yjs_js import Server
 
 pytestmark = pytest.mark.slow
@@ -76,9 +72,9 @@ async def barrier(doc_id: str, listener: RoomClient, senders: list[RoomClient]) 
 
 
 async def test_presence_across_three_nodes(
-    start_nodes: StartNodes,  # noqa: F811
-    shared_redis: str,  # noqa: F811
-    clients: Clients,  # noqa: F811
+    start_nodes: StartNodes,
+    shared_redis: str,
+    clients: Clients,
 ) -> None:
     a, b, c = await start_nodes(3, shared_redis)
     async with api_of(a) as api:
@@ -111,9 +107,9 @@ async def test_presence_across_three_nodes(
 
 
 async def test_a_user_with_tabs_on_two_nodes_is_present_once(
-    start_nodes: StartNodes,  # noqa: F811
-    shared_redis: str,  # noqa: F811
-    clients: Clients,  # noqa: F811
+    start_nodes: StartNodes,
+    shared_redis: str,
+    clients: Clients,
 ) -> None:
     a, b, c = await start_nodes(3, shared_redis)
     async with api_of(a) as api:
@@ -147,9 +143,9 @@ async def test_a_user_with_tabs_on_two_nodes_is_present_once(
 
 
 async def test_the_users_of_a_killed_node_leave_presence(
-    start_nodes: StartNodes,  # noqa: F811
-    shared_redis: str,  # noqa: F811
-    clients: Clients,  # noqa: F811
+    start_nodes: StartNodes,
+    shared_redis: str,
+    clients: Clients,
 ) -> None:
     a, b, c = await start_nodes(3, shared_redis)
     async with api_of(a) as api:
@@ -188,9 +184,9 @@ async def test_the_users_of_a_killed_node_leave_presence(
 
 
 async def test_the_connection_cap_per_user_holds_across_nodes(
-    start_nodes: StartNodes,  # noqa: F811
-    shared_redis: str,  # noqa: F811
-    clients: Clients,  # noqa: F811
+    start_nodes: StartNodes,
+    shared_redis: str,
+    clients: Clients,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("MAX_CONNECTIONS_PER_USER", "2")
@@ -301,7 +297,7 @@ async def test_without_redis_the_cluster_is_this_node(
 
 
 async def test_a_node_taken_for_dead_is_reaped_once_and_records_itself_again(
-    shared_redis: str,  # noqa: F811
+    shared_redis: str,
 ) -> None:
     """In process, on Redis: two nodes' presence with their lease scripts. A node whose
     lease is gone is reaped by the other, which announces only the users no one else

@@ -19,20 +19,17 @@ from redis.asyncio import Redis
 from app.config import Settings
 from realtime.cluster.target import RedisTarget
 from roomclient import RoomClient
-from tests.conftest import service_missing
-from tests.helpers import User, eventually
-from tests.test_cluster import (  # noqa: F401  (fixtures)
+from tests.cluster_nodes import (
     WAIT,
     RedisProcess,
     StartNodes,
     api_of,
     chat_texts,
-    clients,
-    cluster_database,
     metric,
-    start_nodes,
     three_members,
 )
+from tests.conftest import service_missing
+from tests.helpers import User, eventually
 from tests.test_yjs_js import Server
 
 pytestmark = pytest.mark.slow
@@ -96,8 +93,8 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
 
 async def test_nodes_reach_redis_over_tls(
     tmp_path: Path,
-    start_nodes: StartNodes,  # noqa: F811
-    clients: Clients,  # noqa: F811
+    start_nodes: StartNodes,
+    clients: Clients,
 ) -> None:
     _binary("openssl")
     _binary("redis-server")
@@ -139,8 +136,8 @@ async def test_nodes_reach_redis_over_tls(
 
 async def test_nodes_follow_a_sentinel_failover_without_a_restart(
     tmp_path: Path,
-    start_nodes: StartNodes,  # noqa: F811
-    clients: Clients,  # noqa: F811
+    start_nodes: StartNodes,
+    clients: Clients,
 ) -> None:
     _binary("redis-server")
     master = RedisProcess(tmp_path / "master")

@@ -17,21 +17,17 @@ from typing import Any
 import pytest
 
 from roomclient import RoomClient
-from tests.conftest import REDIS_URL
-from tests.helpers import User, eventually
-from tests.test_cli import free_port
-from tests.test_cluster import (  # noqa: F401  (fixtures)
+from tests.cluster_nodes import (
     WAIT,
     StartNodes,
     api_of,
     chat_texts,
-    clients,
-    cluster_database,
     metric,
-    shared_redis,
-    start_nodes,
     three_members,
 )
+from tests.conftest import REDIS_URL
+from tests.helpers import User, eventually
+from tests.test_cli import free_port
 from tests.test_yjs_js import Server
 
 pytestmark = pytest.mark.slow
@@ -86,7 +82,7 @@ class CuttableProxy:
 
 
 @pytest.fixture
-async def proxy(shared_redis: str) -> AsyncIterator[CuttableProxy]:  # noqa: F811
+async def proxy(shared_redis: str) -> AsyncIterator[CuttableProxy]:
     port = int(REDIS_URL.rsplit(":", 1)[1].split("/")[0])
     proxy = CuttableProxy(port)
     await proxy.open()
@@ -107,9 +103,9 @@ def _in_order_once(client: RoomClient, texts: list[str]) -> None:
 
 async def test_a_node_cut_off_from_redis_and_back_resyncs_both_sides(
     proxy: CuttableProxy,
-    start_nodes: StartNodes,  # noqa: F811
-    shared_redis: str,  # noqa: F811
-    clients: Clients,  # noqa: F811
+    start_nodes: StartNodes,
+    shared_redis: str,
+    clients: Clients,
 ) -> None:
     # A reaches Redis through the proxy, B directly.
     (a,), (b,) = await asyncio.gather(start_nodes(1, proxy.url), start_nodes(1, shared_redis))
@@ -136,7 +132,7 @@ async def test_a_node_cut_off_from_redis_and_back_resyncs_both_sides(
     # (B sends nothing: its next message would read the gap before it, resync or not.)
     edited = next(m for m in on_b.room(doc_id).messages if m["text"] == "ben before")
     await on_b.edit(doc_id, edited["id"], "ben before, edited")
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # given time, nothing of A's crosses while it is cut off
     assert "ann during 0" not in chat_texts(on_b)
 
     await proxy.open()
