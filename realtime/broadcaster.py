@@ -127,9 +127,10 @@ class SocketBroadcaster:
                 await self._user_disabled_here(_id(*args))
             case Action.SESSION_REVOKED:
                 user, session, because = args
-                if because not in REVOKED_MESSAGES:
+                reason = next((r for r in REVOKED_MESSAGES if r == because), None)
+                if reason is None:
                     raise ValueError(f"no such reason: {because!r}")
-                await self._session_revoked_here(_id(user), _id(session), because)
+                await self._session_revoked_here(_id(user), _id(session), reason)
             case _:
                 raise ValueError(f"no such action: {action!r}")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import cast
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -186,13 +187,15 @@ async def save_snapshot(
 
 
 async def storage_info(session: AsyncSession, document_id: uuid.UUID) -> StorageInfo:
-    count, size = (
+    totals = (
         await session.execute(
             select(
                 func.count(), func.coalesce(func.sum(func.length(DocumentUpdate.data)), 0)
             ).where(DocumentUpdate.document_id == document_id)
         )
     ).one()
+    # Typed as object by SQLAlchemy 2.1's stubs: both are integers on every backend.
+    count, size = cast(tuple[int, int], tuple(totals))
     snapshot = (
         await session.execute(
             select(func.length(DocumentSnapshot.data), DocumentSnapshot.last_update_id)
