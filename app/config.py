@@ -380,6 +380,14 @@ class Settings(BaseSettings):
     presence_state_max_bytes: int = Field(
         2048, ge=64, description="Largest per-connection presence state (cursor, status)."
     )
+    presence_page_size: int = Field(
+        100,
+        ge=1,
+        le=1000,
+        description="Users in a join's presence and in a presence:list page; a room with "
+        "more lists the rest page by page (a crowd joining costs each ack a page, not the "
+        "room).",
+    )
     presence_batch_seconds: float = Field(
         0.05,
         ge=0,

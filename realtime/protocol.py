@@ -107,6 +107,12 @@ class PresenceUpdate(RoomCommand):
     )
 
 
+class PresenceList(RoomCommand):
+    after: uuid.UUID | None = Field(
+        None, description="the last user id of the page before (none: the first page)"
+    )
+
+
 class Typing(RoomCommand):
     typing: StrictBool
 

@@ -262,6 +262,7 @@ class RoomClient:
             if not rejoining:
                 self.rooms.pop(document_id, None)
             raise
+        await self._rest_of_presence(room, data["presence"], data["presence_more"])
         for streaming in data.get("replies", []):
             room.reply(streaming["reply_id"]).so_far(streaming["seq"], streaming["text"])
         room.title, room.role = data["document"]["title"], data["role"]
@@ -277,6 +278,19 @@ class RoomClient:
             for message in messages:
                 room.add(message)
         return room
+
+    async def _rest_of_presence(
+        self, room: RoomView, page: list[dict[str, Any]], more: bool
+    ) -> None:
+        """A large room's join ack lists its first page of users (``presence_more``):
+        the next pages, each taken as it arrives, like the ack."""
+        while more and page:
+            data = await self.command(
+                "presence:list",
+                {"document_id": room.document_id, "after": page[-1]["user_id"]},
+                then=lambda data: room.presence.update(_presence_of(data["presence"])),
+            )
+            page, more = data["presence"], data["more"]
 
     async def leave(self, document_id: str) -> None:
         await self.command("leave", {"document_id": document_id})

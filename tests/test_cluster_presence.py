@@ -33,6 +33,7 @@ from tests.cluster_nodes import (
 )
 from tests.helpers import PASSWORD, Api, User, eventually
 from tests.test_cli import ROOT
+from tests.test_rooms_presence import whole_presence
 from tests.test_yjs_js import Server
 
 pytestmark = pytest.mark.slow
@@ -181,6 +182,41 @@ async def test_the_users_of_a_killed_node_leave_presence(
         await eventually(two_nodes, timeout=WAIT)
         ack = await on_a.command("join", {"document_id": doc_id})
         assert {e["user_id"] for e in ack["presence"]} == {ann.id, ben.id}
+
+
+async def test_a_join_lists_the_rooms_users_a_page_at_a_time_over_every_node(
+    start_nodes: StartNodes,
+    shared_redis: str,
+    clients: Clients,
+) -> None:
+    """Pages of 2 merge both nodes' users in the order of their ids, a user with tabs
+    on both once, with both tabs counted and the other node's state listed."""
+    a, b = await start_nodes(2, shared_redis, PRESENCE_PAGE_SIZE="2")
+    async with api_of(a) as api:
+        ann, ben, cat, doc_id = await three_members(api)
+        dan, eve = await api.user("dan"), await api.user("eve")
+        for user in (dan, eve):
+            await api.share(ann, doc_id, user, "editor")
+    for node, user in ((a, ann), (b, ben), (a, ben), (a, cat), (b, dan), (b, eve)):
+        await (await clients(node, user)).join(doc_id)
+    ben_on_b = await clients(b, ben)
+    await ben_on_b.join(doc_id)
+    await ben_on_b.update_presence(doc_id, {"cursor": 9})
+    everyone = {user.id for user in (ann, ben, cat, dan, eve)}
+    probe = await clients(a, ann)
+
+    async def listed() -> None:
+        entries = await whole_presence(probe, doc_id)  # pages checked against each other
+        assert {entry["user_id"] for entry in entries} == everyone
+        [ben_entry] = [entry for entry in entries if entry["user_id"] == ben.id]
+        assert ben_entry["connection_count"] == 3
+        assert [c["state"] for c in ben_entry["connections"]] == [{"cursor": 9}]
+
+    await eventually(listed, timeout=WAIT)
+    # roomclient pages through on its own, over both nodes.
+    viewer = await clients(b, cat)
+    await viewer.join(doc_id)
+    assert set(viewer.room(doc_id).presence) == everyone
 
 
 async def test_the_connection_cap_per_user_holds_across_nodes(

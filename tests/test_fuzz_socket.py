@@ -232,6 +232,7 @@ async def room_setup(api: Api) -> tuple[User, dict[str, dict[str, Any]]]:
         "chat:edit": {"document_id": doc, "message_id": "(set below)", "text": "edited"},
         "chat:delete": {"document_id": doc, "message_id": "(set below)"},
         "presence:update": {"document_id": doc, "state": {"cursor": {"line": 3}}},
+        "presence:list": {"document_id": doc, "after": str(uuid.uuid4())},
         "typing": {"document_id": doc, "typing": True},
         "ai:ask": {"document_id": doc, "question": "what is the plan?"},
         "ai:cancel": {"document_id": doc, "reply_id": str(uuid.uuid4())},

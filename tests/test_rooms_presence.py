@@ -182,8 +182,9 @@ async def test_every_view_converges_while_tabs_come_and_go_at_once(
     start_app: AppFactory, connect_on: ConnectOn
 ) -> None:
     """Seeded rounds of joins, leaves and states by several tabs at once; then each
-    joined tab's view (its acks and the events after them) is the room as it is."""
-    api = Api(await start_app(presence_batch_seconds=0.05))
+    joined tab's view (its acks, the presence:list pages after them, and the events
+    after those) is the room as it is. Pages of 2 users: most joins page meanwhile."""
+    api = Api(await start_app(presence_batch_seconds=0.05, presence_page_size=2))
     owner = await api.user("owner")
     doc = await api.document(owner)
     document_id = doc["id"]
@@ -212,11 +213,10 @@ async def test_every_view_converges_while_tabs_come_and_go_at_once(
     joined.add(-1)
     views = {index: tabs[index] for index in joined if index >= 0}
     views[-1] = observer
-    # The truth: a fresh ack (the observer is in the room already: no event).
-    ack = await observer.command("join", {"document_id": document_id})
+    # The truth: a fresh ack and its pages (the observer is in the room: no event).
     truth = {
         user["user_id"]: {c["connection_id"]: c["state"] for c in user["connections"]}
-        for user in ack["presence"]
+        for user in await whole_presence(observer, document_id)
     }
     for tab in views.values():
         own = tab.sio.get_sid("/")  # a connection is not sent its own state
@@ -230,6 +230,22 @@ async def test_every_view_converges_while_tabs_come_and_go_at_once(
             ),
             timeout=10,
         )
+
+
+async def whole_presence(client: RoomClient, document_id: str) -> list[dict[str, Any]]:
+    """A fresh join ack's presence and every presence:list page after it, checked
+    against each other: pages of users in the order of their ids, counted."""
+    ack = await client.command("join", {"document_id": document_id})
+    entries, more = ack["presence"], ack["presence_more"]
+    while more:
+        after = entries[-1]["user_id"]
+        page = await client.command("presence:list", {"document_id": document_id, "after": after})
+        assert page["presence"] and page["count"] == ack["presence_count"]
+        entries, more = entries + page["presence"], page["more"]
+    ids = [uuid.UUID(entry["user_id"]) for entry in entries]
+    assert ids == sorted(ids, key=lambda user_id: user_id.int) and len(set(ids)) == len(ids)
+    assert len(entries) == ack["presence_count"]
+    return entries
 
 
 def view_of(client: RoomClient, document_id: str, own: str) -> dict[str, dict[str, Any]]:
@@ -304,10 +320,10 @@ def apply(view: dict[str, dict[str, Any]], name: str, data: Any) -> None:
 
 async def test_a_join_acks_presence_is_each_users_entry_as_it_is_now() -> None:
     """Entries are encoded once per change (presence.py): each snapshot still shows
-    every user as they are, in the order they arrived."""
+    every user as they are, in the order of their ids."""
     presence, room = Presence(), uuid.uuid4()
-    ids = [uuid.uuid4() for _ in range(3)]
-    for index, user_id in enumerate(ids):
+    ids = sorted((uuid.uuid4() for _ in range(3)), key=lambda user_id: user_id.int)
+    for index, user_id in reversed(list(enumerate(ids))):  # arriving last to first
         await presence.join(room, user_id, f"user{index}", f"sid{index}")
 
     async def snapshot() -> list[dict[str, Any]]:
@@ -327,8 +343,8 @@ async def test_a_join_acks_presence_is_each_users_entry_as_it_is_now() -> None:
     assert (await snapshot())[1]["connections"] == []
     await presence.leave(room, ids[1], "tab2")
     await presence.leave(room, ids[0], "sid0")
-    await presence.join(room, ids[0], "user0", "again")  # back: now the last to arrive
-    assert [entry["user_id"] for entry in await snapshot()] == [str(ids[2]), str(ids[0])]
+    await presence.join(room, ids[0], "user0", "again")  # back: listed in its place
+    assert [entry["user_id"] for entry in await snapshot()] == [str(ids[0]), str(ids[2])]
     await presence.leave(room, ids[0], "again")
     await presence.leave(room, ids[2], "sid2")
     assert await snapshot() == []
@@ -362,3 +378,65 @@ async def test_a_leave_that_overtakes_its_join_leaves_nobody_present(
     ack = await a.command("join", {"document_id": doc["id"]})  # a fresh ack: who is here
     assert [user["user_id"] for user in ack["presence"]] == [ann.id]
     assert ben.id not in arrivals(a.events)
+
+
+async def test_a_large_rooms_join_lists_a_page_and_presence_list_the_rest(
+    start_app: AppFactory, connect_on: ConnectOn
+) -> None:
+    """PRESENCE_PAGE_SIZE users in the ack (a crowd's joins do not each carry the
+    room); ``presence:list`` pages on after a user id, whoever came or went meanwhile."""
+    api = Api(await start_app(presence_page_size=3))
+    owner = await api.user("owner")
+    document_id = (await api.document(owner))["id"]
+    users = await members(api, owner, document_id, [f"user{i}" for i in range(7)])
+    connect = connect_on(api)
+    tabs = [await connect(user) for user in users]
+    for tab in tabs:
+        await tab.join(document_id)
+    everyone = sorted((uuid.UUID(user.id) for user in users), key=lambda user_id: user_id.int)
+    by_id = {uuid.UUID(user.id): (user, tab) for user, tab in zip(users, tabs, strict=True)}
+
+    observer = await connect(by_id[everyone[0]][0])  # a second tab: no arrival
+    ack = await observer.command("join", {"document_id": document_id})
+    assert [entry["user_id"] for entry in ack["presence"]] == [str(i) for i in everyone[:3]]
+    assert ack["presence_count"] == 7 and ack["presence_more"] is True
+    page = await observer.command(
+        "presence:list", {"document_id": document_id, "after": str(everyone[2])}
+    )
+    assert [entry["user_id"] for entry in page["presence"]] == [str(i) for i in everyone[3:6]]
+    assert page["count"] == 7 and page["more"] is True
+
+    # The user a page ended at leaves: the next page starts after their id all the
+    # same (the events tell the rest).
+    await by_id[everyone[5]][1].leave(document_id)
+    last = await observer.command(
+        "presence:list", {"document_id": document_id, "after": str(everyone[5])}
+    )
+    assert [entry["user_id"] for entry in last["presence"]] == [str(everyone[6])]
+    assert last["count"] == 6 and last["more"] is False
+    # After an id past everyone: an empty last page.
+    after_all = str(uuid.UUID(int=2**128 - 1))
+    empty = await observer.command(
+        "presence:list", {"document_id": document_id, "after": after_all}
+    )
+    assert empty == {"presence": [], "count": 6, "more": False}
+
+    # roomclient pages through on its own: its view is the whole room.
+    viewer = await connect(by_id[everyone[1]][0])
+    await viewer.join(document_id)
+    assert set(viewer.room(document_id).presence) == {str(i) for i in everyone} - {str(everyone[5])}
+
+
+async def test_presence_list_needs_the_join_and_a_user_id(api: Api, connect: ClientFactory) -> None:
+    ann, _, doc = await api.room("editor")
+    client = await connect(ann)
+    with pytest.raises(CommandError) as refused:
+        await client.command("presence:list", {"document_id": doc["id"]})
+    assert refused.value.code == "not_joined"
+    await client.join(doc["id"])
+    for after in ("ann", 3, "", str(uuid.uuid4()) + "x"):
+        with pytest.raises(CommandError) as refused:
+            await client.command("presence:list", {"document_id": doc["id"], "after": after})
+        assert refused.value.code == "validation_failed", after
+    page = await client.command("presence:list", {"document_id": doc["id"], "after": None})
+    assert [entry["user_id"] for entry in page["presence"]] == [ann.id]

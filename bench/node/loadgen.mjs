@@ -61,6 +61,7 @@ function receiver(path, wire) {
 
 const onDisconnect = () => { disconnects++; };
 let joinMessages = 0; // messages the join acks of the current `connect` carried
+let joinPresence = 0; // ...and users listed in their presence
 
 function percentile(sorted, q) {
   return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] : null;
@@ -95,6 +96,8 @@ async function openOne(url, auth, join, listeners, deadline, wire) {
     if (ack && ack.ok === false) throw new Error(`join refused: ${JSON.stringify(ack)}`);
     const caughtUp = ack?.data?.messages; // roomserver's catch-up page (join with since_seq)
     if (Array.isArray(caughtUp)) joinMessages += caughtUp.length;
+    const listed = ack?.data?.presence; // roomserver's presence page
+    if (Array.isArray(listed)) joinPresence += listed.length;
   } catch (err) {
     for (const [event, handler] of listeners) socket.off(event, handler);
     socket.disconnect();
@@ -116,6 +119,7 @@ async function connect(req) {
   const listeners = Object.entries(listens).map(([event, path]) => [event, receiver(path, wire)]);
   const times = [];
   joinMessages = 0;
+  joinPresence = 0;
   let next = 0, failed = 0, firstError = null;
   // A fixed pool of `concurrency` runners, each taking the next index.
   const runner = async () => {
@@ -142,6 +146,7 @@ async function connect(req) {
     elapsed_ms: now() - started,
     join_ms: { p50: percentile(times, 0.5), p99: percentile(times, 0.99) },
     join_messages: joinMessages,
+    join_presence: joinPresence,
   };
 }
 

@@ -29,15 +29,21 @@ def joins_section(results: list[JoinResult]) -> str:
         "ack. *Server CPU per join*: its CPU time from the first connect until it was "
         "idle again (the presence events still queued after the last ack are the joins' "
         "cost too), and until the last ack. *Presence events*: `presence:joined` (or "
-        "`presence:changed`, their batched form) the clients received. *Load CPU*: the "
+        "`presence:changed`, their batched form) the clients received. *Users listed in "
+        "the join acks*: their `presence` entries, summed; since issue 12 a join ack lists "
+        "the first `PRESENCE_PAGE_SIZE` (100) users of a larger room and the rest is paged "
+        "with `presence:list`, which these clients, like any that shows only the first "
+        "users, do not ask for (the events still tell each of them every arrival). "
+        "*Load CPU*: the "
         f"{WORKERS} generators' share of core 1 until the last ack; *others' CPU*: what "
         "every other process on the machine used meanwhile (a shared machine). Medians of "
         "the runs.",
         "",
         "| server | users | connect+join (s) | vs Node | server CPU per join (µs) | vs Node "
         "| ...until the last ack (µs) | join p50 / p99 (ms) | presence events received "
-        "| messages in the join acks | load CPU | others' CPU |",
-        "| --- " * 12 + "|",
+        "| users listed in the join acks | messages in the join acks | load CPU "
+        "| others' CPU |",
+        "| --- " * 13 + "|",
     ]
     for r in results:
         lines.append(
@@ -48,6 +54,7 @@ def joins_section(results: list[JoinResult]) -> str:
             f"| {r.cpu_us_per_join_at_ack:,.0f} "
             f"| {ms(statistics.median(r.join_p50_ms))} / {ms(statistics.median(r.join_p99_ms))} "
             f"| {statistics.median(r.presence):,.0f} "
+            f"| {statistics.median(r.listed):,.0f} "
             f"| {statistics.median(r.caught_up):,.0f} "
             f"| {statistics.median(r.load_cpu):.0%} | {statistics.median(r.others_cpu):.0%} |"
         )

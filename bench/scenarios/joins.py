@@ -51,6 +51,7 @@ class JoinResult:
     join_p99_ms: list[float] = field(default_factory=list)
     presence: list[int] = field(default_factory=list)  # presence events the clients received
     caught_up: list[int] = field(default_factory=list)  # messages in the join acks
+    listed: list[int] = field(default_factory=list)  # users in the join acks' presence
 
     @property
     def wall_s(self) -> float:
@@ -135,6 +136,7 @@ async def join_once(target: Target, result: JoinResult) -> None:
     result.join_p99_ms.append(max(r["join_ms"]["p99"] for r in replies))
     result.presence.append(sum(s["received"] for s in stats))
     result.caught_up.append(sum(r["join_messages"] for r in replies))
+    result.listed.append(sum(r["join_presence"] for r in replies))
 
 
 async def _join(worker: LoadWorker, target: Target, count: int) -> dict[str, Any]:

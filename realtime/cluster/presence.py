@@ -38,10 +38,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -55,7 +56,15 @@ from realtime.cluster import scripts
 from realtime.cluster.target import RedisTarget
 from realtime.delivery import Event
 from realtime.delivery.rooms import Room
-from realtime.presence import Departure, Presence, Publish
+from realtime.presence import (
+    Departure,
+    Presence,
+    PresencePage,
+    Publish,
+    by_id,
+    encode_page,
+    page_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +81,7 @@ class _Remote:
 
     users: dict[uuid.UUID, tuple[str, int, list[Any]]]  # username, count, connections
     encoded: dict[uuid.UUID, bytes]
-    joined: bytes  # every entry of ``encoded``, comma-separated
+    order: list[uuid.UUID]  # the users sorted by_id
     read_at: float
 
 
@@ -162,32 +171,35 @@ class SharedPresence(Presence):
         if done is not None:
             await asyncio.shield(done)
 
-    async def snapshot(self, document_id: uuid.UUID) -> orjson.Fragment:
+    async def page(
+        self, document_id: uuid.UUID, after: uuid.UUID | None, limit: int
+    ) -> PresencePage:
         remote = await self._read(document_id)
         local = self.entries(document_id)  # after the read: a join meanwhile is in it
         if remote is None or not remote.users:
-            return orjson.Fragment(b"[" + b",".join(local.values()) + b"]")
-        if remote.users.keys().isdisjoint(local):  # the usual: each user on one node
-            here = b",".join(local.values())
-            return orjson.Fragment(b"[" + here + (b"," if here else b"") + remote.joined + b"]")
-        parts = []
-        for user_id, encoded in local.items():
-            theirs = remote.users.get(user_id)
+            return await super().page(document_id, after, limit)
+        mine = self.order(document_id)
+        # Both in id order: merged, a user on both nodes comes twice in a row.
+        listed, more = page_of(_distinct(heapq.merge(mine, remote.order, key=by_id)), after, limit)
+        both = remote.users.keys() & local.keys()  # usually none: each user on one node
+
+        def entry(user_id: uuid.UUID) -> bytes:
+            if user_id not in both:
+                return local.get(user_id) or remote.encoded[user_id]
             user = self.user(document_id, user_id)
-            if theirs is None or user is None:
-                parts.append(encoded)
-                continue
-            _, count, connections = theirs
-            mine = [{"connection_id": sid, "state": state} for sid, state in user.states.items()]
-            entry = {
-                "user_id": user.user_id,
-                "username": user.username,
-                "connection_count": len(user.connections) + count,
-                "connections": mine + connections,
-            }
-            parts.append(orjson.dumps(entry))
-        parts.extend(e for user_id, e in remote.encoded.items() if user_id not in local)
-        return orjson.Fragment(b"[" + b",".join(parts) + b"]")
+            assert user is not None
+            _, count, connections = remote.users[user_id]
+            here = [{"connection_id": sid, "state": state} for sid, state in user.states.items()]
+            return orjson.dumps(
+                {
+                    "user_id": user.user_id,
+                    "username": user.username,
+                    "connection_count": len(user.connections) + count,
+                    "connections": here + connections,
+                }
+            )
+
+        return encode_page(listed, entry, len(local) + len(remote.users) - len(both), more)
 
     async def full_state(self, document_id: uuid.UUID) -> orjson.Fragment:
         """``snapshot`` with the other nodes' entries read afresh (a resync)."""
@@ -511,7 +523,7 @@ class SharedPresence(Presence):
             )
             for user_id, (username, count, connections) in users.items()
         }
-        remote = _Remote(users, encoded, b",".join(encoded.values()), time.monotonic())
+        remote = _Remote(users, encoded, sorted(users, key=by_id), time.monotonic())
         if self._invalid.get(document_id, 0) <= stamp:
             self._remote[document_id] = remote
         return remote
@@ -528,3 +540,12 @@ class SharedPresence(Presence):
         if self._down:
             log.info("presence: Redis answers again")
         self._down = False
+
+
+def _distinct(ids: Iterable[uuid.UUID]) -> Iterator[uuid.UUID]:
+    """``ids`` without a repeat of the one before."""
+    previous = None
+    for user_id in ids:
+        if user_id != previous:
+            yield user_id
+        previous = user_id

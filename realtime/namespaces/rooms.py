@@ -24,6 +24,7 @@ from realtime.protocol import (
     ChatSend,
     Join,
     Leave,
+    PresenceList,
     PresenceUpdate,
     Typing,
 )
@@ -99,13 +100,16 @@ async def join(call: Call, payload: Join) -> dict[str, Any]:
         raise NotJoined("the connection left the room before its join completed")
     if await rt.presence.join(document_id, principal.user_id, principal.username, call.sid):
         rt.presence_changes.joined(document_id, principal.user_id, principal.username)
+    presence = await rt.presence.page(document_id, None, rt.settings.presence_page_size)
     return {
         "document": {"id": str(access.document_id), "title": access.title},
         "role": access.role.value,
         "connection_id": call.sid,
         "user": {"user_id": str(principal.user_id), "username": principal.username},
         "last_seq": backlog.last_seq,
-        "presence": await rt.presence.snapshot(document_id),
+        "presence": presence.entries,
+        "presence_count": presence.count,
+        "presence_more": presence.more,
         "messages": backlog.encoded,
         "has_more": backlog.has_more,
         "replies": replies,
@@ -237,6 +241,15 @@ async def presence_update(call: Call, payload: PresenceUpdate) -> dict[str, Any]
     state = state_event(document_id, user_id, call.sid, payload.state)
     call.rt.delivery.to_room(room_of(document_id), state, skip=call.sid)
     return {}
+
+
+@commands("presence:list", PresenceList, rate="history")
+async def presence_list(call: Call, payload: PresenceList) -> dict[str, Any]:
+    """The room's presence after the join ack's page (``presence_more``), a page at a time."""
+    joined(call, payload.document_id)
+    limit = call.rt.settings.presence_page_size
+    page = await call.rt.presence.page(payload.document_id, payload.after, limit)
+    return {"presence": page.entries, "count": page.count, "more": page.more}
 
 
 @commands("typing", Typing, rate="typing")

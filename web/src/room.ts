@@ -25,6 +25,7 @@ interface JoinAck {
   user: { user_id: string; username: string };
   last_seq: number;
   presence: PresenceEntry[];
+  presence_more: boolean;
   messages: Message[];
   has_more: boolean;
   replies: { reply_id: string; seq: number; text: string }[];
@@ -185,6 +186,19 @@ export class Room {
     this.self = { userId: ack.user.user_id, connectionId: ack.connection_id };
     this.setRole(ack.role);
     this.setPresence(ack.presence);
+    // A large room's ack lists its first page of people: the next pages, each taken
+    // as it arrives, like the ack (the events after each apply to it).
+    let last = ack.presence.at(-1);
+    let morePeople = ack.presence_more;
+    while (morePeople && last !== undefined) {
+      const page = await this.live.command<{ presence: PresenceEntry[]; more: boolean }>("presence:list", {
+        document_id: this.documentId,
+        after: last.user_id,
+      });
+      this.addPresence(page.presence);
+      last = page.presence.at(-1);
+      morePeople = page.more;
+    }
     void this.live
       .command("presence:update", { document_id: this.documentId, state: { page: true } })
       .catch(() => undefined);
@@ -209,12 +223,17 @@ export class Room {
   /** Everyone here, as a join ack or room:resync lists them (this tab among them). */
   private setPresence(entries: PresenceEntry[]): void {
     this.present.clear();
+    this.typing.clear();
+    this.addPresence(entries);
+  }
+
+  /** People as a join ack or a presence:list page lists them, as they are now. */
+  private addPresence(entries: PresenceEntry[]): void {
     for (const person of entries) {
       const tabs = new Set(person.connections.map((connection) => connection.connection_id));
       if (person.user_id === this.self?.userId) tabs.add(this.self.connectionId);
       this.present.set(person.user_id, { username: person.username, tabs });
     }
-    this.typing.clear();
     this.renderPresence();
   }
 
