@@ -148,6 +148,9 @@ async def test_a_ping_hands_over_to_wsproto_which_reads_everything_after_it() ->
         (frame(0x3, b"reserved opcode"), 1002),
         (text("x" * 200), 1009),  # past max_message_bytes
     ],
+    # Named, not shown: the masks are random, and pytest-xdist's workers must collect
+    # the same ids.
+    ids=["not-utf-8", "unmasked", "rsv1", "reserved-opcode", "too-long"],
 )
 async def test_a_frame_it_does_not_read_is_refused_as_wsproto_refuses_it(
     bad: bytes, code: int
