@@ -32,7 +32,7 @@ from app.auth.principal import Principal
 from app.errors import ValidationFailed
 from app.keys import CHAT_SERVICE, DOCUMENT_SERVICE
 from app.services.documents import DocumentView, MemberView
-from app.wire import MessagePage
+from app.wire import MessageOut, MessagePage
 
 # Bodies past this go out as a stream (aiohttp's own threshold for its warning).
 LARGE_BODY_BYTES = 1024 * 1024
@@ -322,4 +322,4 @@ async def list_messages(
         after_seq=query.after,
         limit=query.limit,
     )
-    return MessagePage(items=messages, has_more=has_more)
+    return MessagePage(items=[MessageOut.of_row(row) for row in messages], has_more=has_more)

@@ -26,7 +26,7 @@ from app.events import Broadcaster, EventClass
 from app.services.cache import ExpiringCache
 from app.services.chat_writer import Also, ChatWriter, Pending
 from app.services.documents import Memberships, RoomAccess, membership
-from app.wire import MessageOut, ServerEvent, dump
+from app.wire import MessageOut, ServerEvent, dump, message_data
 from storage.chat_batches import batch_writer
 from storage.db import read_session
 from storage.models import AuthorKind, DocumentRole
@@ -38,7 +38,6 @@ CAN_WRITE = frozenset({DocumentRole.OWNER, DocumentRole.EDITOR})
 
 @dataclass(frozen=True, slots=True)
 class Backlog:
-    messages: list[MessageOut]
     has_more: bool  # more than one page was missed: page on with `chat:history`
     last_seq: int
     # The messages as JSON, made once for every join that got the same page.
@@ -71,9 +70,8 @@ class _Read:
 
     def backlog(self, last_seq: int) -> Backlog:
         if self._page is None:
-            messages = [MessageOut.of_row(row) for row in self.rows[: self.page_size]]
             self._page = Backlog(
-                messages, len(self.rows) > self.page_size, last_seq, _encode(messages)
+                len(self.rows) > self.page_size, last_seq, _encode(self.rows[: self.page_size])
             )
         return dataclasses.replace(self._page, last_seq=last_seq)
 
@@ -154,7 +152,7 @@ class ChatService:
             last_seq = self._writer.announced_now(document_id)
             enter()
         if read is None:
-            return Backlog([], has_more=False, last_seq=last_seq, encoded=_encode([]))
+            return Backlog(has_more=False, last_seq=last_seq, encoded=_encode([]))
         assert since_seq is not None
         # Seqs are gapless: the rows run from since_seq + 1. Those past last_seq
         # will come live; those committed and announced while the read ran are
@@ -171,9 +169,10 @@ class ChatService:
             rows = rows + [row for row in more if row.seq <= last_seq]  # read.rows is shared
         elif rows is read.rows:
             return read.backlog(last_seq)  # the page the others sharing the read got
-        page = [MessageOut.of_row(row) for row in rows[: self.page_size]]
         return Backlog(
-            page, has_more=len(rows) > self.page_size, last_seq=last_seq, encoded=_encode(page)
+            has_more=len(rows) > self.page_size,
+            last_seq=last_seq,
+            encoded=_encode(rows[: self.page_size]),
         )
 
     async def send(
@@ -239,21 +238,22 @@ class ChatService:
         before_seq: int | None = None,
         after_seq: int | None = None,
         limit: int,
-    ) -> tuple[list[MessageOut], bool]:
+    ) -> tuple[list[messages_repo.MessageRow], bool]:
         """Up to ``limit`` messages, oldest first: those just before ``before_seq``
         (the newest when neither bound is given) or just after ``after_seq``; and
-        whether more exist in that direction."""
+        whether more exist in that direction. As read: REST makes them ``MessageOut``,
+        Socket.IO sends ``message_data``."""
         async with read_session(self._sessions) as session:
             await membership(session, principal, document_id)
             if after_seq is not None:
                 rows = await messages_repo.messages_after(
                     session, document_id, after_seq, limit=limit + 1
                 )
-                return [MessageOut.of_row(row) for row in rows[:limit]], len(rows) > limit
+                return rows[:limit], len(rows) > limit
             rows = await messages_repo.messages_before(
                 session, document_id, before_seq, limit=limit + 1
             )
-        return [MessageOut.of_row(row) for row in rows[-limit:]], len(rows) > limit
+        return rows[-limit:], len(rows) > limit
 
     async def edit(
         self,
@@ -319,7 +319,7 @@ class ChatService:
             rows = await messages_repo.messages_after(
                 session, document_id, after_seq, limit=min(up_to - after_seq, 500)
             )
-        return [dump(MessageOut.of_row(row)) for row in rows if row.seq <= up_to]
+        return [message_data(row) for row in rows if row.seq <= up_to]
 
     async def stored_last_seq(self, document_id: uuid.UUID) -> int:
         """The newest seq committed in the document."""
@@ -343,5 +343,5 @@ class ChatService:
         )
 
 
-def _encode(messages: list[MessageOut]) -> orjson.Fragment:
-    return orjson.Fragment(orjson.dumps([dump(message) for message in messages]))
+def _encode(rows: list[messages_repo.MessageRow]) -> orjson.Fragment:
+    return orjson.Fragment(orjson.dumps([message_data(row) for row in rows]))

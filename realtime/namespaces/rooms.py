@@ -10,7 +10,7 @@ import orjson
 
 from app.errors import Forbidden, NotFound, PayloadTooLarge, TooManyRooms, ValidationFailed
 from app.events import EventClass
-from app.wire import ServerEvent, dump, iso
+from app.wire import ServerEvent, dump, iso, message_data
 from realtime.commands import Commands
 from realtime.connections import Connection
 from realtime.delivery import Event
@@ -203,7 +203,7 @@ async def chat_history(call: Call, payload: ChatHistory) -> dict[str, Any]:
         after_seq=payload.after_seq,
         limit=payload.limit,
     )
-    return {"messages": [dump(message) for message in messages], "has_more": has_more}
+    return {"messages": [message_data(row) for row in messages], "has_more": has_more}
 
 
 @commands("chat:edit", ChatEdit, rate="chat")
