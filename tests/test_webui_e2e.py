@@ -105,6 +105,9 @@ async def start_server(folder: Path, claude_url: str, **settings: str) -> Server
         ANTHROPIC_BASE_URL=claude_url,
         AI_CHUNK_INTERVAL_SECONDS="0.05",
         DOCUMENT_INDEX_DEBOUNCE_SECONDS="0.2",  # the document's passages, soon searchable
+        # One person per page of presence: a page here that joins where others are
+        # lists all but the first of them (by user id) through presence:list.
+        PRESENCE_PAGE_SIZE="1",
         **settings,
     )
     process = Server(env, folder / "server.log")
