@@ -236,7 +236,13 @@ def create_app(settings: Settings) -> web.Application:
     # After a Redis outage: the rooms' members, here and on the other nodes, resynced.
     resync = None
     if cluster is not None and chat_order is not None and realtime.shared is not None:
-        resync = Resync(cluster, realtime.delivery, chat_order, realtime.shared)
+        resync = Resync(
+            cluster,
+            realtime.delivery,
+            chat_order,
+            realtime.shared,
+            page_size=settings.presence_page_size,
+        )
 
     async def cluster_lifecycle(app: web.Application) -> AsyncIterator[None]:
         assert cluster is not None and chat_order is not None and resync is not None

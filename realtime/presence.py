@@ -17,7 +17,6 @@ import asyncio
 import bisect
 import enum
 import operator
-import sys
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -180,10 +179,6 @@ class Presence:
         start = 0 if after is None else bisect.bisect_right(order, after.int, key=by_id)
         listed = order[start : start + limit]
         return encode_page(listed, entries.__getitem__, len(order), start + limit < len(order))
-
-    async def snapshot(self, document_id: uuid.UUID) -> orjson.Fragment:
-        """Everyone here, as ``page`` lists them (a ``room:resync``)."""
-        return (await self.page(document_id, None, sys.maxsize)).entries
 
     def entries(self, document_id: uuid.UUID) -> dict[uuid.UUID, bytes]:
         """Each present user's entry, encoded (in the order they arrived); not a copy."""

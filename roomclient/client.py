@@ -282,8 +282,8 @@ class RoomClient:
     async def _rest_of_presence(
         self, room: RoomView, page: list[dict[str, Any]], more: bool
     ) -> None:
-        """A large room's join ack lists its first page of users (``presence_more``):
-        the next pages, each taken as it arrives, like the ack."""
+        """A large room's join ack (or ``room:resync``) lists its first page of users
+        (``presence_more``): the next pages, each taken as it arrives, like the first."""
         while more and page:
             data = await self.command(
                 "presence:list",
@@ -400,8 +400,10 @@ class RoomClient:
                 return
             after_seq = messages[-1]["seq"]
 
-    async def _refresh(self, room: RoomView) -> None:
+    async def _refresh(self, room: RoomView, people: list[dict[str, Any]], more: bool) -> None:
+        """After a ``room:resync``: the rest of its presence, then the newest messages."""
         try:
+            await self._rest_of_presence(room, people, more)
             messages, _ = await self.history(room.document_id, limit=100)
         except (CommandError, socketio.exceptions.SocketIOError) as exc:
             log.warning("could not refresh %s: %s", room.document_id, exc)
@@ -482,7 +484,9 @@ class RoomClient:
             # edits and deletions missed (missed messages arrive as chat:message).
             room.presence = _presence_of(data["presence"])
             room.typing.clear()
-            task = asyncio.get_running_loop().create_task(self._refresh(room))
+            task = asyncio.get_running_loop().create_task(
+                self._refresh(room, data["presence"], data["presence_more"])
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

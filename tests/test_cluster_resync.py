@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -108,7 +109,11 @@ async def test_a_node_cut_off_from_redis_and_back_resyncs_both_sides(
     clients: Clients,
 ) -> None:
     # A reaches Redis through the proxy, B directly.
-    (a,), (b,) = await asyncio.gather(start_nodes(1, proxy.url), start_nodes(1, shared_redis))
+    # Pages of 2 users for 3: room:resync lists a page and the clients page on.
+    paged = {"PRESENCE_PAGE_SIZE": "2"}
+    (a,), (b,) = await asyncio.gather(
+        start_nodes(1, proxy.url, **paged), start_nodes(1, shared_redis, **paged)
+    )
     async with api_of(a) as api:
         ann, ben, cat, doc_id = await three_members(api)
     on_a, on_b = await clients(a, ann), await clients(b, ben)
@@ -140,28 +145,37 @@ async def test_a_node_cut_off_from_redis_and_back_resyncs_both_sides(
     await eventually(lambda: _has_texts(on_b, sent_on_a), timeout=WAIT)
     _in_order_once(on_b, sent_on_a)
 
-    # room:resync: the room's whole presence, and the last seq each holds now.
+    # room:resync: the room's presence, its first page, and the last seq each holds now.
+    first_two = sorted([ann.id, ben.id, cat.id], key=lambda user_id: uuid.UUID(user_id).int)[:2]
+
     def b_resynced() -> None:
         got = resyncs(on_b)
         assert len(got) == 1, got  # B was not away: only A asked it to
         resync = got[0]
         assert resync["document_id"] == doc_id
+        assert [u["user_id"] for u in resync["presence"]] == first_two
+        assert resync["presence_count"] == 3 and resync["presence_more"] is True
         users = {u["user_id"]: u for u in resync["presence"]}
-        assert set(users) == {ann.id, ben.id, cat.id}
-        assert [c["state"] for c in users[ann.id]["connections"]] == [{"cursor": 7}]
+        if ann.id in users:
+            assert [c["state"] for c in users[ann.id]["connections"]] == [{"cursor": 7}]
         assert resync["last_seq"] == max(
             d["message"]["seq"] for e, d in on_b.events if e == "chat:message"
         )
 
     await eventually(b_resynced, timeout=WAIT)
     view = on_b.room(doc_id)
-    assert set(view.presence) == {ann.id, ben.id, cat.id}
-    assert list(view.presence[ann.id]["connections"].values()) == [{"cursor": 7}]
+
+    def b_paged_on() -> None:  # roomclient asked presence:list for the third
+        assert set(view.presence) == {ann.id, ben.id, cat.id}
+        assert list(view.presence[ann.id]["connections"].values()) == [{"cursor": 7}]
+
+    await eventually(b_paged_on, timeout=WAIT)
     assert ann.id not in view.typing  # its typing: false was lost; the resync cleared it
 
     def a_resynced() -> None:
         assert len(resyncs(on_a)) == 1
-        assert {u["user_id"] for u in resyncs(on_a)[0]["presence"]} == {ann.id, ben.id, cat.id}
+        assert [u["user_id"] for u in resyncs(on_a)[0]["presence"]] == first_two
+        assert set(on_a.room(doc_id).presence) == {ann.id, ben.id, cat.id}
         # The edit made on B meanwhile: read again after the resync.
         texts = [m["text"] for m in on_a.room(doc_id).messages]
         assert "ben before, edited" in texts and "ben before" not in texts

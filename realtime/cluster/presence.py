@@ -201,10 +201,10 @@ class SharedPresence(Presence):
 
         return encode_page(listed, entry, len(local) + len(remote.users) - len(both), more)
 
-    async def full_state(self, document_id: uuid.UUID) -> orjson.Fragment:
-        """``snapshot`` with the other nodes' entries read afresh (a resync)."""
+    async def full_state(self, document_id: uuid.UUID, limit: int) -> PresencePage:
+        """The first ``page``, the other nodes' entries read afresh (a resync)."""
         self._forget(document_id)
-        return await self.snapshot(document_id)
+        return await self.page(document_id, None, limit)
 
     # --- hooks ------------------------------------------------------------------------
 

@@ -9,9 +9,10 @@ nodes, and the events the others publish never reach it. When the link comes bac
    this one is what it holds;
 2. brings each of its rooms up to date, a few rooms at a time: chat's missed
    messages are read from the database and passed on in ``seq`` order (ChatStitch),
-   then the room's members get ``room:resync`` with the room's whole presence and
-   the last ``seq`` they now hold (cursor states and typing that changed meanwhile
-   were lost with the events), and the documents open here catch up with the log
+   then the room's members get ``room:resync`` with the room's presence read afresh
+   (a page, as a join ack has it) and the last ``seq`` they now hold (cursor states
+   and typing that changed meanwhile were lost with the events), and the documents
+   open here catch up with the log
    and ask their Yjs clients for ``sync-step-1`` (``documents``, when given);
 3. asks the other nodes to do the same for those rooms (``RESYNC`` on the control
    channel): their members missed what this node published while it was away.
@@ -59,12 +60,16 @@ class Resync:
         chat: ChatStitch,
         presence: SharedPresence,
         documents: Documents | None = None,
+        *,
+        page_size: int,
     ) -> None:
+        """``page_size``: users in a ``room:resync``'s presence (``PRESENCE_PAGE_SIZE``)."""
         self._link = link
         self._delivery = delivery
         self._chat = chat
         self._presence = presence
         self._documents = documents
+        self._page_size = page_size
         self._tasks: set[asyncio.Task[None]] = set()
         link.handle(RESYNC, self.asked)
 
@@ -124,8 +129,16 @@ class Resync:
         last_seq = await self._chat.caught_up(document_id)
         if last_seq is None:
             return  # nobody here any more
-        presence = await self._presence.full_state(document_id)
-        data = {"document_id": str(document_id), "last_seq": last_seq, "presence": presence}
+        # A page, as a join ack lists it: the whole room to each of its members made a
+        # resync of a room of N cost N² entries.
+        page = await self._presence.full_state(document_id, self._page_size)
+        data = {
+            "document_id": str(document_id),
+            "last_seq": last_seq,
+            "presence": page.entries,
+            "presence_count": page.count,
+            "presence_more": page.more,
+        }
         event = Event(ServerEvent.ROOM_RESYNC, data, EventClass.CONTROL)
         self._delivery.to_local_room(room_of(document_id), event)
 

@@ -125,12 +125,14 @@ export class Room {
     this.on("room:role", (event: { document_id: string; role: DocRole }) => {
       if (event.document_id === this.documentId) this.setRole(event.role);
     });
-    this.on("room:resync", (event: { document_id: string; presence: PresenceEntry[] }) => {
+    this.on("room:resync", (event: { document_id: string; presence: PresenceEntry[]; presence_more: boolean }) => {
       // The server lost touch with its other processes for a while (§5.7): the room's
-      // whole presence replaces ours, typing starts afresh, and the newest page is read
-      // again for edits and deletions made meanwhile (missed messages came already).
+      // presence replaces ours (its first page, then the rest), typing starts afresh,
+      // and the newest page is read again for edits and deletions made meanwhile
+      // (missed messages came already).
       if (event.document_id !== this.documentId) return;
       this.setPresence(event.presence);
+      void this.restOfPresence(event.presence, event.presence_more).catch(() => undefined);
       void this.history({})
         .then((page) => this.merge(page.messages, false))
         .catch(() => undefined);
@@ -186,19 +188,7 @@ export class Room {
     this.self = { userId: ack.user.user_id, connectionId: ack.connection_id };
     this.setRole(ack.role);
     this.setPresence(ack.presence);
-    // A large room's ack lists its first page of people: the next pages, each taken
-    // as it arrives, like the ack (the events after each apply to it).
-    let last = ack.presence.at(-1);
-    let morePeople = ack.presence_more;
-    while (morePeople && last !== undefined) {
-      const page = await this.live.command<{ presence: PresenceEntry[]; more: boolean }>("presence:list", {
-        document_id: this.documentId,
-        after: last.user_id,
-      });
-      this.addPresence(page.presence);
-      last = page.presence.at(-1);
-      morePeople = page.more;
-    }
+    await this.restOfPresence(ack.presence, ack.presence_more);
     void this.live
       .command("presence:update", { document_id: this.documentId, state: { page: true } })
       .catch(() => undefined);
@@ -225,6 +215,21 @@ export class Room {
     this.present.clear();
     this.typing.clear();
     this.addPresence(entries);
+  }
+
+  /** A large room's first page of people (a join ack's, a room:resync's): the next
+   * pages, each taken as it arrives, like the first (the events after each apply to it). */
+  private async restOfPresence(page: PresenceEntry[], more: boolean): Promise<void> {
+    let last = page.at(-1);
+    while (more && last !== undefined) {
+      const next = await this.live.command<{ presence: PresenceEntry[]; more: boolean }>("presence:list", {
+        document_id: this.documentId,
+        after: last.user_id,
+      });
+      this.addPresence(next.presence);
+      last = next.presence.at(-1);
+      more = next.more;
+    }
   }
 
   /** People as a join ack or a presence:list page lists them, as they are now. */
