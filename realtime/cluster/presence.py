@@ -37,6 +37,7 @@ join acks from memory; once Redis answers again it records its state afresh.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import heapq
 import logging
@@ -178,9 +179,12 @@ class SharedPresence(Presence):
         local = self.entries(document_id)  # after the read: a join meanwhile is in it
         if remote is None or not remote.users:
             return await super().page(document_id, after, limit)
-        mine = self.order(document_id)
+        mine, theirs = self.order(document_id), remote.order
+        if after is not None:  # both from the first id past it (a slice, not a walk)
+            mine = mine[bisect.bisect_right(mine, after.int, key=by_id) :]
+            theirs = theirs[bisect.bisect_right(theirs, after.int, key=by_id) :]
         # Both in id order: merged, a user on both nodes comes twice in a row.
-        listed, more = page_of(_distinct(heapq.merge(mine, remote.order, key=by_id)), after, limit)
+        listed, more = page_of(_distinct(heapq.merge(mine, theirs, key=by_id)), after, limit)
         both = remote.users.keys() & local.keys()  # usually none: each user on one node
 
         def entry(user_id: uuid.UUID) -> bytes:
