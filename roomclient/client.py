@@ -239,6 +239,20 @@ class RoomClient:
             raise CommandError(error["code"], error["message"], error.get("details"))
         return reply["data"]
 
+    async def read(
+        self, event: str, payload: dict[str, Any], *, then: Callable[[Any], None] | None = None
+    ) -> Any:
+        """``command`` for a read (``chat:history``, ``presence:list``): past its rate,
+        asked again once ``retry_after`` has passed (a read twice is the same read; a
+        room of thousands is more pages than the rate's burst)."""
+        while True:
+            try:
+                return await self.command(event, payload, then=then)
+            except CommandError as exc:
+                if exc.code != "rate_limited":
+                    raise
+                await asyncio.sleep(float((exc.details or {}).get("retry_after", 1)))
+
     async def join(self, document_id: str) -> RoomView:
         """Join a room. The first time, load the newest page of history; when
         re-joining (after a reconnect), fetch everything after the last ``seq``."""
@@ -285,7 +299,7 @@ class RoomClient:
         """A large room's join ack (or ``room:resync``) lists its first page of users
         (``presence_more``): the next pages, each taken as it arrives, like the first."""
         while more and page:
-            data = await self.command(
+            data = await self.read(
                 "presence:list",
                 {"document_id": room.document_id, "after": page[-1]["user_id"]},
                 then=lambda data: room.presence.update(_presence_of(data["presence"])),
@@ -358,7 +372,7 @@ class RoomClient:
             payload["before_seq"] = before_seq
         if after_seq is not None:
             payload["after_seq"] = after_seq
-        data = await self.command("chat:history", payload)
+        data = await self.read("chat:history", payload)
         return data["messages"], data["has_more"]
 
     async def edit(self, document_id: str, message_id: str, text: str) -> dict[str, Any]:

@@ -441,3 +441,22 @@ async def test_presence_list_needs_the_join_and_a_user_id(api: Api, connect: Cli
         assert refused.value.code == "validation_failed", after
     page = await client.command("presence:list", {"document_id": doc["id"], "after": None})
     assert [entry["user_id"] for entry in page["presence"]] == [ann.id]
+
+
+async def test_a_room_of_more_pages_than_the_rate_allows_is_paged_all_the_same(
+    start_app: AppFactory, connect_on: ConnectOn
+) -> None:
+    """roomclient waits out ``rate_limited`` (its ``retry_after``) between pages: a room
+    of thousands is more pages than the history class's burst."""
+    api = Api(
+        await start_app(presence_page_size=1, rate_history_burst=2, rate_history_per_second=20)
+    )
+    owner = await api.user("owner")
+    document_id = (await api.document(owner))["id"]
+    users = await members(api, owner, document_id, [f"user{i}" for i in range(6)])
+    connect = connect_on(api)
+    for user in users:
+        await (await connect(user)).join(document_id)
+    viewer = await connect(owner)
+    await viewer.join(document_id)  # 6 pages after the ack, 2 at once
+    assert set(viewer.room(document_id).presence) == {owner.id, *(user.id for user in users)}

@@ -53,6 +53,8 @@ export class ApiError extends Error {
     readonly status: number,
     readonly code: string,
     message: string,
+    /** Seconds until a `rate_limited` command would pass (its `details.retry_after`). */
+    readonly retryAfter?: number,
   ) {
     super(message);
   }

@@ -12,7 +12,7 @@ const COMMAND_TIMEOUT_MS = 10_000;
 interface Ack {
   ok: boolean;
   data?: unknown;
-  error?: { code: string; message: string };
+  error?: { code: string; message: string; details?: { retry_after?: number } };
 }
 
 export class Live {
@@ -121,7 +121,8 @@ export class Live {
       throw new ApiError(0, "timeout", `no answer to ${name}`);
     }
     if (!ack.ok) {
-      throw new ApiError(0, ack.error?.code ?? "internal", ack.error?.message ?? "failed");
+      const error = ack.error;
+      throw new ApiError(0, error?.code ?? "internal", error?.message ?? "failed", error?.details?.retry_after);
     }
     return ack.data as T;
   }

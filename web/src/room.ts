@@ -222,10 +222,15 @@ export class Room {
   private async restOfPresence(page: PresenceEntry[], more: boolean): Promise<void> {
     let last = page.at(-1);
     while (more && last !== undefined) {
-      const next = await this.live.command<{ presence: PresenceEntry[]; more: boolean }>("presence:list", {
-        document_id: this.documentId,
-        after: last.user_id,
-      });
+      let next: { presence: PresenceEntry[]; more: boolean };
+      try {
+        next = await this.live.command("presence:list", { document_id: this.documentId, after: last.user_id });
+      } catch (error) {
+        if (!(error instanceof ApiError && error.code === "rate_limited")) throw error;
+        // A room of thousands is more pages than the rate's burst: wait them out.
+        await new Promise((resolve) => setTimeout(resolve, (error.retryAfter ?? 1) * 1000));
+        continue;
+      }
       this.addPresence(next.presence);
       last = next.presence.at(-1);
       more = next.more;
