@@ -18,7 +18,7 @@ import bisect
 import enum
 import operator
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,22 +39,6 @@ class PresencePage:
     entries: orjson.Fragment  # the users' entries, in the order of their ids
     count: int  # users in the room
     more: bool  # users after the page's last: ask for them after it
-
-
-def page_of(
-    ids: Iterable[uuid.UUID], after: uuid.UUID | None, limit: int
-) -> tuple[list[uuid.UUID], bool]:
-    """The first ``limit`` of ``ids`` (sorted by ``by_id``, each once) after ``after``,
-    and whether more follow."""
-    listed: list[uuid.UUID] = []
-    floor = -1 if after is None else after.int
-    for user_id in ids:
-        if user_id.int <= floor:
-            continue
-        if len(listed) == limit:
-            return listed, True
-        listed.append(user_id)
-    return listed, False
 
 
 def encode_page(

@@ -43,7 +43,7 @@ import heapq
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -64,7 +64,6 @@ from realtime.presence import (
     Publish,
     by_id,
     encode_page,
-    page_of,
 )
 
 log = logging.getLogger(__name__)
@@ -183,8 +182,7 @@ class SharedPresence(Presence):
         if after is not None:  # both from the first id past it (a slice, not a walk)
             mine = mine[bisect.bisect_right(mine, after.int, key=by_id) :]
             theirs = theirs[bisect.bisect_right(theirs, after.int, key=by_id) :]
-        # Both in id order: merged, a user on both nodes comes twice in a row.
-        listed, more = page_of(_distinct(heapq.merge(mine, theirs, key=by_id)), after, limit)
+        listed, more = _first(heapq.merge(mine, theirs, key=by_id), limit)
         both = remote.users.keys() & local.keys()  # usually none: each user on one node
 
         def entry(user_id: uuid.UUID) -> bytes:
@@ -546,10 +544,14 @@ class SharedPresence(Presence):
         self._down = False
 
 
-def _distinct(ids: Iterable[uuid.UUID]) -> Iterator[uuid.UUID]:
-    """``ids`` without a repeat of the one before."""
-    previous = None
-    for user_id in ids:
-        if user_id != previous:
-            yield user_id
-        previous = user_id
+def _first(merged: Iterable[uuid.UUID], limit: int) -> tuple[list[uuid.UUID], bool]:
+    """The first ``limit`` users of two id-ordered lists merged (a user on both nodes
+    comes twice in a row: listed once), and whether more follow."""
+    listed: list[uuid.UUID] = []
+    for user_id in merged:
+        if listed and user_id == listed[-1]:
+            continue
+        if len(listed) == limit:
+            return listed, True
+        listed.append(user_id)
+    return listed, False

@@ -12,8 +12,8 @@ nodes, and the events the others publish never reach it. When the link comes bac
    then the room's members get ``room:resync`` with the room's presence read afresh
    (a page, as a join ack has it) and the last ``seq`` they now hold (cursor states
    and typing that changed meanwhile were lost with the events), and the documents
-   open here catch up with the log
-   and ask their Yjs clients for ``sync-step-1`` (``documents``, when given);
+   open here catch up with the log and ask their Yjs clients for ``sync-step-1``
+   (``documents``, when given);
 3. asks the other nodes to do the same for those rooms (``RESYNC`` on the control
    channel): their members missed what this node published while it was away.
 
