@@ -98,21 +98,54 @@ def message_data(row: MessageRow) -> dict[str, Any]:
     join's catch-up, ``chat:history``, the cluster's gap reads) send rows as they are
     read, and a model per row cost twice what the dict does (tests/test_wire.py pins
     the two equal)."""
+    return new_message_data(
+        row.id,
+        row.document_id,
+        row.seq,
+        row.author_kind,
+        row.author_id,
+        row.username,
+        row.client_msg_id,
+        row.text,
+        row.meta,
+        iso(row.created_at),
+        edited_at=None if row.edited_at is None else iso(row.edited_at),
+        deleted=row.deleted_at is not None,
+    )
+
+
+def new_message_data(
+    id: uuid.UUID,
+    document_id: uuid.UUID,
+    seq: int,
+    author_kind: AuthorKind,
+    author_id: uuid.UUID | None,
+    username: str | None,
+    client_msg_id: str | None,
+    text: str,
+    meta: dict[str, Any],
+    created_at: str,
+    *,
+    edited_at: str | None = None,
+    deleted: bool = False,
+) -> dict[str, Any]:
+    """A message as the wire has it, from its parts (timestamps already ``iso``: the
+    chat writer formats its batch's one timestamp once)."""
     return {
-        "id": str(row.id),
-        "document_id": str(row.document_id),
-        "seq": row.seq,
+        "id": str(id),
+        "document_id": str(document_id),
+        "seq": seq,
         "author": {
-            "kind": row.author_kind.value,
-            "id": None if row.author_id is None else str(row.author_id),
-            "username": row.username,
+            "kind": author_kind.value,
+            "id": None if author_id is None else str(author_id),
+            "username": username,
         },
-        "client_msg_id": row.client_msg_id,
-        "text": row.text,
-        "metadata": row.meta,
-        "created_at": iso(row.created_at),
-        "edited_at": None if row.edited_at is None else iso(row.edited_at),
-        "deleted": row.deleted_at is not None,
+        "client_msg_id": client_msg_id,
+        "text": text,
+        "metadata": meta,
+        "created_at": created_at,
+        "edited_at": edited_at,
+        "deleted": deleted,
     }
 
 

@@ -17,8 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.errors import NotFound
 from app.keys import ENGINE
-from app.services.chat_writer import ChatWriter, Pending
-from app.wire import MessageOut
+from app.services.chat_writer import ChatWriter, Pending, Stored
 from storage.chat_batches import BatchWriter, Conflict, NewMessage, batch_writer
 from storage.models import AuthorKind
 from tests.helpers import Api, User
@@ -35,7 +34,7 @@ class Writer:
         one_trip: bool = True,
         max_known: int = 100,
     ) -> None:
-        self.announced: list[MessageOut] = []
+        self.announced: list[Stored] = []
         self.writer = ChatWriter(
             engine,
             lambda message, _skip: self.announced.append(message),
@@ -95,7 +94,7 @@ async def test_one_batch_takes_the_seqs_of_several_documents_in_order(
         (second, 2, True),
     ]
     # Announced in the order taken, each once; a join would enter after the last.
-    assert [(m.text, m.seq) for m in w.announced] == [
+    assert [(m.data["text"], m.seq) for m in w.announced] == [
         (t, o[0].seq) for (_, t), o in zip(texts, outcomes, strict=True)
     ]
     assert await w.writer.announced(uuid.UUID(first)) == 3
@@ -114,7 +113,7 @@ async def test_the_senders_are_answered_before_the_writes_of_the_announcements(
     w = Writer(engine_of(api))
     announce = w.writer._announce
 
-    def announce_and_flush(message: MessageOut, skip: str | None) -> None:
+    def announce_and_flush(message: Stored, skip: str | None) -> None:
         if not w.announced:
             asyncio.get_running_loop().call_soon(order.append, "flush")
         announce(message, skip)
@@ -127,7 +126,7 @@ async def test_the_senders_are_answered_before_the_writes_of_the_announcements(
 
     await asyncio.gather(send("a"), send("b"))
     assert order == ["ack a", "ack b", "flush"]
-    assert [m.text for m in w.announced] == ["a", "b"]
+    assert [m.data["text"] for m in w.announced] == ["a", "b"]
     await w.writer.close()
 
 
@@ -151,11 +150,12 @@ async def test_a_retry_in_the_same_batch_or_a_later_one_stores_nothing_more(
         w.message(ann, doc, "first, a third time", "m-1"),
         w.message(ann, doc, "fourth"),
     )
-    assert [(out.seq, out.text, new) for out, new in outcomes] == [
+    assert [(out.seq, out.data["text"], new) for out, new in outcomes] == [
         (3, "third", True),
         (1, "first", False),
         (4, "fourth", True),
     ]
+    assert outcomes[1][0] == one  # read back, it is what the first copy's sender got
     assert [m.seq for m in w.announced] == [1, 2, 3, 4]
     assert [seq for seq, _, _ in await stored(api, ann, doc)] == [1, 2, 3, 4]
     await w.writer.close()
@@ -181,7 +181,7 @@ async def test_a_message_that_cannot_be_stored_is_refused_alone(api: Api, one_tr
     ((after, _),) = await w.batch(w.message(ann, doc, "kept 3"))
     assert after.seq == 3
     assert [seq for seq, _, _ in await stored(api, ann, doc)] == [1, 2, 3]
-    assert [m.text for m in w.announced] == ["kept 1", "kept 2", "kept 3"]
+    assert [m.data["text"] for m in w.announced] == ["kept 1", "kept 2", "kept 3"]
     await w.writer.close()
 
 
@@ -213,7 +213,7 @@ async def test_a_batch_the_database_refuses_fails_its_senders_and_the_next_one_i
     assert all(isinstance(outcome, OperationalError) for outcome in outcomes)
     assert "could not store 2 chat messages" in caplog.text
     ((out, _),) = await w.batch(w.message(ann, doc, "stored"))
-    assert out.seq == 1 and [m.text for m in w.announced] == ["stored"]
+    assert out.seq == 1 and [m.data["text"] for m in w.announced] == ["stored"]
     await w.writer.close()
 
 
@@ -247,7 +247,7 @@ async def test_a_sender_that_stops_waiting_leaves_its_message_to_its_batch(api: 
     await asyncio.sleep(0)
     stored_anyway.cancel()
     ((after, _),) = await w.batch(w.message(ann, doc, "after"))
-    assert after.seq == 2 and [m.text for m in w.announced] == ["kept", "after"]
+    assert after.seq == 2 and [m.data["text"] for m in w.announced] == ["kept", "after"]
     assert await w.writer.announced(uuid.UUID(doc)) == 2
     await w.writer.close()
 

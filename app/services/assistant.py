@@ -35,6 +35,7 @@ from app.events import Broadcaster, EventClass
 from app.services.ai_limits import FREE, AssistantLimits, CircuitBreaker, Hold, Prices, TokenBudgets
 from app.services.assistant_context import Citation, ContextBuilder
 from app.services.chat import CAN_WRITE, ChatService
+from app.services.chat_writer import Stored
 from app.services.documents import membership
 from app.services.responders import (
     OFFLINE_MODEL,
@@ -45,7 +46,7 @@ from app.services.responders import (
     Usage,
     estimate_tokens,
 )
-from app.wire import MessageOut, ServerEvent, dump
+from app.wire import ServerEvent
 from storage.db import read_session
 from storage.repositories import usage as usage_repo
 from storage.repositories.usage import UsageTotals
@@ -396,7 +397,7 @@ class Assistant:
             "question": reply.question,  # a page reloaded later shows what was asked
             "citations": [citation.body() for citation in reply.citations],
         }
-        message: MessageOut | None = None
+        message: Stored | None = None
         record = functools.partial(self._record_usage, reply=reply, status=status)
         try:
             # The message and its usage in one transaction: a stored reply is paid for.
@@ -413,7 +414,7 @@ class Assistant:
             status, error = "failed", AiUnavailable("the reply could not be stored")
         body: dict[str, Any] = {
             "status": status,
-            "message": dump(message) if message is not None else None,
+            "message": message.data if message is not None else None,
             "usage": _usage_body(usage),
             "stop_reason": reply.outcome.stop_reason,
             "citations": meta["citations"],

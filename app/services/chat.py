@@ -24,7 +24,7 @@ from app.auth.principal import Principal
 from app.errors import Forbidden, NotFound
 from app.events import Broadcaster, EventClass
 from app.services.cache import ExpiringCache
-from app.services.chat_writer import Also, ChatWriter, Pending
+from app.services.chat_writer import Also, ChatWriter, Pending, Stored
 from app.services.documents import Memberships, RoomAccess, membership
 from app.wire import MessageOut, ServerEvent, dump, message_data
 from storage.chat_batches import batch_writer
@@ -183,7 +183,7 @@ class ChatService:
         client_msg_id: str,
         text: str,
         connection_id: str | None = None,
-    ) -> MessageOut:
+    ) -> Stored:
         """Store and broadcast a message; a retry with the same ``client_msg_id``
         returns the stored message and broadcasts nothing.
 
@@ -214,7 +214,7 @@ class ChatService:
         meta: dict[str, Any],
         *,
         also: Also | None = None,
-    ) -> MessageOut:
+    ) -> Stored:
         """Store and broadcast an assistant message (in seq order, like any send);
         ``also`` writes in the same transaction (the reply's usage)."""
         message, _ = await self._writer.write(
@@ -326,12 +326,18 @@ class ChatService:
         async with read_session(self._sessions) as session:
             return await messages_repo.last_seq(session, document_id)
 
-    def _announce_new(self, message: MessageOut, connection_id: str | None) -> None:
+    def _announce_new(self, message: Stored, connection_id: str | None) -> None:
+        data = {"document_id": message.data["document_id"], "message": message.data}
         if self._order is not None:
-            data = {"document_id": str(message.document_id), "message": dump(message)}
             self._order.announce(message.document_id, message.seq, data, connection_id)
             return
-        self._announce(ServerEvent.CHAT_MESSAGE, message, connection_id)
+        self._broadcaster.to_room(
+            message.document_id,
+            ServerEvent.CHAT_MESSAGE,
+            data,
+            kind=EventClass.CHAT,
+            skip_connection=connection_id,
+        )
 
     def _announce(self, event: ServerEvent, message: MessageOut, connection_id: str | None) -> None:
         self._broadcaster.to_room(

@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.errors import NotFound
-from app.wire import Author, MessageOut
+from app.wire import iso, message_data, new_message_data
 from storage.chat_batches import BatchWriter, Conflict, NewMessage, insert_in
 from storage.models import AuthorKind, utcnow
 from storage.repositories import messages as messages_repo
@@ -43,6 +43,16 @@ log = logging.getLogger(__name__)
 
 # Writes made in the message's transaction (an assistant reply's usage).
 Also = Callable[[AsyncSession], Awaitable[object]]
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A stored message: its document, its seq, and the message as the wire has it
+    (``app.wire.message_data``'s dict, built once for its ack and every delivery)."""
+
+    document_id: uuid.UUID
+    seq: int
+    data: dict[str, Any]
 
 
 @dataclass(eq=False, slots=True)
@@ -58,7 +68,7 @@ class Pending:
     meta: dict[str, Any] = field(default_factory=dict)
     also: Also | None = None
     skip_connection: str | None = None
-    done: asyncio.Future[tuple[MessageOut, bool]] = field(
+    done: asyncio.Future[tuple[Stored, bool]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     landed: bool = False  # stored or refused: out of flight (its sender may have left)
@@ -75,7 +85,7 @@ class ChatWriter:
     def __init__(
         self,
         engine: AsyncEngine,
-        announce: Callable[[MessageOut, str | None], None],
+        announce: Callable[[Stored, str | None], None],
         *,
         batches: BatchWriter | None,
         max_batch: int,
@@ -97,7 +107,7 @@ class ChatWriter:
         self._settled = asyncio.Event()  # set (and replaced) after every batch
         self._one_trip = batches
 
-    async def write(self, message: Pending) -> tuple[MessageOut, bool]:
+    async def write(self, message: Pending) -> tuple[Stored, bool]:
         """Store ``message`` with its document's next seq (or find its first copy)."""
         if self._closed:
             raise RuntimeError("the chat writer is closed")
@@ -203,7 +213,7 @@ class ChatWriter:
             return
         self._finish(batch, stored, found)
 
-    async def _insert(self, messages: list[Pending]) -> dict[int, MessageOut]:
+    async def _insert(self, messages: list[Pending]) -> dict[int, Stored]:
         """Store the messages with their seqs; what each (by ``id()``) became."""
         if not messages:
             return {}
@@ -232,30 +242,32 @@ class ChatWriter:
                         for write in also:
                             await write(session)
                         await session.flush()
-        stored: dict[int, MessageOut] = {}
+        created_at = iso(now)
+        stored: dict[int, Stored] = {}
         for message, row in zip(messages, rows, strict=True):
             seq = seqs.get(row.id)
             if seq is None:
                 continue  # the document is gone: refused in _finish
-            stored[id(message)] = MessageOut(
-                id=row.id,
-                document_id=row.document_id,
-                seq=seq,
-                author=Author(kind=row.author_kind, id=row.author_id, username=message.author_name),
-                client_msg_id=row.client_msg_id,
-                text=row.text,
-                metadata=row.meta,
-                created_at=now,
-                edited_at=None,
-                deleted=False,
+            data = new_message_data(
+                row.id,
+                row.document_id,
+                seq,
+                row.author_kind,
+                row.author_id,
+                message.author_name,
+                row.client_msg_id,
+                row.text,
+                row.meta,
+                created_at,
             )
+            stored[id(message)] = Stored(row.document_id, seq, data)
         return stored
 
     def _finish(
         self,
         batch: list[Pending],
-        stored: dict[int, MessageOut],
-        found: dict[tuple[Any, ...], MessageOut],
+        stored: dict[int, Stored],
+        found: dict[tuple[Any, ...], Stored],
     ) -> None:
         """Answer every sender, then announce what is new in seq order (one turn: the
         answers reach no client before the announcements).
@@ -264,7 +276,7 @@ class ChatWriter:
         announcement schedules for the end of the turn (outbox.Flusher): a sender's
         ack leaves in the same write as the batch's messages to it, one system call
         where it was two."""
-        firsts: dict[tuple[Any, ...], MessageOut] = {}
+        firsts: dict[tuple[Any, ...], Stored] = {}
         for message in batch:
             self._landed(message)
             out = stored.get(id(message))
@@ -319,16 +331,19 @@ def _first_copies(batch: list[Pending]) -> list[Pending]:
 
 async def _stored_copies(
     connection: AsyncConnection, batch: list[Pending]
-) -> dict[tuple[Any, ...], MessageOut]:
+) -> dict[tuple[Any, ...], Stored]:
     """The batch's messages that are stored already, by key."""
     keys = {m.key for m in batch if m.key is not None}
     if not keys:
         return {}
     rows = await messages_repo.by_client_msg_ids(connection, keys)
-    return {(r.document_id, r.author_id, r.client_msg_id): MessageOut.of_row(r) for r in rows}
+    return {
+        (r.document_id, r.author_id, r.client_msg_id): Stored(r.document_id, r.seq, message_data(r))
+        for r in rows
+    }
 
 
-def _resolve(message: Pending, result: tuple[MessageOut, bool]) -> None:
+def _resolve(message: Pending, result: tuple[Stored, bool]) -> None:
     if not message.done.done():
         message.done.set_result(result)
 

@@ -10,7 +10,7 @@ import orjson
 
 from app.errors import Forbidden, NotFound, PayloadTooLarge, TooManyRooms, ValidationFailed
 from app.events import EventClass
-from app.wire import ServerEvent, dump, iso, message_data
+from app.wire import ServerEvent, dump, message_data
 from realtime.commands import Commands
 from realtime.connections import Connection
 from realtime.delivery import Event
@@ -169,11 +169,7 @@ async def chat_send(call: Call, payload: ChatSend) -> dict[str, Any]:
         text=payload.text,
         connection_id=call.sid,
     )
-    return {
-        "id": str(message.id),
-        "seq": message.seq,
-        "created_at": iso(message.created_at),
-    }
+    return {"id": message.data["id"], "seq": message.seq, "created_at": message.data["created_at"]}
 
 
 @commands("ai:ask", AiAsk, rate="ai")
