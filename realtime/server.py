@@ -82,6 +82,7 @@ class RoomServer(socketio.AsyncServer):  # type: ignore[misc]
             **options,
         )
         self.eio.farewell = self._farewell
+        self.eio.handle_now = self._handle_now
         self.manager.on_idle = self._idle
         self.packet_class = CheckedPacket  # after python-socketio set Packet.json
 
@@ -104,12 +105,31 @@ class RoomServer(socketio.AsyncServer):  # type: ignore[misc]
             # connection has not connected (its attachments then fail to decode).
             log.info("dropped a binary packet for a namespace not connected")
 
+    def _handle_now(self, eio_sid: str, data: str) -> bool:
+        """A text event packet, from its decoding to its task, in the turn that read it
+        (``EngineServer.handle_now``): what ``_handle_eio_message`` does for one, which
+        awaits nothing, without the reader task and the chain of coroutines between."""
+        if data[:1] != "2" or eio_sid in self._binary_packet:
+            return False  # not an event, or an attachment of a binary packet
+        try:
+            pkt = self.packet_class(encoded_packet=data)
+        except UndecodablePacket as exc:
+            log.info("dropped a packet that could not be decoded (%s)", exc)
+            return True
+        self._start_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
+        return True
+
     async def _handle_event(
         self, eio_sid: str, namespace: str | None, id: int | None, data: list[Any]
     ) -> None:
-        """python-socketio's, without its log call and its engine's task wrappers: each
-        event runs in a task of its own (a command may await a commit while the
-        connection's next events are read)."""
+        self._start_event(eio_sid, namespace, id, data)
+
+    def _start_event(
+        self, eio_sid: str, namespace: str | None, id: int | None, data: list[Any]
+    ) -> None:
+        """python-socketio's ``_handle_event``, without its log call and its engine's
+        task wrappers: each event runs in a task of its own (a command may await a
+        commit while the connection's next events are read)."""
         namespace = namespace or "/"
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         if sid is None or not self.manager.is_connected(sid, namespace):

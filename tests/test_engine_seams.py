@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestClient
 from realtime.delivery.manager import DeliveryManager
 from realtime.engine.server import EngineServer, _WebSocketUpgrade
 from realtime.engine.socket import EngineSocket
+from realtime.namespaces import main as main_namespace
 from realtime.server import RoomServer
 from tests.conftest import AppFactory, ConnectOn
 from tests.helpers import Api, equal, eventually
@@ -213,6 +214,42 @@ async def test_frames_sent_with_the_upgrade_request_are_not_lost(
         assert isinstance(connected, str) and connected.startswith("40{"), connected
     finally:
         await client_side.close()
+
+
+async def test_an_event_read_while_the_connect_awaits_is_handled_after_it(
+    client: TestClient[web.Request, web.Application], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events are handled in the turn that read them only while nothing else is being
+    handled (EngineSocket.on_message): one read while the namespace connect awaits its
+    authentication waits for it, and is answered."""
+    api = Api(client)
+    user = await api.user("ann")
+    entered, release = asyncio.Event(), asyncio.Event()
+    authenticate = main_namespace.authenticate
+
+    async def held(*args: Any) -> Any:
+        entered.set()
+        await release.wait()
+        return await authenticate(*args)
+
+    monkeypatch.setattr(main_namespace, "authenticate", held)
+    raw = await RawClient.connect(client.port, None)
+    try:
+        await raw.send_text("40" + json.dumps({"token": user.access_token}))
+        await asyncio.wait_for(entered.wait(), 5)
+        await raw.send_text("421" + json.dumps(["auth:refresh", {"token": user.access_token}]))
+        await asyncio.sleep(0.05)  # read by the server while the connect waits
+        release.set()
+        seen: list[str] = []
+        async with asyncio.timeout(5):
+            while not (seen and seen[-1].startswith("431")):
+                message = await raw.receive()
+                assert isinstance(message, str), message
+                seen.append(message)
+        assert seen[0].startswith("40{")
+        assert json.loads(seen[-1][3:])[0]["ok"] is True
+    finally:
+        await raw.close()
 
 
 async def test_handshake_errors_are_answered_by_http(

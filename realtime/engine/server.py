@@ -56,6 +56,9 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         self.farewell: Farewell = lambda sid, code: []
         # Told of each handshake refused for being past max_connections.
         self.on_full: Callable[[], None] = lambda: None
+        # Handles a websocket message in the turn that read it, if it can do so without
+        # waiting (the Socket.IO layer's text events): True when it did.
+        self.handle_now: Callable[[str, str], bool] = lambda sid, data: False
         self._tasks: set[asyncio.Task[Any]] = set()
         options["async_mode"] = "aiohttp"
         super().__init__(monitor_clients=False, **options)

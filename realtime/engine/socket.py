@@ -4,8 +4,9 @@ python-engineio's socket gives each connection an unbounded queue, a writer task
 task per ping and a task per message read. This one keeps python-engineio's protocol
 handling (handshake, long-polling, the upgrade) and replaces the rest: packets go
 into the connection's ``Outbox`` (written through, or bounded and superseded when the
-peer is slow), pings are timers, and messages read from a websocket are handled by a
-task that exists only while some wait.
+peer is slow), pings are timers, and messages read from a websocket are handled in
+the turn that read them when they need no waiting (pongs, Socket.IO's text events),
+else by a task that exists only while some wait.
 """
 
 from __future__ import annotations
@@ -126,9 +127,18 @@ class EngineSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         if self._probe != _NOT_UPGRADING:
             self._upgrade_step(data)
             return
-        if data == "3" and not self._inbox:  # a pong needs no task
-            self._pong()
-            return
+        if self._reader is None and not self.closed and isinstance(data, str):
+            # Nothing is being handled: what needs no waiting needs no task either.
+            if data == "3":
+                self._pong()
+                return
+            if data[:1] == "4":
+                try:
+                    if self.server.handle_now(self.sid, data[1:]):
+                        return
+                except Exception:
+                    log.exception("%s: could not handle a message", self.sid)
+                    return
         self._inbox.append(data)
         if self._reader is None:
             self._reader = asyncio.get_running_loop().create_task(self._read())
