@@ -3,9 +3,9 @@ both and fused (reciprocal rank fusion).
 
 Qdrant runs in local mode (a folder; qdrant-client evaluates it in Python, and its
 calls block) unless a server URL is given. Every call runs in one worker thread of
-this store's own, so the event loop never waits on Qdrant and local mode's client is
-only ever used from one thread. qdrant-client's exceptions stop here: callers see
-``VectorStoreError``.
+this store's own, at the lowest CPU priority (storage/background.py), so the event loop
+never waits on Qdrant and local mode's client is only ever used from one thread.
+qdrant-client's exceptions stop here: callers see ``VectorStoreError``.
 
 Payload of each point: ``kind`` (``knowledge`` or ``document``), ``ref`` (the entry's
 or document's id), ``chunk`` (its number), ``title``, ``text`` (the passage), and for
@@ -29,7 +29,6 @@ import itertools
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +37,7 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.hybrid.fusion import reciprocal_rank_fusion
 
+from storage.background import background_executor
 from storage.vector_scope import SCOPE_FIELDS, in_scope, refs_filter, scope_filter
 from storage.vector_scope import Scope as Scope  # part of this module's interface
 
@@ -105,7 +105,7 @@ class VectorStore:
         self.dimension = dimension
         self._client: QdrantClient | None = None
         self._ready = False
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant")
+        self._thread = background_executor("qdrant")  # local mode is CPU work
         # Local mode checks a search's scope here (the module's docstring); a test turns
         # it off to compare with Qdrant's own filtering.
         self.scope_checked_here = url is None

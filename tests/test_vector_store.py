@@ -4,13 +4,21 @@ gives, for every shape of scope, narrow ones included."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
+import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pytest
 
+from app.services.knowledge.embeddings import MiniLMEmbedder
+from app.services.knowledge.index import SearchIndex
+from storage.background import LOWEST_PRIORITY
 from storage.vectors import ID_PAGE, Found, Point, Scope, VectorStore
 
 DIMENSION = 16
@@ -185,3 +193,23 @@ async def test_passages_are_replaced_changed_and_deleted_by_entry(tmp_path: Path
         assert len(documents) == 3  # the document of the same ref is another's
     finally:
         await store.close()
+
+
+def _own_priority() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice: Linux")
+async def test_the_store_and_the_embedder_work_at_the_lowest_priority(tmp_path: Path) -> None:
+    # Their CPU work (local mode's scoring, a question's embedding) must not take the
+    # event loop's turn: their threads get what it leaves (storage/background.py).
+    store = VectorStore(url=None, path=tmp_path / "qdrant", collection="t", dimension=DIMENSION)
+    index = SearchIndex(store, MiniLMEmbedder())
+    caller = _own_priority()
+    try:
+        assert await store._run(_own_priority) == LOWEST_PRIORITY
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(index._thread, _own_priority) == LOWEST_PRIORITY
+    finally:
+        await index.close()
+    assert _own_priority() == caller  # the event loop's thread keeps its own

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from app.services.knowledge.embeddings import Embedder, Vectors
 from app.services.knowledge.text import chunks, keyword_vector
+from storage.background import background_executor
 from storage.vectors import Found, Point, Scope, VectorStore
 
 # Passages are embedded in batches of this many (memory stays bounded for long texts).
@@ -38,8 +38,9 @@ class SearchIndex:
         self.embedder = embedder
         self.chunk_chars = chunk_chars
         # Embedding is CPU work: one thread of its own, so that it never takes both
-        # cores from the event loop, and apart from the store's thread.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        # cores from the event loop, apart from the store's thread, and at the lowest
+        # priority, so that it never takes the event loop's turn either.
+        self._thread = background_executor("embed")
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
         loop = asyncio.get_running_loop()
