@@ -9,6 +9,7 @@ import os
 import random
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -213,3 +214,46 @@ async def test_the_store_and_the_embedder_work_at_the_lowest_priority(tmp_path: 
     finally:
         await index.close()
     assert _own_priority() == caller  # the event loop's thread keeps its own
+
+
+class CountingEmbedder(MiniLMEmbedder):
+    """The real model, with the size of each call it gets recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        self.calls.append(len(texts))
+        return super().embed(texts)
+
+
+async def test_questions_asked_at_once_are_embedded_in_one_call(tmp_path: Path) -> None:
+    # The assistant's start-up burst: each question costs less than half in a batch.
+    store = VectorStore(url=None, path=tmp_path / "qdrant", collection="t", dimension=384)
+    embedder = CountingEmbedder()
+    index = SearchIndex(store, embedder)
+    questions = [f"what does the plan say about part {n}?" for n in range(5)]
+    topics = ["the budget", "the launch date", "hiring", "the beta", "the office move"]
+    try:
+        for n, topic in enumerate(topics):
+            text = f"Part {n} of the plan is about {topic}. It is owned by team {n}."
+            await index.put("knowledge", f"k{n}", f"Part {n}", text, {"approved": True})
+        embedder.calls.clear()
+        alone = [await index.search(q, Scope(knowledge="all"), limit=5) for q in questions]
+        assert embedder.calls == [1] * 5
+        assert [found[0].ref for found in alone] == [f"k{n}" for n in range(5)]
+        together = await asyncio.gather(
+            *(index.search(q, Scope(knowledge="all"), limit=5) for q in [*questions, questions[0]])
+        )
+        assert embedder.calls == [1] * 5 + [5]  # one call; a question asked twice, once
+
+        def refs(results: Sequence[list[Found]]) -> list[list[str]]:
+            return [[found.ref for found in result] for result in results]
+
+        assert refs(together) == refs([*alone, alone[0]])
+        vectors = embedder.embed(questions)
+        for question, vector in zip(questions, vectors, strict=True):
+            assert np.allclose(embedder.embed([question])[0], vector, atol=1e-5)
+    finally:
+        await index.close()
