@@ -162,6 +162,13 @@ class Settings(BaseSettings):
     ai_replies_per_user: int = Field(
         2, ge=1, description="Replies one user may have streaming at the same time."
     )
+    ai_prompts_at_once: int = Field(
+        4,
+        ge=1,
+        description="Replies that may build their prompts at the same time (the document, "
+        "the chat, the search); the others wait their turn, so that a burst of asks does "
+        "not hold up every other event of the server.",
+    )
     ai_daily_tokens_per_user: int = Field(
         200_000, ge=0, description="Input + output tokens a user may spend per UTC day."
     )

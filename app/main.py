@@ -329,6 +329,7 @@ def assistant_limits(settings: Settings) -> AssistantLimits:
         sources_chars=settings.ai_passages * (PASSAGE_CHARS + 250),
         replies_per_room=settings.ai_replies_per_room,
         replies_per_user=settings.ai_replies_per_user,
+        prompts_at_once=settings.ai_prompts_at_once,
         daily_tokens_per_user=settings.ai_daily_tokens_per_user,
         daily_tokens=settings.ai_daily_tokens,
         deadline=settings.ai_deadline_seconds,

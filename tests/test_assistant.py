@@ -4,8 +4,12 @@ responder. Its failures, retries and shutdown: test_assistant_failures.py."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
+from app.services.assistant_context import ContextBuilder
 from roomclient import CommandError
 from storage.models import GlobalRole
 from tests.assistant_support import ask, of, room_of_two, streamed
@@ -246,3 +250,39 @@ async def test_a_user_may_stream_only_so_many_replies_at_once(
     assert busy.value.code == "ai_busy"
     await eventually(lambda: truthy(of(a, "ai:done", reply_id)), timeout=10)
     await ask(a, second["id"], "two, now")
+
+
+async def test_replies_build_their_prompts_a_few_at_a_time(
+    start_claude: ClaudeFactory, connect_on: ConnectOn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A burst of asks takes its turns: at most AI_PROMPTS_AT_ONCE prompts are being
+    # built (database reads, a search) while the rest wait, and every reply comes.
+    fake, api = await start_claude(ai_prompts_at_once=2, ai_replies_per_user=5)
+    fake.plan(Plan(tokens=["fine"]))
+    building, most = 0, 0
+    release = asyncio.Event()
+    build = ContextBuilder.build
+
+    async def counted(self: ContextBuilder, *args: Any) -> Any:
+        nonlocal building, most
+        building += 1
+        most = max(most, building)
+        try:
+            await release.wait()
+            return await build(self, *args)
+        finally:
+            building -= 1
+
+    monkeypatch.setattr(ContextBuilder, "build", counted)
+    ann = await api.user("ann")
+    a = await connect_on(api)(ann)
+    replies = []
+    for n in range(4):
+        document = await api.document(ann, f"room {n}")
+        await a.join(document["id"])
+        replies.append(await ask(a, document["id"], f"question {n}"))
+    await eventually(lambda: truthy(building == 2))
+    release.set()
+    await eventually(lambda: [truthy(of(a, "ai:done", r)) for r in replies], timeout=10)
+    assert most == 2
+    assert all(of(a, "ai:done", r)[0]["status"] == "completed" for r in replies)

@@ -37,6 +37,7 @@ class AssistantLimits:
     breaker_reset: float
     prices: Prices
     sources_chars: int = 0  # the retrieved passages that go with a question, at most
+    prompts_at_once: int = 4  # replies building their prompts at the same time, at most
 
     def most_tokens(self, asked: str) -> int:
         """The most a reply may cost before its prompt is built: the largest prompt these

@@ -125,6 +125,9 @@ class Assistant:
         self._broadcaster = broadcaster
         self._chat = chat
         self._context = context
+        # A prompt is database reads and a search: 40 asks at once building theirs
+        # together kept other rooms' chat acks waiting 5x their p99 (AI_PROMPTS_AT_ONCE).
+        self._building = asyncio.Semaphore(limits.prompts_at_once)
         self.responder = responder
         self.limits = limits
         self.breaker = CircuitBreaker(limits.breaker_failures, limits.breaker_reset)
@@ -282,9 +285,10 @@ class Assistant:
             # The deadline covers building the prompt too (it opens the document and
             # searches).
             async with asyncio.timeout(self.limits.deadline) as deadline:
-                context = await self._context.build(
-                    reply.document_id, reply.asked_by, reply.question
-                )
+                async with self._building:
+                    context = await self._context.build(
+                        reply.document_id, reply.asked_by, reply.question
+                    )
                 prompt, reply.citations = context.prompt, context.citations
                 self.budgets.shrink(reply.hold, self.limits.worst_case(prompt))
                 await self._stream(reply, prompt, deadline, batched=flusher is not None)
