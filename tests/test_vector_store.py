@@ -230,8 +230,9 @@ class CountingEmbedder(MiniLMEmbedder):
 
 async def test_questions_asked_at_once_are_embedded_in_one_call(tmp_path: Path) -> None:
     # The assistant's start-up burst: each question costs less than half in a batch.
-    store = VectorStore(url=None, path=tmp_path / "qdrant", collection="t", dimension=384)
     embedder = CountingEmbedder()
+    path = tmp_path / "qdrant"
+    store = VectorStore(url=None, path=path, collection="t", dimension=embedder.dimension)
     index = SearchIndex(store, embedder)
     questions = [f"what does the plan say about part {n}?" for n in range(5)]
     topics = ["the budget", "the launch date", "hiring", "the beta", "the office move"]
