@@ -127,18 +127,17 @@ class EngineSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         if self._probe != _NOT_UPGRADING:
             self._upgrade_step(data)
             return
-        if self._reader is None and not self.closed and isinstance(data, str):
-            # Nothing is being handled: what needs no waiting needs no task either.
-            if data == "3":
-                self._pong()
-                return
-            if data[:1] == "4":
-                try:
-                    if self.server.handle_now(self.sid, data[1:]):
-                        return
-                except Exception:
-                    log.exception("%s: could not handle a message", self.sid)
+        if data == "3" and not self._inbox:  # a pong needs no task
+            self._pong()
+            return
+        if self._reader is None and not self.closed and isinstance(data, str) and data[:1] == "4":
+            # Nothing is being handled: an event that needs no waiting needs no task.
+            try:
+                if self.server.handle_now(self.sid, data[1:]):
                     return
+            except Exception:
+                log.exception("%s: could not handle a message", self.sid)
+                return
         self._inbox.append(data)
         if self._reader is None:
             self._reader = asyncio.get_running_loop().create_task(self._read())
