@@ -166,9 +166,12 @@ async def test_two_providers_and_a_python_client_converge(
     assert text_of(await a.state()) == text_of(await b.state()) == final
     assert await a.errors() == [] and await b.errors() == [] and py.errors == []
 
-    # Deletions converge too.
+    # Deletions converge too. Both indexes come from the text all three hold now: b
+    # deletes first, and " b4" comes after "a4 ", so b's deletion, whenever it reaches
+    # a, does not move a's. (b used to read its own text and then delete, and a's
+    # deletion could arrive in between: b deleted the three characters after " b4".)
+    await b.delete(final.index(" b4"), len(" b4"))
     await a.delete(final.index("a4 "), len("a4 "))
-    await b.delete((await b.text()).index(" b4"), len(" b4"))
     after = await same_everywhere(a, b, py)
     assert "a4 " not in after and " b4" not in after and len(after) == len(final) - 6
     await eventually(lambda: equal(py.text, after))
