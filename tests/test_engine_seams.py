@@ -28,7 +28,7 @@ from realtime.engine.socket import EngineSocket
 from realtime.namespaces import main as main_namespace
 from realtime.server import RoomServer
 from tests.conftest import AppFactory, ConnectOn
-from tests.helpers import Api, equal, eventually
+from tests.helpers import Api, equal, eventually, truthy
 from tests.raw_socketio import RawClient, _masked
 from tests.test_delivery_slow import engine_of
 
@@ -238,7 +238,9 @@ async def test_an_event_read_while_the_connect_awaits_is_handled_after_it(
         await raw.send_text("40" + json.dumps({"token": user.access_token}))
         await asyncio.wait_for(entered.wait(), 5)
         await raw.send_text("421" + json.dumps(["auth:refresh", {"token": user.access_token}]))
-        await asyncio.sleep(0.05)  # read by the server while the connect waits
+        # Read by the server while the connect waits: queued behind it, not handled.
+        socket = engine_of(client).sockets[raw.eio_sid]
+        await eventually(lambda: truthy(list(socket._inbox)))
         release.set()
         seen: list[str] = []
         async with asyncio.timeout(5):
