@@ -154,6 +154,36 @@ async def test_a_viewer_reads_live_but_its_edits_are_refused_and_told_once(
     assert after["update_count"] <= before["update_count"] + 1
 
 
+async def test_a_viewers_answer_to_a_resync_is_dropped_untold(
+    api: Api, open_document: DocumentFactory
+) -> None:
+    """A copy rebuilt from the log can lack what it relayed before (tests/test_fuzz_yjs.py
+    found one): the server then asks its clients again, and a viewer answers with what
+    the copy lacks. Not the viewer's edit: it is told nothing, and nothing is stored."""
+    ann, ben, doc = await api.room("viewer")
+    a = await open_document(ann, doc["id"])
+    append(a, "stored")
+    viewer = await open_document(ben, doc["id"])
+    await eventually(lambda: equal(viewer.text, "stored"))
+    lost = pycrdt.Doc()
+    lost.get("content", type=pycrdt.Text).insert(0, "lost")
+    viewer._apply(lost.get_update())  # as relayed: the viewer does not send it
+    asked: list[bytes] = []
+
+    def sync_step_1(state_vector: bytes) -> bytes:
+        asked.append(state_vector)
+        return viewer.doc.get_update(state_vector)
+
+    viewer.sio.on("sync-step-1", sync_step_1, namespace=viewer.namespace)
+    await live_documents(api).resync([uuid_of(doc)])  # as after a rebuild
+    await eventually(lambda: truthy(asked))
+    # Its answer (an ack) is handled before the next event on its connection.
+    await viewer.sio.call("sync-step-1", b"\x00", namespace=viewer.namespace, timeout=5)
+    assert "lost" in viewer.doc.get_update(asked[0]).decode(errors="replace")
+    assert codes(viewer) == []
+    assert await stored_text(api, ann, doc) == "stored"
+
+
 async def test_removal_role_change_and_deletion_act_on_open_connections(
     api: Api, open_document: DocumentFactory
 ) -> None:

@@ -22,6 +22,7 @@ touches neither the document nor the other clients.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 import time
@@ -72,6 +73,16 @@ class YjsEvent:
     SYNC_STEP_1 = "sync-step-1"
     SYNC_UPDATE = "sync-update"
     AWARENESS_UPDATE = "awareness-update"
+
+
+class Sent(enum.Enum):
+    """Why a client sent an update."""
+
+    EDIT = "edit"  # a sync-update: its own change
+    SYNC = "sync"  # its answer to the server's sync-step-1 when it connected
+    # Its answer to a later sync-step-1: the server asks again for what it lacks after
+    # refusing a flood, failing to store, or rebuilding its copy from the log.
+    RESYNC = "resync"
 
 
 def namespace_of(document_id: uuid.UUID) -> str:
@@ -230,20 +241,22 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         )
         # After this handler returns, python-socketio sends the CONNECT packet; the
         # first sync runs after it.
-        self.rt.spawn(self.start_sync(connection, with_awareness=True))
+        self.rt.spawn(self.start_sync(connection, Sent.SYNC))
 
-    async def start_sync(self, connection: YjsConnection, *, with_awareness: bool) -> None:
+    async def start_sync(self, connection: YjsConnection, answer: Sent) -> None:
+        """Ask the client for what the server lacks (``answer``: what its answer is);
+        on connect, also tell it everyone's awareness."""
         live = connection.live
         assert live is not None
 
         async def answered(*args: Any) -> None:
             if self.connections.by_sid.get(connection.sid) is connection and args:
-                await self.receive_update(connection, args[0], solicited=True)
+                await self.receive_update(connection, args[0], answer)
 
         delivery = self.rt.delivery
         step_1 = Event(YjsEvent.SYNC_STEP_1, live.state_vector(), EventClass.CONTROL)
         delivery.to_connection(connection.sid, step_1, callback=answered)
-        if with_awareness:
+        if answer is Sent.SYNC:
             awareness = self.connections.rooms[live.id].awareness
             update = awareness.encode_awareness_update(list(awareness.states))
             delivery.to_connection(connection.sid, awareness_event(live.id, update))
@@ -297,7 +310,7 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if event == YjsEvent.SYNC_STEP_1:
             return await self.sync_step_1(connection, data)
         if event == YjsEvent.SYNC_UPDATE:
-            await self.receive_update(connection, data, solicited=False)
+            await self.receive_update(connection, data, Sent.EDIT)
         elif event == YjsEvent.AWARENESS_UPDATE:
             await self.receive_awareness(connection, data)
         else:
@@ -327,24 +340,28 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             # The provider applies whatever the ack carries: give it a valid no-op.
             return EMPTY_UPDATE
 
-    async def receive_update(
-        self, connection: YjsConnection, update: Any, *, solicited: bool
-    ) -> None:
-        """Store and relay one update; ``solicited``: the answer to our ``sync-step-1``."""
+    async def receive_update(self, connection: YjsConnection, update: Any, sent: Sent) -> None:
+        """Store and relay one update (an answer to our ``sync-step-1`` costs no rate
+        token: the server asked for it)."""
         live = connection.live
         assert live is not None
         metrics = self.rt.app[METRICS]
         try:
             if not isinstance(update, bytes):
                 raise InvalidUpdate("send the update as binary")
-            wait = 0.0 if solicited else self._take(connection)
+            wait = self._take(connection) if sent is Sent.EDIT else 0.0
             if wait:
                 # Nothing is lost: a re-sync asks for everything the server lacks.
                 self.resync_later(connection)
                 raise limited("too many updates; a re-sync picks them up", wait)
             if connection.role is DocumentRole.VIEWER:
-                if not live.would_change(update):
-                    return  # a viewer's sync answer that carries nothing new
+                # Dropped untold: a viewer's sync answer that carries nothing new, and
+                # any answer to a re-sync. A copy rebuilt from the log can lack what
+                # it relayed before (an update that yrs applied once and then cannot
+                # apply in the rebuild is left out): the viewer holds it, and did
+                # not edit.
+                if sent is Sent.RESYNC or not live.would_change(update):
+                    return
                 raise ReadOnly()
             changed = await self.documents.submit(live, update, origin=connection.sid)
         except AppError as exc:
@@ -376,7 +393,7 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         def resync() -> None:
             connection.resync = None
             if self.connections.by_sid.get(connection.sid) is connection:
-                self.rt.spawn(self.start_sync(connection, with_awareness=False))
+                self.rt.spawn(self.start_sync(connection, Sent.RESYNC))
 
         loop = asyncio.get_running_loop()
         wait = self.rt.limits.wait(connection.buckets, connection.user_id, YJS_RATE)
