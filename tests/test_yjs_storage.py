@@ -74,6 +74,64 @@ async def storage_count(api: Api, user: User, doc: dict[str, Any]) -> int:
     return int((await storage(api, user, doc))["update_count"])
 
 
+async def test_a_snapshot_never_runs_while_a_batch_is_stored_and_applied(
+    start_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot reads the log and the copy as one. Run between a batch's commit and
+    its application here, its catch-up applied the batch itself, an update that cannot
+    be applied included while the writer took it back, and could write a half-applied
+    copy (tests/test_fuzz_yjs.py's kill test caught the first)."""
+    api = Api(await start_app(yjs_snapshot_debounce_seconds=0.05))
+    ann, _, doc = await api.room("editor")
+    documents = live_documents(api)
+    live = await documents.open(uuid_of(doc))
+    author: pycrdt.Doc[Any] = pycrdt.Doc()
+    text = author.get("content", type=pycrdt.Text)
+    text += "first"
+    assert await documents.submit(live, author.get_update(), origin=None)  # a snapshot due
+
+    in_batch = False
+    release = asyncio.Event()
+    append_update, apply, write_snapshot = (
+        crdt_repo.append_update,
+        live._apply,
+        documents._write_snapshot,
+    )
+    seen: list[bool] = []  # in_batch when each snapshot began
+
+    async def held_append(*args: Any) -> int:
+        nonlocal in_batch
+        in_batch = True
+        update_id = await append_update(*args)
+        await release.wait()
+        return update_id
+
+    def applied(update: bytes) -> tuple[bytes | None, bool]:
+        nonlocal in_batch
+        try:
+            return apply(update)
+        finally:
+            in_batch = False
+
+    async def recorded_snapshot(*args: Any) -> int | None:
+        seen.append(in_batch)
+        return await write_snapshot(*args)
+
+    monkeypatch.setattr(crdt_repo, "append_update", held_append)
+    monkeypatch.setattr(live, "_apply", applied)
+    monkeypatch.setattr(documents, "_write_snapshot", recorded_snapshot)
+    before = author.get_state()
+    text += " second"
+    second = asyncio.ensure_future(documents.submit(live, author.get_update(before), origin=None))
+    await asyncio.sleep(0.3)  # the snapshot's timer (0.05 s) has fired meanwhile
+    release.set()
+    assert await second
+    await eventually(lambda: truthy(seen))
+    await eventually(lambda: equal_async(storage_count(api, ann, doc), 0))
+    assert seen and not any(seen)
+    documents.close(live)
+
+
 async def test_loading_happens_once_for_a_crowd_and_idle_documents_unload(
     start_app: AppFactory, open_document_on: OpenDocumentOn, monkeypatch: pytest.MonkeyPatch
 ) -> None:

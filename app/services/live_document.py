@@ -93,7 +93,9 @@ class LiveDocument:
     _writer: asyncio.Task[None] | None = None
     _snapshot_timer: asyncio.TimerHandle | None = None
     _unload_timer: asyncio.TimerHandle | None = None
-    _snapshotting: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Held while the log and this copy are made to agree: a batch of this process
+    # stored and applied, a snapshot caught up and written, a rebuild from the log.
+    _log_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         self._loaded = asyncio.get_running_loop().create_future()

@@ -72,6 +72,14 @@ __all__ = ["MAX_WAITING", "TEXT_NAME", "Limits", "LiveDocument", "LiveDocuments"
 log = logging.getLogger(__name__)
 
 
+class CopyRebuilding(Exception):
+    """A stored update could not be applied to this copy, which is rebuilt from the log:
+    nothing is made of it meanwhile (a snapshot of it would hold a half-applied update)."""
+
+    def __init__(self, document_id: uuid.UUID) -> None:
+        super().__init__(f"document {document_id}: its copy is being rebuilt from the log")
+
+
 class LiveDocuments:
     def __init__(
         self,
@@ -282,63 +290,71 @@ class LiveDocuments:
         """Commit pending updates in batches; apply and broadcast each batch after."""
         try:
             while live._pending:
-                batch, live._pending = live._pending, []
-                try:
-                    # A row per update, all in one transaction. Not one merged row:
-                    # pycrdt's merge_updates, given crafted updates, can return one that
-                    # cannot be decoded, or one that decodes to another document than
-                    # the updates applied one by one (found by tests/test_fuzz_yjs.py).
-                    async with self._sessions.begin() as session:
-                        update_ids = [
-                            await crdt_repo.append_update(session, live.id, pending.update)
-                            for pending in batch
-                        ]
-                except Exception as exc:
-                    log.exception("could not store %d update(s) of %s", len(batch), live.id)
-                    live.size -= sum(len(p.update) for p in batch)
-                    for pending in batch:
-                        pending.done.set_exception(exc)
-                        pending.done.exception()
-                    continue
-                live.writes += 1
-                if live.unsaved_since is None:
-                    live.unsaved_since = time.monotonic()
-                changed: dict[Pending, tuple[bytes, bool]] = {}
-                unappliable: tuple[Pending, InvalidUpdate] | None = None
-                for pending in batch:
-                    try:
-                        change, integrated_more = live._apply(pending.update)
-                    except InvalidUpdate as exc:
-                        unappliable = (pending, exc)
-                        break
-                    if change is not None:
-                        changed[pending] = (change, integrated_more)
-                if unappliable is not None:
-                    await self._take_back(live, update_ids, batch, *unappliable)
-                    continue
-                live.applied.update(update_ids)
-                live.last_update_id = max(update_ids[-1], live.last_update_id or 0)
-                if self._peers is not None:
-                    # Every stored update, those that changed nothing here too: a part
-                    # that waits for a dependency must wait in every copy.
-                    for update_id, pending in zip(update_ids, batch, strict=True):
-                        self._peers.publish(live.id, update_id, pending.update)
-                for pending in batch:
-                    pending.done.set_result(pending in changed)
-                for pending, (change, integrated_more) in changed.items():
-                    self._broadcaster.document_updated(
-                        live.id, pending.update, skip_connection=pending.origin
-                    )
-                    if integrated_more:
-                        # Structs that waited for a dependency this update supplied:
-                        # relayed now (when they came they changed nothing, and went
-                        # nowhere), to its sender too.
-                        self._broadcaster.document_updated(live.id, change, skip_connection=None)
-                self._schedule_snapshot(live)
-                if changed and self._on_change is not None:
-                    self._on_change(live.id)
+                # A snapshot or a rebuild reads the log and this copy as one: never
+                # between a batch's commit and its application here (a snapshot's
+                # catch-up would apply the batch itself, an update that cannot be
+                # applied included, while it is being taken back).
+                async with live._log_lock:
+                    await self._write_batch(live)
         finally:
             live._writer = None
+
+    async def _write_batch(self, live: LiveDocument) -> None:
+        batch, live._pending = live._pending, []
+        try:
+            # A row per update, all in one transaction. Not one merged row:
+            # pycrdt's merge_updates, given crafted updates, can return one that
+            # cannot be decoded, or one that decodes to another document than
+            # the updates applied one by one (found by tests/test_fuzz_yjs.py).
+            async with self._sessions.begin() as session:
+                update_ids = [
+                    await crdt_repo.append_update(session, live.id, pending.update)
+                    for pending in batch
+                ]
+        except Exception as exc:
+            log.exception("could not store %d update(s) of %s", len(batch), live.id)
+            live.size -= sum(len(p.update) for p in batch)
+            for pending in batch:
+                pending.done.set_exception(exc)
+                pending.done.exception()
+            return
+        live.writes += 1
+        if live.unsaved_since is None:
+            live.unsaved_since = time.monotonic()
+        changed: dict[Pending, tuple[bytes, bool]] = {}
+        unappliable: tuple[Pending, InvalidUpdate] | None = None
+        for pending in batch:
+            try:
+                change, integrated_more = live._apply(pending.update)
+            except InvalidUpdate as exc:
+                unappliable = (pending, exc)
+                break
+            if change is not None:
+                changed[pending] = (change, integrated_more)
+        if unappliable is not None:
+            await self._take_back(live, update_ids, batch, *unappliable)
+            return
+        live.applied.update(update_ids)
+        live.last_update_id = max(update_ids[-1], live.last_update_id or 0)
+        if self._peers is not None:
+            # Every stored update, those that changed nothing here too: a part
+            # that waits for a dependency must wait in every copy.
+            for update_id, pending in zip(update_ids, batch, strict=True):
+                self._peers.publish(live.id, update_id, pending.update)
+        for pending in batch:
+            pending.done.set_result(pending in changed)
+        for pending, (change, integrated_more) in changed.items():
+            self._broadcaster.document_updated(
+                live.id, pending.update, skip_connection=pending.origin
+            )
+            if integrated_more:
+                # Structs that waited for a dependency this update supplied:
+                # relayed now (when they came they changed nothing, and went
+                # nowhere), to its sender too.
+                self._broadcaster.document_updated(live.id, change, skip_connection=None)
+        self._schedule_snapshot(live)
+        if changed and self._on_change is not None:
+            self._on_change(live.id)
 
     async def _take_back(
         self,
@@ -389,18 +405,19 @@ class LiveDocuments:
         else:
             self._apply_heard(live, update_id, update)
 
-    def _apply_heard(self, live: LiveDocument, update_id: int, update: bytes) -> None:
+    def _apply_heard(self, live: LiveDocument, update_id: int, update: bytes) -> bool:
         """Apply a stored update to this copy (unless it holds it already) and hand
-        what it changed to this node's Yjs clients."""
+        what it changed to this node's Yjs clients; False: it could not be applied, and
+        the copy is being rebuilt."""
         if update_id in live.applied:
-            return
+            return True
         if len(live.applied) >= MAX_APPLIED:
             live.applied = set(sorted(live.applied)[MAX_APPLIED // 2 :])  # the newest half
         live.applied.add(update_id)
         live.last_update_id = max(update_id, live.last_update_id or 0)
-        self._integrate(live, update)
+        return self._integrate(live, update)
 
-    def _integrate(self, live: LiveDocument, update: bytes) -> None:
+    def _integrate(self, live: LiveDocument, update: bytes) -> bool:
         try:
             change, integrated_more = live._apply(update)
         except InvalidUpdate:
@@ -408,23 +425,24 @@ class LiveDocuments:
             # the database rather than trusted half changed.
             log.exception("document %s: a stored update cannot be applied here", live.id)
             self._spawn(self._rebuild(live))
-            return
+            return False
         live.size += len(update)
         if change is not None:
             self._broadcaster.document_updated(live.id, update, skip_connection=None)
             if integrated_more:
                 self._broadcaster.document_updated(live.id, change, skip_connection=None)
+        return True
 
     async def _rebuild(self, live: LiveDocument) -> None:
-        await self._settle(live)
-        try:
-            async with read_session(self._sessions) as session:
-                stored = await crdt_repo.load(session, live.id)
-        except Exception:
-            log.exception("could not rebuild document %s; dropped from memory", live.id)
-            self.forget(live.id)
-            return
-        self._build(live, stored)
+        async with live._log_lock:
+            try:
+                async with read_session(self._sessions) as session:
+                    stored = await crdt_repo.load(session, live.id)
+            except Exception:
+                log.exception("could not rebuild document %s; dropped from memory", live.id)
+                self.forget(live.id)
+                return
+            self._build(live, stored)
         self._broadcaster.document_resync(live.id)
 
     async def resync(self, document_ids: Iterable[uuid.UUID]) -> None:
@@ -437,7 +455,7 @@ class LiveDocuments:
             if live is None or not live._loaded.done():
                 continue  # not held here, or loading (it reads the log now)
             try:
-                async with read_session(self._sessions) as session:
+                async with live._log_lock, read_session(self._sessions) as session:
                     await self._catch_up(session, live)
             except Exception:
                 log.exception("document %s: could not catch up with the log", document_id)
@@ -453,14 +471,16 @@ class LiveDocuments:
             # Another node compacted rows this copy may never have heard of.
             snapshot = await crdt_repo.latest_snapshot(session, live.id)
             if snapshot is not None:
-                self._integrate(live, snapshot.data)
+                if not self._integrate(live, snapshot.data):
+                    raise CopyRebuilding(live.id)
                 live.snapshot_id = snapshot.id
         update_ids = await crdt_repo.update_ids(session, live.id)
         missing = [update_id for update_id in update_ids if update_id not in live.applied]
         if missing:
             log.info("document %s: %d update(s) read from the log", live.id, len(missing))
             for update_id, update in await crdt_repo.updates_by_id(session, live.id, missing):
-                self._apply_heard(live, update_id, update)
+                if not self._apply_heard(live, update_id, update):
+                    raise CopyRebuilding(live.id)
         return update_ids
 
     # --- snapshots --------------------------------------------------------------------
@@ -479,41 +499,45 @@ class LiveDocuments:
         )
 
     async def _snapshot(self, live: LiveDocument) -> None:
-        async with live._snapshotting:
-            if live._snapshot_timer is not None:
-                live._snapshot_timer.cancel()
-                live._snapshot_timer = None
-            if live.unsaved_since is None or live.unfaithful:
-                return
-            writes = live.writes
-            try:
-                turn = (
-                    self._peers.snapshot_turn(live.id)
-                    if self._peers is not None
-                    else contextlib.nullcontext(True)
-                )
-                async with turn as mine:
-                    if not mine:
-                        # Another node is compacting it: what it does not cover is
-                        # taken at the next try.
-                        if self._documents.get(live.id) is live:
-                            self._schedule_snapshot(live, self.limits.snapshot_debounce)
+        if live._snapshot_timer is not None:
+            live._snapshot_timer.cancel()
+            live._snapshot_timer = None
+        if live.unsaved_since is None or live.unfaithful:
+            return
+        writes = live.writes
+        try:
+            turn = (
+                self._peers.snapshot_turn(live.id)
+                if self._peers is not None
+                else contextlib.nullcontext(True)
+            )
+            async with turn as mine:
+                if not mine:
+                    # Another node is compacting it: what it does not cover is
+                    # taken at the next try.
+                    if self._documents.get(live.id) is live:
+                        self._schedule_snapshot(live, self.limits.snapshot_debounce)
+                    return
+                # Taken after the lease (a Redis call): writes wait for the
+                # database part only.
+                async with live._log_lock:
+                    if live.unfaithful:  # found by a snapshot that held the lock
                         return
                     saved = await self._write_snapshot(live)
-            except Exception:
-                log.exception("could not snapshot document %s; will retry", live.id)
-                if self._documents.get(live.id) is live:
-                    self._schedule_snapshot(live)
-                return
-            if saved is None:
-                return  # unfaithful
-            if live.writes == writes:
-                live.unsaved_since = None
-                if live._writer is None:
-                    live.size = saved
-            elif self._documents.get(live.id) is live:
-                # Updates landed while it was written: the next snapshot takes them.
+        except Exception:
+            log.exception("could not snapshot document %s; will retry", live.id)
+            if self._documents.get(live.id) is live:
                 self._schedule_snapshot(live)
+            return
+        if saved is None:
+            return  # unfaithful
+        if live.writes == writes:
+            live.unsaved_since = None
+            if live._writer is None:
+                live.size = saved
+        elif self._documents.get(live.id) is live:
+            # Updates landed while it was written: the next snapshot takes them.
+            self._schedule_snapshot(live)
 
     async def _write_snapshot(self, live: LiveDocument) -> int | None:
         """Catch up with the log, then write the copy as the snapshot of exactly the log
