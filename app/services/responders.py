@@ -10,10 +10,11 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Protocol
+from typing import Protocol, cast
 
 import anthropic
 import httpx2
+from anthropic.types import MessageParam
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,17 +91,23 @@ class AnthropicResponder:
 
     async def stream(self, prompt: Prompt, outcome: Outcome) -> AsyncGenerator[str, None]:
         try:
-            async with self._client.messages.stream(
+            # The raw event stream, not messages.stream(): that helper also builds the
+            # whole message as it grows and a second event for every text delta, work
+            # per token that nothing here reads (the assistant keeps its own text).
+            stream = await self._client.messages.create(
                 model=self.model,
                 max_tokens=prompt.max_tokens,
                 system=prompt.system,
-                messages=prompt.messages,  # type: ignore[arg-type]
-            ) as stream:
+                messages=cast(list[MessageParam], prompt.messages),
+                stream=True,
+            )
+            async with stream:  # closes the upstream response, also when closed early
                 async for event in stream:
-                    if event.type == "message_start":
+                    if event.type == "content_block_delta":
+                        if event.delta.type == "text_delta":
+                            yield event.delta.text
+                    elif event.type == "message_start":
                         _take_usage(outcome.usage, event.message.usage)
-                    elif event.type == "text":
-                        yield event.text
                     elif event.type == "message_delta":
                         outcome.stop_reason = event.delta.stop_reason
                         _take_usage(outcome.usage, event.usage)
