@@ -11,6 +11,7 @@ test comes last.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -720,6 +721,55 @@ async def test_tokens_are_renewed_over_the_socket_and_a_signed_out_session_is_sh
         await expect(page.get_by_role("button", name="Sign in")).to_be_visible()
         await shot(page, shots, "09-session-ended")
         await expect(other.locator("#banner")).to_be_hidden()  # ben's session goes on
+    finally:
+        await site.close()
+        await server.stop()
+
+
+async def test_a_crowd_is_listed_page_by_page_and_the_rate_limit_waited_out(
+    browser: Any,
+    shots: Path,
+    claude: tuple[FakeAnthropic, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """More people than one presence page, and fewer presence:list pages allowed at once
+    than the page needs: it is told rate_limited, waits as told, and lists everyone."""
+    server = await start_server(
+        tmp_path_factory.mktemp("webui-crowd"),
+        claude[1],
+        RATE_HISTORY_BURST="1",  # presence:list's class
+        RATE_HISTORY_PER_SECOND="4",
+    )
+    site = Site(server, browser, shots)
+    try:
+        ann = await site.person("ann")
+        crowd = []
+        for i in range(5):
+            credentials = {"username": f"crowd{i}{uuid.uuid4().hex[:6]}", "password": PASSWORD}
+            user = await site.rest("POST", "/api/v1/auth/register", body=credentials)
+            tokens = await site.rest("POST", "/api/v1/auth/login", body=credentials)
+            crowd.append((credentials["username"], str(user["id"]), tokens["access_token"]))
+        document_id = await site.document(ann, "Crowd", **{id_: "editor" for _, id_, _ in crowd})
+        async with contextlib.AsyncExitStack() as stack:
+            for _, _, token in crowd:
+                client = await stack.enter_async_context(RoomClient(server.base, token))
+                await client.join(document_id)
+            refusals: list[str] = []
+
+            def watch(socket: Any) -> None:
+                socket.on(
+                    "framereceived",
+                    lambda frame: refusals.append(frame) if "rate_limited" in str(frame) else None,
+                )
+
+            ann.page.on("websocket", watch)
+            page = await site.open(ann, document_id)
+            # One person per page (PRESENCE_PAGE_SIZE): five pages after the join's.
+            for username, _, _ in crowd:
+                await expect(page.locator(".people li", has_text=username)).to_be_visible()
+            await expect(page.locator(".people li")).to_have_count(6)
+            await shot(page, site.shots, "13-crowd-listed")
+            assert refusals, "the page was never told rate_limited: nothing was waited out"
     finally:
         await site.close()
         await server.stop()
