@@ -300,6 +300,7 @@ class LiveDocuments:
             live._writer = None
 
     async def _write_batch(self, live: LiveDocument) -> None:
+        """What is pending, stored in one transaction, then applied and broadcast."""
         batch, live._pending = live._pending, []
         try:
             # A row per update, all in one transaction. Not one merged row:
