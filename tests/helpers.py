@@ -124,13 +124,18 @@ async def eventually(
     timeout: float = 5.0,  # noqa: ASYNC109 (a polling deadline, not a cancel scope)
     interval: float = 0.02,
 ) -> T:
-    """Retry ``check`` until it returns without AssertionError, at most ``timeout`` s."""
+    """Retry ``check`` until it returns without AssertionError, at most ``timeout`` s.
+
+    ``check`` asserts (``equal``, ``truthy``, ``assert``). One that returns False instead
+    would pass at its first call: that is refused."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             result = check()
             if asyncio.iscoroutine(result):
                 result = await result
+            if result is False:
+                raise TypeError("eventually's check returned False: assert (truthy, equal)")
             return result  # type: ignore[return-value]
         except AssertionError:
             if time.monotonic() >= deadline:

@@ -232,7 +232,9 @@ async def test_a_reply_is_cancelled_from_another_node(
     await eventually(lambda: streaming(on_b, reply_id, 2), timeout=WAIT)
     # Acked once node A has cancelled it: the model's stream is closed.
     assert await on_b.command("ai:cancel", {"document_id": doc_id, "reply_id": reply_id}) == {}
-    await eventually(fake.requests[-1].disconnected.wait, timeout=WAIT)
+    # An event waited for with a deadline (eventually retries assertions: it would not
+    # bound a wait that never returns).
+    await asyncio.wait_for(fake.requests[-1].disconnected.wait(), WAIT)
     for client in (on_a, on_b):
         await eventually(lambda client=client: ended(client, reply_id), timeout=WAIT)
         done = ended(client, reply_id)

@@ -295,12 +295,11 @@ async def test_providers_behind_share_merged_updates_and_converge(
         writer.edit(typed)
         await asyncio.sleep(0.005)
 
-    async def stored() -> bool:
+    async def stored() -> None:
         body = await api.call("GET", f"/api/v1/documents/{doc['id']}/content", user=owner)
         assert body["text"] == writer.text
-        return True
 
-    await eventually(lambda: stored(), timeout=WAIT)
+    await eventually(stored, timeout=WAIT)
     waiting = [
         item.event
         for connection in connections
