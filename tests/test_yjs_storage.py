@@ -123,7 +123,8 @@ async def test_a_snapshot_never_runs_while_a_batch_is_stored_and_applied(
     before = author.get_state()
     text += " second"
     second = asyncio.ensure_future(documents.submit(live, author.get_update(before), origin=None))
-    await asyncio.sleep(0.3)  # the snapshot's timer (0.05 s) has fired meanwhile
+    # The snapshot's timer (0.05 s) fired: the snapshot has begun, and clears it first.
+    await eventually(lambda: truthy(live._snapshot_timer is None))
     release.set()
     assert await second
     await eventually(lambda: truthy(seen))
