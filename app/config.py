@@ -378,6 +378,14 @@ class Settings(BaseSettings):
         le=10_000,
         description="Most chat messages stored in one transaction (group commit).",
     )
+    chat_batch_linger_seconds: float = Field(
+        0.001,
+        ge=0,
+        le=0.05,
+        description="After a transaction of several chat messages, the next waits this "
+        "long at most for as many (their senders answering their acks); a lone message "
+        "never waits. 0: never wait.",
+    )
     typing_timeout_seconds: float = Field(
         5, gt=0, description="A typing indicator clears itself after this long."
     )

@@ -177,6 +177,7 @@ def create_app(settings: Settings) -> web.Application:
                 documents.room_access,
                 page_size=settings.history_page_size,
                 max_batch=settings.chat_batch_max_messages,
+                linger=settings.chat_batch_linger_seconds,
                 order=chat_order,
             )
             if chat_order is not None:

@@ -33,6 +33,7 @@ class Writer:
         batches: BatchWriter | None = None,
         one_trip: bool = True,
         max_known: int = 100,
+        linger: float = 0.0,
     ) -> None:
         self.announced: list[Stored] = []
         self.writer = ChatWriter(
@@ -41,6 +42,7 @@ class Writer:
             batches=batches or (batch_writer(engine) if one_trip else None),
             max_batch=max_batch,
             max_known=max_known,
+            linger=linger,
         )
 
     def message(self, user: User, doc_id: str, text: str, msg_id: str | None = None) -> Pending:
@@ -214,6 +216,49 @@ async def test_a_batch_the_database_refuses_fails_its_senders_and_the_next_one_i
     assert "could not store 2 chat messages" in caplog.text
     ((out, _),) = await w.batch(w.message(ann, doc, "stored"))
     assert out.seq == 1 and [m.data["text"] for m in w.announced] == ["stored"]
+    await w.writer.close()
+
+
+class Recording:
+    """A batch writer that records the size of each batch."""
+
+    def __init__(self, batches: BatchWriter) -> None:
+        self.batches = batches
+        self.sizes: list[int] = []
+
+    async def insert(self, messages: Sequence[NewMessage]) -> dict[uuid.UUID, int]:
+        self.sizes.append(len(messages))
+        return await self.batches.insert(messages)
+
+    async def close(self) -> None:
+        await self.batches.close()
+
+
+async def test_after_a_batch_of_several_the_next_waits_for_as_many_and_a_lone_one_never(
+    api: Api,
+) -> None:
+    ann = await api.user("ann")
+    doc = (await api.document(ann, "busy"))["id"]
+    engine = engine_of(api)
+    recording = Recording(cast(BatchWriter, batch_writer(engine)))
+    w = Writer(engine, batches=cast(BatchWriter, recording), linger=0.5)
+
+    async def one_by_one(*texts: str) -> list[int]:
+        """Each message sent in a turn of its own, a moment after the one before."""
+        sends = []
+        for text in texts:
+            sends.append(asyncio.ensure_future(w.writer.write(w.message(ann, doc, text))))
+            await asyncio.sleep(0.01)
+        return [out.seq for out, _ in await asyncio.gather(*sends)]
+
+    await w.batch(*(w.message(ann, doc, f"first {n}") for n in range(3)))
+    # Three senders answering their acks: stored together, not one at a time.
+    assert await one_by_one("again 0", "again 1", "again 2") == [4, 5, 6]
+    assert recording.sizes == [3, 3]
+    # The burst is over: one message waits out the linger, then none waits.
+    assert await one_by_one("late") == [7]
+    assert await one_by_one("later", "last") == [8, 9]
+    assert recording.sizes == [3, 3, 1, 1, 1]
     await w.writer.close()
 
 

@@ -87,6 +87,7 @@ class ChatService:
         *,
         page_size: int,
         max_batch: int,
+        linger: float = 0.0,
         order: ChatOrder | None = None,
     ) -> None:
         """``room_access`` is DocumentService's (which fills ``memberships``); ``order``
@@ -102,6 +103,7 @@ class ChatService:
             batches=batch_writer(engine),
             max_batch=max_batch,
             max_known=memberships.max_entries,
+            linger=linger,
         )
         self.page_size = page_size
         # Catch-up reads in flight, shared by the joins that ask for the same page

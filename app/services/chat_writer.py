@@ -3,10 +3,18 @@
 Sends queue here; the writer takes what has queued (at most ``max_batch``) and stores
 it in one transaction, one trip to the database (storage/chat_batches.py): the
 ``seq``s of every document in the batch taken and the rows inserted. While a batch is
-in flight the next sends
-queue behind it, so a busy server writes large batches and an idle one writes each
-message at once: batches are bounded by size, and by time only by the commit before
-them (nothing waits for a batch to fill).
+in flight the next sends queue behind it, so a busy server writes large batches and an
+idle one writes each message at once.
+
+A batch of several messages is evidence of senders who answer acks with their next
+send (a busy room): they hear their acks together and send again within a moment, and
+a writer that took only the first of those sends would commit the rest one small batch
+at a time, each paying a commit. So after a batch of ``n > 1`` the next batch waits,
+from its first message, until ``n`` have queued or ``linger`` seconds have passed,
+whichever comes first (PostgreSQL's ``commit_delay`` with ``commit_siblings``, for
+the same reason). A lone message never waits: the wait follows a batch of several,
+and a wait that ends with fewer messages sets the next wait's aim to what came, so a
+burst's end costs one wait at most.
 
 Once its batch committed the writer hands the batch's new messages to ``announce``
 in ``seq`` order, records each document's last announced ``seq``
@@ -23,6 +31,7 @@ a message that fails on its own (its author deleted meanwhile): it alone is refu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections import Counter, deque
@@ -90,14 +99,19 @@ class ChatWriter:
         batches: BatchWriter | None,
         max_batch: int,
         max_known: int,
+        linger: float = 0.0,
     ) -> None:
         """``batches`` writes a batch in one trip (storage.chat_batches.batch_writer);
-        without it batches go through SQLAlchemy."""
+        without it batches go through SQLAlchemy. ``linger``: the longest a batch waits
+        for the senders of the one before (0: never)."""
         self._engine = engine
         self._announce = announce
         self._max_batch = max_batch
+        self._linger = linger
         self._queue: deque[Pending] = deque()
         self._wakeup = asyncio.Event()
+        self._filled = asyncio.Event()  # the queue reached ``_fill_to`` (0: not waiting)
+        self._fill_to = 0
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         # Per document: messages queued or committing, and the last seq announced.
@@ -116,6 +130,8 @@ class ChatWriter:
         self._queue.append(message)
         self._in_flight[message.document_id] += 1
         self._wakeup.set()
+        if self._fill_to and len(self._queue) >= self._fill_to:
+            self._filled.set()
         # A sender that gives up cancels only its wait: the message stays in its batch
         # and is stored or refused all the same.
         return await message.done
@@ -159,17 +175,21 @@ class ChatWriter:
         self._closed = True
         if self._task is not None:
             self._wakeup.set()
+            self._filled.set()
             await self._task
         if self._one_trip is not None:
             await self._one_trip.close()
 
     async def _run(self) -> None:
         batch: list[Pending] = []
+        aim = 1  # messages the next batch waits for: as many as the last one held
         try:
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 while self._queue:
+                    if len(self._queue) < aim and self._linger > 0 and not self._closed:
+                        await self._gather(aim)
                     count = min(len(self._queue), self._max_batch)
                     batch = [self._queue.popleft() for _ in range(count)]
                     try:
@@ -177,6 +197,7 @@ class ChatWriter:
                     except Exception as exc:  # the database is away: each sender is told
                         log.exception("could not store %d chat messages", len(batch))
                         self._settle(batch, exc)
+                    aim = count
                 if self._closed:
                     return
         finally:
@@ -186,6 +207,15 @@ class ChatWriter:
             self._settle(batch, stopped)  # those it already answered are skipped
             self._settle(self._queue, stopped)
             self._queue.clear()
+
+    async def _gather(self, aim: int) -> None:
+        """Wait until ``aim`` messages queued, ``linger`` seconds at most."""
+        self._fill_to = aim
+        self._filled.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._linger):
+                await self._filled.wait()
+        self._fill_to = 0
 
     async def _store(self, batch: list[Pending]) -> None:
         try:
