@@ -409,7 +409,16 @@ class Settings(BaseSettings):
         le=5,
         description="A room's arrivals and departures go out together at most this often "
         "(presence:changed), so a burst of N joins costs each member a few events, not N; "
-        "0: those of each event-loop turn at its end.",
+        "0: those of each event-loop turn at its end. A room of more than "
+        "PRESENCE_PAGE_SIZE users waits that many times longer (up to "
+        "PRESENCE_BATCH_MAX_SECONDS).",
+    )
+    presence_batch_max_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=10,
+        description="The longest a large room's arrivals and departures wait "
+        "(PRESENCE_BATCH_SECONDS grows with the room's size up to this).",
     )
     token_renew_lead_seconds: float = Field(
         60,

@@ -73,9 +73,14 @@ class Realtime:
             throttle=self.settings.typing_throttle_seconds,
             on_expired=self._typing_expired,
         )
+        presence = self.presence
         self.presence_changes = PresenceChanges(
             interval=self.settings.presence_batch_seconds,
-            publish=self.presence.announcer(self._presence_changed),
+            publish=presence.announcer(self._presence_changed),
+            # This process's users of the room (with Redis, a share of them).
+            users=lambda document_id: len(presence.order(document_id)),
+            per_users=self.settings.presence_page_size,
+            longest=self.settings.presence_batch_max_seconds,
         )
 
     async def shared_presence(self, app: web.Application) -> AsyncIterator[None]:

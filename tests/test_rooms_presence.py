@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from app.keys import CHAT_SERVICE
-from realtime.presence import Presence
+from realtime.presence import Presence, PresenceChanges
 from roomclient import CommandError, RoomClient
 from tests.conftest import AppFactory, ClientFactory, ConnectOn
 from tests.helpers import Api, User, arrivals, departures, equal, eventually
@@ -78,6 +78,35 @@ async def test_a_burst_of_joins_reaches_each_member_in_a_few_events(
         await eventually(lambda room=room: equal(set(room.presence), everyone), timeout=10)
         assert len(changes(joiner)) <= 3, changes(joiner)
         assert departures(joiner.events) == []
+
+
+async def test_a_larger_room_waits_longer_between_its_events_up_to_the_longest() -> None:
+    """Rooms of 2, 6 and 60 users, the interval 0.1 s per 2 users, at most 0.5 s."""
+    loop = asyncio.get_running_loop()
+    small, large, huge = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    users = {small: 2, large: 6, huge: 60}
+    heard: dict[uuid.UUID, list[float]] = {room: [] for room in users}
+    changes = PresenceChanges(
+        interval=0.1,
+        publish=lambda room, left, joined: heard[room].append(loop.time()),
+        users=users.__getitem__,
+        per_users=2,
+        longest=0.5,
+    )
+    expected = {small: 0.1, large: 0.3, huge: 0.5}
+    assert {room: changes.interval(room) for room in users} == pytest.approx(expected)
+    for room in users:  # the first change in a quiet room: out at the end of the turn
+        changes.joined(room, uuid.uuid4(), "first")
+    await eventually(lambda: equal([len(times) for times in heard.values()], [1, 1, 1]))
+    for room in users:  # the next waits for the room's interval since that one
+        changes.joined(room, uuid.uuid4(), "second")
+    # Uncapped, the huge room's would wait 3 s.
+    await eventually(
+        lambda: equal([len(times) for times in heard.values()], [2, 2, 2]), timeout=2.5
+    )
+    for room, (first, second) in heard.items():
+        assert second - first >= expected[room] - 0.01, (room, second - first)
+    changes.close()
 
 
 async def test_a_join_and_a_leave_within_one_interval_and_a_join_meanwhile(
