@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from app.services import chat as chat_service
 from roomclient import CommandError, RoomClient
 from storage.repositories import messages as messages_repo
-from tests.conftest import AppFactory, ClientFactory
+from tests.conftest import AppFactory, ClientFactory, ConnectOn
 from tests.helpers import Api, arrivals, eventually
 
 
@@ -234,9 +235,14 @@ async def test_viewers_read_but_cannot_send(api: Api, connect: ClientFactory) ->
     assert history == []
 
 
-async def test_joins_at_once_share_one_catch_up_read_and_an_edit_is_read_again(
-    api: Api, connect: ClientFactory, monkeypatch: pytest.MonkeyPatch
+async def test_joins_share_a_catch_up_read_kept_a_moment_and_an_edit_is_read_again(
+    start_app: AppFactory, connect_on: ConnectOn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Kept READ_KEEP_SECONDS (1 s) after it ran; here longer, lest a slow machine
+    # expire it between two joins.
+    monkeypatch.setattr(chat_service, "READ_KEEP_SECONDS", 60)
+    api = Api(await start_app())
+    connect = connect_on(api)
     ann, ben, doc = await api.room("editor")
     author = await connect(ann)
     await author.join(doc["id"])
@@ -254,11 +260,18 @@ async def test_joins_at_once_share_one_catch_up_read_and_an_edit_is_read_again(
 
     async def catch_up(tab: RoomClient) -> list[str]:
         data = await tab.command("join", {"document_id": doc["id"], "since_seq": 0})
-        assert data["last_seq"] == 5 and data["has_more"] is False
+        assert data["last_seq"] == len(sent) and data["has_more"] is False
         return [message["text"] for message in data["messages"]]
 
     texts = [f"note {i}" for i in range(5)]
     assert await asyncio.gather(*map(catch_up, tabs)) == [texts] * len(tabs)
     assert reads < len(tabs)  # shared (a read in flight is joined by those after it)
+    shared = reads
+    assert await catch_up(tabs[0]) == texts  # the read kept: nothing read again
+    assert reads == shared
+    sent.append(await author.send(doc["id"], "note 5"))
+    texts.append("note 5")  # the kept read, and what came after it read on its own
+    assert await catch_up(tabs[1]) == texts
+    assert reads == shared + 1
     await author.edit(doc["id"], sent[0]["id"], "edited")
     assert await catch_up(await connect(ben)) == ["edited", *texts[1:]]

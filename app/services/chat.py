@@ -57,6 +57,10 @@ class ChatOrder(Protocol):
         """A message this node stored, to the room on every node."""
 
 
+READ_KEEP_SECONDS = 1.0
+READS_KEPT = 32  # pages of at most HISTORY_PAGE_SIZE messages: a few MB at worst
+
+
 class _Read:
     """Rows read after a seq, shared by the joins that asked for them while it ran; the
     page they make is built and encoded once for all of them."""
@@ -106,11 +110,15 @@ class ChatService:
             linger=linger,
         )
         self.page_size = page_size
-        # Catch-up reads in flight, shared by the joins that ask for the same page
-        # meanwhile (nothing is kept once read: ttl 0); an edit or a deletion in a
-        # document drops its reads, so later joins read again.
+        # Catch-up reads, shared by the joins that ask for the same page while it runs
+        # and, on a process of its own, for READ_KEEP_SECONDS after: a crowd that
+        # reconnects at once after a restart (each client holding the same last seq)
+        # reads the page once and encodes it once. A later message does not make a
+        # kept read wrong (enter_room reads what came after it); an edit or a deletion
+        # in a document drops its reads, so later joins read again. With a cluster,
+        # another process's edit would not drop them: kept only while they run.
         self._reads: ExpiringCache[tuple[uuid.UUID, int], _Read] = ExpiringCache(
-            ttl=0, max_entries=1
+            ttl=0 if order is not None else READ_KEEP_SECONDS, max_entries=READS_KEPT
         )
 
     async def close(self) -> None:
