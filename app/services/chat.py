@@ -58,7 +58,9 @@ class ChatOrder(Protocol):
 
 
 READ_KEEP_SECONDS = 1.0
-READS_KEPT = 32  # pages of at most HISTORY_PAGE_SIZE messages: a few MB at worst
+# Reads kept at most (a crowd asks for one or a few): each HISTORY_PAGE_SIZE + 1 rows
+# and their page encoded, at the defaults and the longest messages ~3 MB.
+READS_KEPT = 8
 
 
 class _Read:
