@@ -232,8 +232,8 @@ async def test_the_web_page_on_a_node_cut_off_from_redis_catches_up_at_the_resyn
 
             await proxy.cut()
             await eventually(lambda: _link(a, 0), timeout=WAIT)
-            on_b_cat = await clients(b, cat)
-            await on_b_cat.join(doc_id)
+            cat_on_b = await clients(b, cat)
+            await cat_on_b.join(doc_id)
             await on_b.edit(doc_id, sent["id"], "edited while A was cut off")
             await asyncio.sleep(0.5)  # given time, nothing of B's reaches the page
             await expect(people.filter(has_text="cat")).to_have_count(0)
