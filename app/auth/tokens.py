@@ -9,8 +9,10 @@ Three key set-ups (see ``load_token_keys``):
 
 from __future__ import annotations
 
+import binascii
 import logging
 import os
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -21,6 +23,8 @@ from typing import Any, Literal
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from jwt.algorithms import HMACAlgorithm, RSAAlgorithm
+from jwt.utils import base64url_decode, base64url_encode
 
 from app.config import Settings
 from app.errors import InvalidToken, TokenExpired
@@ -90,6 +94,76 @@ def _development_secret(data_dir: Path) -> str:
     return secret
 
 
+_BASE64URL = re.compile(rb"[A-Za-z0-9_-]*")
+
+
+class _JWS(jwt.PyJWS):
+    """PyJWT's JWS, with its two per-token costs that need not be.
+
+    Every connection verifies its token, and a crowd arriving at once brings tokens
+    never seen before (``AuthService`` keeps those it verified): PyJWT 2.15 spends
+    about 70 µs on each, most of it in two checks made in the slowest way.
+    """
+
+    @staticmethod
+    def _decode_base64url_segment(segment: bytes, name: str) -> bytes:
+        # PyJWT's rules exactly (tests/test_tokens.py compares the two on every
+        # shape of segment): at most two '=', only where they complete a quad; only
+        # the base64url alphabet (GHSA-hxm8-2xgr-2p9m), which PyJWT checks with a
+        # generator over every character, half a decode's time; the canonical
+        # encoding only.
+        stripped = segment.rstrip(b"=")
+        padding = len(segment) - len(stripped)
+        if (
+            padding > 2
+            or (padding and len(segment) % 4)
+            or len(stripped) % 4 == 1
+            or _BASE64URL.fullmatch(stripped) is None
+        ):
+            raise jwt.DecodeError(f"Invalid {name} padding")
+        try:
+            decoded = base64url_decode(stripped)
+        except (TypeError, binascii.Error) as err:
+            raise jwt.DecodeError(f"Invalid {name} padding") from err
+        if base64url_encode(decoded) != stripped:
+            raise jwt.DecodeError(f"Invalid {name} padding")
+        return decoded
+
+
+class _KeptKeyHMAC(HMACAlgorithm):
+    """HMAC that checks its key once, not for every token.
+
+    PyJWT makes sure an HMAC secret is no asymmetric key, certificate or JWK by
+    parsing it as JSON and as DER on every sign and verify (about 40% of a decode);
+    the answer depends on the key alone.
+    """
+
+    def __init__(self, hash_alg: Any) -> None:
+        super().__init__(hash_alg)
+        self._kept: tuple[str | bytes, bytes] | None = None
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        kept = self._kept
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        prepared = super().prepare_key(key)  # a key it refuses is refused every time
+        self._kept = (key, prepared)
+        return prepared
+
+
+def _pyjwt(algorithm: str) -> jwt.PyJWT:
+    """A PyJWT that signs and verifies with ``algorithm`` alone, through ``_JWS``."""
+    pyjwt = jwt.PyJWT()
+    jws = _JWS(algorithms=[], options={"verify_signature": True})
+    if algorithm == "HS256":
+        jws.register_algorithm("HS256", _KeptKeyHMAC(HMACAlgorithm.SHA256))
+    else:
+        jws.register_algorithm("RS256", RSAAlgorithm(RSAAlgorithm.SHA256))
+    # PyJWT takes no JWS of the caller's choosing; its own is this attribute.
+    pyjwt._jws = jws
+    return pyjwt
+
+
 class TokenCodec:
     def __init__(
         self,
@@ -105,6 +179,7 @@ class TokenCodec:
         self.audience = audience
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
+        self._jwt = _pyjwt(keys.algorithm)
 
     def issue(
         self,
@@ -132,13 +207,13 @@ class TokenCodec:
         }
         if family_id is not None:
             claims["fam"] = str(family_id)
-        token = jwt.encode(claims, self.keys.signing_key, algorithm=self.keys.algorithm)
+        token = self._jwt.encode(claims, self.keys.signing_key, algorithm=self.keys.algorithm)
         return IssuedToken(token=token, jti=jti, expires_at=expires_at)
 
     def decode(self, token: str, token_type: TokenType) -> dict[str, Any]:
         """Verified claims, or ``InvalidToken``/``TokenExpired``."""
         try:
-            claims: dict[str, Any] = jwt.decode(
+            claims: dict[str, Any] = self._jwt.decode(
                 token,
                 self.keys.verifying_key,
                 algorithms=[self.keys.algorithm],  # pinned: `none` and HS/RS confusion refused
