@@ -162,12 +162,15 @@ async def run(
     targets: list[tuple[str, TargetFactory, bool | None]], *, users: int, repeats: int
 ) -> AsyncIterator[JoinResult]:
     """``targets``: (label, factory, catch_up): ``None`` for a baseline (no users, no
-    backlog), else whether roomserver's joins carry ``since_seq: 0``."""
-    for label, make_target, catch_up in targets:
-        result = JoinResult(label, users, bool(catch_up))
-        for _ in range(repeats):
+    backlog), else whether roomserver's joins carry ``since_seq: 0``. The repeats take
+    turns (one run of each target, then the next round), so a slow spell of a shared
+    machine falls on every target alike."""
+    results = [JoinResult(label, users, bool(catch_up)) for label, _, catch_up in targets]
+    for _ in range(repeats):
+        for (_, make_target, catch_up), result in zip(targets, results, strict=True):
             async with make_target() as target:
                 if catch_up is not None:
                     target = await _roomserver_room(target, users, catch_up)
                 await join_once(target, result)
+    for result in results:
         yield result
