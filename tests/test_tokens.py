@@ -99,3 +99,30 @@ def test_the_codec_verifies_its_own_tokens_and_refuses_another_keys_or_algorithm
     # A signature with a character outside the alphabet (GHSA-hxm8-2xgr-2p9m).
     with pytest.raises(InvalidToken, match="padding"):
         ours.decode(token + "!!!!", "access")
+
+
+def test_the_codec_goes_through_both_and_checks_its_key_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The two seams into PyJWT (its ``_jws`` attribute, its segment method) are used:
+    were either renamed upstream, the codec would quietly verify the slow way."""
+    segments_decoded, keys_checked = [], []
+    decode_segment = _JWS._decode_base64url_segment
+    check_key = HMACAlgorithm.prepare_key
+
+    def counted_segment(segment: bytes, name: str) -> bytes:
+        segments_decoded.append(name)
+        return decode_segment(segment, name)
+
+    def counted_key(self: HMACAlgorithm, key: str | bytes) -> bytes:
+        keys_checked.append(key)
+        return check_key(self, key)
+
+    monkeypatch.setattr(_JWS, "_decode_base64url_segment", staticmethod(counted_segment))
+    monkeypatch.setattr(HMACAlgorithm, "prepare_key", counted_key)
+    ours = codec("s" * 64)
+    token = ours.issue(uuid.uuid4(), "access").token
+    for _ in range(3):
+        ours.decode(token, "access")
+    assert segments_decoded == ["header", "payload", "crypto"] * 3
+    assert len(keys_checked) == 1  # when it signed; kept since
