@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -31,7 +29,7 @@ from tests.cluster_nodes import (
 from tests.conftest import REDIS_URL
 from tests.helpers import User, eventually
 from tests.test_cli import free_port
-from tests.test_webui_e2e import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, _missing, expect, playwright_api
+from tests.test_webui_e2e import WAIT_MS, chromium, expect, sign_in
 from tests.test_yjs_js import Server
 
 pytestmark = pytest.mark.slow
@@ -198,8 +196,6 @@ async def test_the_web_page_on_a_node_cut_off_from_redis_catches_up_at_the_resyn
     was edited on the other node meanwhile show once it is back (room:resync, then
     presence:list for the rest of a room of more than one page, and the newest
     history page read again), with no new traffic."""
-    if shutil.which(CHROMIUM) is None:
-        _missing(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
     paged = {"PRESENCE_PAGE_SIZE": "1"}
     (a,), (b,) = await asyncio.gather(
         start_nodes(1, proxy.url, **paged), start_nodes(1, shared_redis, **paged)
@@ -209,45 +205,38 @@ async def test_the_web_page_on_a_node_cut_off_from_redis_catches_up_at_the_resyn
     on_b = await clients(b, ben)
     await on_b.join(doc_id)
     sent = await on_b.send(doc_id, "said before the cut")
-    async with playwright_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            context = await browser.new_context()
-            tokens = {
-                "access_token": ann.access_token,
-                "refresh_token": ann.refresh_token,
-                "expires_in": 900,
-            }
-            # The page keeps its session in localStorage under this key (web/src/api.ts).
-            await context.add_init_script(
-                f"localStorage.setItem('roomserver.session', {json.dumps(json.dumps(tokens))});"
-            )
-            page = await context.new_page()
-            page.set_default_timeout(WAIT_MS)
-            await page.goto(f"{a.base}/#/d/{doc_id}")
-            people = page.locator(".people li")
-            await expect(people.filter(has_text="ann (you)")).to_be_visible()
-            await expect(people.filter(has_text="ben")).to_be_visible()
-            await expect(page.locator(".message", has_text="said before the cut")).to_be_visible()
+    async with chromium() as browser:
+        context = await browser.new_context()
+        tokens = {
+            "access_token": ann.access_token,
+            "refresh_token": ann.refresh_token,
+            "expires_in": 900,
+        }
+        await sign_in(context, tokens)
+        page = await context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        await page.goto(f"{a.base}/#/d/{doc_id}")
+        people = page.locator(".people li")
+        await expect(people.filter(has_text="ann (you)")).to_be_visible()
+        await expect(people.filter(has_text="ben")).to_be_visible()
+        await expect(page.locator(".message", has_text="said before the cut")).to_be_visible()
 
-            await proxy.cut()
-            await eventually(lambda: _link(a, 0), timeout=WAIT)
-            cat_on_b = await clients(b, cat)
-            await cat_on_b.join(doc_id)
-            await on_b.edit(doc_id, sent["id"], "edited while A was cut off")
-            await asyncio.sleep(0.5)  # given time, nothing of B's reaches the page
-            await expect(people.filter(has_text="cat")).to_have_count(0)
-            await expect(page.locator(".message", has_text="while A was cut off")).to_have_count(0)
+        await proxy.cut()
+        await eventually(lambda: _link(a, 0), timeout=WAIT)
+        cat_on_b = await clients(b, cat)
+        await cat_on_b.join(doc_id)
+        await on_b.edit(doc_id, sent["id"], "edited while A was cut off")
+        await asyncio.sleep(0.5)  # given time, nothing of B's reaches the page
+        await expect(people.filter(has_text="cat")).to_have_count(0)
+        await expect(page.locator(".message", has_text="while A was cut off")).to_have_count(0)
 
-            await proxy.open()
-            await expect(people.filter(has_text="cat")).to_be_visible()
-            await expect(people).to_have_count(3)
-            await expect(
-                page.locator(".message", has_text="edited while A was cut off")
-            ).to_contain_text("(edited)")
-            await context.close()
-        finally:
-            await browser.close()
+        await proxy.open()
+        await expect(people.filter(has_text="cat")).to_be_visible()
+        await expect(people).to_have_count(3)
+        await expect(
+            page.locator(".message", has_text="edited while A was cut off")
+        ).to_contain_text("(edited)")
+        await context.close()
 
 
 def _has_texts(client: RoomClient, texts: list[str]) -> None:

@@ -128,14 +128,35 @@ async def server(
         await process.stop()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Any]:
+@contextlib.asynccontextmanager
+async def chromium() -> AsyncIterator[Any]:
+    """The machine's Chromium, driven by playwright (missing: a skip, or a failure with
+    REQUIRE_SERVICES)."""
     if shutil.which(CHROMIUM) is None:
         _missing(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
     async with playwright_api.async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Any]:
+    async with chromium() as launched:
         yield launched
-        await launched.close()
+
+
+async def sign_in(context: Any, tokens: dict[str, Any]) -> None:
+    """The context's pages open signed in with ``tokens`` (a login's answer), unless a
+    page signed out or in since."""
+    # The page keeps its session in localStorage under this key (web/src/api.ts).
+    session = json.dumps(json.dumps(tokens))
+    await context.add_init_script(
+        f"if (!localStorage.getItem('roomserver.session'))"
+        f" localStorage.setItem('roomserver.session', {session});"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -209,12 +230,7 @@ class Site:
         )
         self.contexts.append(context)
         if signed_in:
-            # The page keeps its session in localStorage under this key (web/src/api.ts).
-            session = json.dumps(json.dumps(tokens))
-            await context.add_init_script(
-                f"if (!localStorage.getItem('roomserver.session'))"
-                f" localStorage.setItem('roomserver.session', {session});"
-            )
+            await sign_in(context, tokens)
         person.context = context
         person.page = await context.new_page()
         person.page.set_default_timeout(WAIT_MS)
