@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -69,3 +71,18 @@ def test_out_of_range_is_refused_and_changes_nothing(edit: TextEdit) -> None:
 
 def test_utf8_offset() -> None:
     assert [utf8_offset("aé中😀", i) for i in range(5)] == [0, 1, 3, 6, 10]
+
+
+def test_an_append_lands_at_the_end_where_yrs_counts_the_text_otherwise() -> None:
+    """A crafted update can leave text whose length in yrs is not its string's UTF-8
+    length (tests/data/yjs_text_miscount.json); an append converted from the string
+    landed before its last character, inside someone's edit."""
+    found = json.loads((Path(__file__).parent / "data" / "yjs_text_miscount.json").read_text())
+    doc: Doc[Any] = Doc()
+    text: Text = doc.get("content", type=Text)
+    for update in found["updates"]:
+        doc.apply_update(bytes.fromhex(update))
+    before = str(text)
+    assert len(text) != len(before.encode("utf-8")), "the case no longer miscounts"
+    apply_edit(text, TextEdit.append(before, "<end>"))
+    assert str(text) == before + "<end>"

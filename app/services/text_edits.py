@@ -51,8 +51,15 @@ def apply_edit(text: Text, edit: TextEdit) -> None:
                 }
             ]
         )
-    start = utf8_offset(current, edit.start)
-    end = start + len(current[edit.start : edit.end].encode("utf-8"))
+    if edit.start == len(current):
+        # The end as yrs counts it. A crafted update can leave text whose count in
+        # yrs differs from its Python string's UTF-8 length (a split surrogate pair,
+        # docs/protocol.md §6.5): an append converted from the string landed inside
+        # the last characters.
+        start = end = len(text)
+    else:
+        start = utf8_offset(current, edit.start)
+        end = start + len(current[edit.start : edit.end].encode("utf-8"))
     assert text.doc is not None, "the text must belong to a document"
     with text.doc.transaction():
         if end > start:
