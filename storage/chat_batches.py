@@ -1,16 +1,11 @@
 """A batch of new chat messages written in one trip to the database.
 
-The chat writer's hot path (app/services/chat_writer.py). Through SQLAlchemy a batch
-costs about a millisecond of CPU whatever its size (begin, the seq update, the
-insert, the commit: measured with a batch of one on both backends); these write it
-for about a tenth of that:
+The chat writer's hot path (app/services/chat_writer.py), on a connection of its own
+(storage/direct.py):
 
-- PostgreSQL: one statement on the writer's asyncpg connection, committed on its
-  own: it takes each document's seqs (the counter row's lock orders concurrent
-  writers) and inserts the rows.
-- SQLite: stdlib ``sqlite3`` on a connection of its own, in a thread of its own: the
-  whole transaction is one hop to that thread. Values are converted by the columns'
-  own SQLAlchemy types, so rows read back exactly as the ORM wrote them.
+- PostgreSQL: one statement, committed on its own: it takes each document's seqs (the
+  counter row's lock orders concurrent writers) and inserts the rows.
+- SQLite: one transaction in the writer's thread.
 
 ``insert_in`` does the same through SQLAlchemy, in its caller's transaction. All
 answer the seq each message got; a message whose document is gone gets none and
@@ -20,12 +15,10 @@ stored already, an author deleted) refuses the whole batch with ``Conflict``.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -35,10 +28,12 @@ import orjson
 from sqlalchemy import case, insert, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from storage.db import configure_sqlite, is_sqlite
+from storage.db import is_sqlite
+from storage.direct import PostgresDirect, SqliteDirect, binders, sqlite_path
 from storage.models import AuthorKind, ChatMessage, Document
 
 _MESSAGES = ChatMessage.metadata.tables[ChatMessage.__tablename__]
+_DOCUMENTS = Document.metadata.tables[Document.__tablename__]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +63,10 @@ class BatchWriter(Protocol):
 def batch_writer(engine: AsyncEngine) -> BatchWriter | None:
     """The one-trip writer for ``engine``'s database (None: none for it, such as an
     in-memory SQLite database that a second connection would not see)."""
-    url = engine.url
-    if is_sqlite(str(url)):
-        if not url.database or url.database == ":memory:":
-            return None
-        return SqliteBatches(url.database, engine)
-    if url.get_driver_name() == "asyncpg":
+    if is_sqlite(str(engine.url)):
+        path = sqlite_path(engine)
+        return SqliteBatches(path, engine) if path is not None else None
+    if engine.url.get_driver_name() == "asyncpg":
         return PostgresBatches(engine)
     return None
 
@@ -103,43 +96,29 @@ RETURNING id, seq
 
 class PostgresBatches:
     def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        # Checked out of the pool for good: a batch costs no checkout and no ping.
-        self._connection: AsyncConnection | None = None
-        self._driver: asyncpg.Connection | None = None
+        self._direct = PostgresDirect(engine)
 
     async def insert(self, messages: Sequence[NewMessage]) -> dict[uuid.UUID, int]:
-        if self._driver is None:
-            self._connection = await self._engine.connect()
-            raw = await self._connection.get_raw_connection()
-            self._driver = raw.driver_connection
-        assert self._driver is not None
         try:
-            rows = await self._driver.fetch(
-                _POSTGRES_INSERT,
-                [m.id for m in messages],
-                [m.document_id for m in messages],
-                [m.author_kind.value for m in messages],
-                [m.author_id for m in messages],
-                [m.client_msg_id for m in messages],
-                [m.text for m in messages],
-                [orjson.dumps(m.meta).decode() for m in messages],
-                messages[0].created_at,
+            rows = await self._direct.run(
+                lambda driver: driver.fetch(
+                    _POSTGRES_INSERT,
+                    [m.id for m in messages],
+                    [m.document_id for m in messages],
+                    [m.author_kind.value for m in messages],
+                    [m.author_id for m in messages],
+                    [m.client_msg_id for m in messages],
+                    [m.text for m in messages],
+                    [orjson.dumps(m.meta).decode() for m in messages],
+                    messages[0].created_at,
+                )
             )
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise Conflict(str(exc)) from exc
-        except BaseException:
-            await self.close()  # the next batch starts on a fresh connection
-            raise
         return {row["id"]: row["seq"] for row in rows}
 
     async def close(self) -> None:
-        connection, self._connection, self._driver = self._connection, None, None
-        if connection is not None:
-            try:
-                await connection.close()
-            except Exception:  # a broken connection: the pool drops it
-                await connection.invalidate()
+        await self._direct.close()
 
 
 _MESSAGE_COLUMNS = (
@@ -165,29 +144,17 @@ _SQLITE_TAKE = (
 
 class SqliteBatches:
     def __init__(self, path: str, engine: AsyncEngine) -> None:
-        self._path = path
-        self._connection: sqlite3.Connection | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-batches")
+        self._direct = SqliteDirect(path, "chat-batches")
         dialect = engine.dialect
-        columns = _MESSAGES.c
-        # How SQLAlchemy writes each value on SQLite (UUIDs as hex, UTC datetimes, JSON).
-        self._convert: dict[str, Callable[[Any], Any]] = {}
-        for name in _MESSAGE_COLUMNS:
-            process = columns[name].type.dialect_impl(dialect).bind_processor(dialect)
-            self._convert[name] = process or (lambda value: value)
-        document_id = Document.metadata.tables[Document.__tablename__].c.id
-        process = document_id.type.dialect_impl(dialect).bind_processor(dialect)
-        self._document_id: Callable[[Any], Any] = process or (lambda value: value)
+        self._convert = binders(_MESSAGES, _MESSAGE_COLUMNS, dialect)
+        self._document_id = binders(_DOCUMENTS, ["id"], dialect)["id"]
 
     async def insert(self, messages: Sequence[NewMessage]) -> dict[uuid.UUID, int]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._insert, messages)
+        return await self._direct.run(lambda connection: self._insert(connection, messages))
 
-    def _insert(self, messages: Sequence[NewMessage]) -> dict[uuid.UUID, int]:
-        if self._connection is None:
-            self._connection = sqlite3.connect(self._path, check_same_thread=False)
-            configure_sqlite(self._connection)
-        connection = self._connection
+    def _insert(
+        self, connection: sqlite3.Connection, messages: Sequence[NewMessage]
+    ) -> dict[uuid.UUID, int]:
         convert = self._convert
         counts = Counter(m.document_id for m in messages)
         connection.execute("BEGIN IMMEDIATE")
@@ -226,13 +193,7 @@ class SqliteBatches:
         return {m.id: seq for m, seq in numbered}
 
     async def close(self) -> None:
-        def close() -> None:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
-
-        await asyncio.get_running_loop().run_in_executor(self._thread, close)
-        self._thread.shutdown(wait=True)
+        await self._direct.close()
 
 
 async def insert_in(

@@ -1,0 +1,113 @@
+"""Connections of their own for the hot writers (chat batches, Yjs updates), beside
+SQLAlchemy's pool.
+
+Through SQLAlchemy a small write costs about half a millisecond to a millisecond of
+CPU (a session, its unit of work, begin and commit; on SQLite each a hop to
+aiosqlite's thread and back). A writer that sends its statements itself pays a tenth
+of that:
+
+- PostgreSQL: the asyncpg connection under one of the engine's pooled connections,
+  checked out for good: no checkout and no ping per write. A write that fails on the
+  connection's side (not an error the server answered) closes it; the next write
+  checks out a fresh one.
+- SQLite: stdlib ``sqlite3`` on a connection of its own, in a thread of its own: a
+  whole transaction is one hop to that thread. Values are converted by the columns'
+  own SQLAlchemy types (``binders``), so rows read back exactly as the ORM wrote them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import asyncpg
+from sqlalchemy import Table
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from storage.db import configure_sqlite
+
+T = TypeVar("T")
+
+
+class PostgresDirect:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._connection: AsyncConnection | None = None
+        self._driver: asyncpg.Connection | None = None
+
+    async def run(self, write: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """``write`` on the connection (opened on first use)."""
+        if self._driver is None:
+            self._connection = await self._engine.connect()
+            raw = await self._connection.get_raw_connection()
+            self._driver = raw.driver_connection
+        assert self._driver is not None
+        try:
+            return await write(self._driver)
+        except asyncpg.PostgresError:
+            raise  # the server answered: the connection is fine
+        except BaseException:
+            await self.close()  # the next write starts on a fresh connection
+            raise
+
+    async def close(self) -> None:
+        connection, self._connection, self._driver = self._connection, None, None
+        if connection is not None:
+            try:
+                await connection.close()
+            except Exception:  # a broken connection: the pool drops it
+                await connection.invalidate()
+
+
+class SqliteDirect:
+    def __init__(self, path: str, name: str) -> None:
+        self._path = path
+        self._connection: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def run(self, write: Callable[[sqlite3.Connection], T]) -> T:
+        """``write`` on the connection (opened on first use), in its thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._run, write)
+
+    def _run(self, write: Callable[[sqlite3.Connection], T]) -> T:
+        if self._connection is None:
+            self._connection = sqlite3.connect(self._path, check_same_thread=False)
+            configure_sqlite(self._connection)
+        return write(self._connection)
+
+    async def close(self) -> None:
+        def close() -> None:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, close)
+        self._thread.shutdown(wait=True)
+
+
+def sqlite_path(engine: AsyncEngine) -> str | None:
+    """The file of ``engine``'s SQLite database (None: an in-memory database, which a
+    second connection would not see)."""
+    database = engine.url.database
+    return database if database and database != ":memory:" else None
+
+
+def binders(
+    table: Table, names: Iterable[str], dialect: Dialect
+) -> dict[str, Callable[[Any], Any]]:
+    """How SQLAlchemy writes each column's values on ``dialect`` (UUIDs as hex on
+    SQLite, its datetimes, JSON)."""
+    columns = table.c
+    converters: dict[str, Callable[[Any], Any]] = {}
+    for name in names:
+        process = columns[name].type.dialect_impl(dialect).bind_processor(dialect)
+        converters[name] = process or _unchanged
+    return converters
+
+
+def _unchanged(value: Any) -> Any:
+    return value
