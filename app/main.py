@@ -63,6 +63,7 @@ from realtime.server import shutdown
 from realtime.wiring import cluster_link, create_realtime, redis_target
 from storage.db import create_engine, create_sessionmaker
 from storage.migrate import current_revision, head_revision
+from storage.update_batches import update_writer
 from storage.vectors import VectorStore
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ def create_app(settings: Settings) -> web.Application:
                 max_delay=settings.document_index_max_delay_seconds,
                 retry_seconds=settings.knowledge_retry_seconds,
             )
+            updates = update_writer(engine)  # opens its connection on first use
             live_documents = LiveDocuments(
                 sessions,
                 broadcaster,
@@ -157,6 +159,7 @@ def create_app(settings: Settings) -> web.Application:
                 ),
                 on_change=document_index.changed,
                 peers=document_log,
+                updates=updates,
             )
             app[LIVE_DOCUMENTS] = live_documents
             if resync is not None:  # after a Redis outage, the copies read what they lack
@@ -208,6 +211,8 @@ def create_app(settings: Settings) -> web.Application:
             await responder.close()
             await knowledge.close()  # no document is opened for the index after this
             await live_documents.close_all()
+            if updates is not None:
+                await updates.close()
         finally:
             await engine.dispose()
 

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from typing import Any
 
 import pycrdt
 import pytest
 
+from app.keys import ENGINE, SESSIONS
+from storage.db import read_session
 from storage.repositories import crdt as crdt_repo
+from storage.update_batches import update_writer
 from tests.conftest import AppFactory, DocumentFactory, OpenDocumentOn
 from tests.helpers import Api, User, equal, eventually, truthy
 from tests.yjs_support import (
@@ -92,19 +96,17 @@ async def test_a_snapshot_never_runs_while_a_batch_is_stored_and_applied(
 
     in_batch = False
     release = asyncio.Event()
-    append_update, apply, write_snapshot = (
-        crdt_repo.append_update,
-        live._apply,
-        documents._write_snapshot,
-    )
+    writer = documents._updates  # the app's one-trip writer
+    assert writer is not None
+    append, apply, write_snapshot = writer.append, live._apply, documents._write_snapshot
     seen: list[bool] = []  # in_batch when each snapshot began
 
-    async def held_append(*args: Any) -> int:
+    async def held_append(*args: Any) -> list[int]:
         nonlocal in_batch
         in_batch = True
-        update_id = await append_update(*args)
+        update_ids = await append(*args)
         await release.wait()
-        return update_id
+        return update_ids
 
     def applied(update: bytes) -> tuple[bytes | None, bool]:
         nonlocal in_batch
@@ -117,7 +119,7 @@ async def test_a_snapshot_never_runs_while_a_batch_is_stored_and_applied(
         seen.append(in_batch)
         return await write_snapshot(*args)
 
-    monkeypatch.setattr(crdt_repo, "append_update", held_append)
+    monkeypatch.setattr(writer, "append", held_append)
     monkeypatch.setattr(live, "_apply", applied)
     monkeypatch.setattr(documents, "_write_snapshot", recorded_snapshot)
     before = author.get_state()
@@ -216,17 +218,19 @@ async def test_a_failed_write_is_asked_for_again_and_not_lost(
     ann, ben, doc = await api.room("editor")
     a = await open_document(ann, doc["id"])
     b = await open_document(ben, doc["id"])
-    real_append = crdt_repo.append_update
+    writer = live_documents(api)._updates  # the app's one-trip writer
+    assert writer is not None
+    real_append = writer.append
     failures = 1
 
-    async def flaky_append(*args: Any) -> int:
+    async def flaky_append(*args: Any) -> list[int]:
         nonlocal failures
         if failures:
             failures -= 1
             raise OSError("the database went away")
         return await real_append(*args)
 
-    monkeypatch.setattr(crdt_repo, "append_update", flaky_append)
+    monkeypatch.setattr(writer, "append", flaky_append)
     append(a, "survives")
     await eventually(lambda: equal(codes(a), ["unavailable"]))
     # The server re-syncs with the client: the change arrives after all.
@@ -347,3 +351,32 @@ async def test_an_ordinary_edit_is_relayed_once_and_not_back_to_its_sender(
         assert await documents.submit(live, author.get_update(before), origin="sender")
     assert relayed == ["sender"] * 5
     documents.close(live)
+
+
+async def test_the_one_trip_writer_logs_a_batch_in_its_order_and_nothing_of_a_refused_one(
+    api: Api,
+) -> None:
+    """storage.update_batches (the app's writer on both backends): ids in the batch's
+    order, the rows as SQLAlchemy reads them, and a batch the database refuses stores
+    nothing and leaves the writer working."""
+    _, _, doc = await api.room("editor")
+    engine, sessions = api.client.app[ENGINE], api.client.app[SESSIONS]
+    writer = update_writer(engine)
+    assert writer is not None
+    try:
+        # Distinct bytes of several lengths: a reordering shows.
+        batch = [bytes([i % 251]) * (1 + i % 7) for i in range(300)]
+        ids = await writer.append(uuid_of(doc), batch)
+        assert ids == sorted(ids) and len(set(ids)) == len(batch)
+        missing = uuid.uuid4()
+        with pytest.raises(Exception, match=r"(?i)foreign key"):  # no such document
+            await writer.append(missing, [b"\x00", b"\x01"])
+        assert await writer.append(uuid_of(doc), [b"after"]) > ids[-1:]
+        async with read_session(sessions) as session:
+            stored = await crdt_repo.load(session, uuid_of(doc))
+            refused = await crdt_repo.storage_info(session, missing)
+        assert stored.updates[:-1] == list(zip(ids, batch, strict=True))
+        assert stored.updates[-1][1] == b"after"
+        assert refused.update_count == 0
+    finally:
+        await writer.close()

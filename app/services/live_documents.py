@@ -66,6 +66,7 @@ from app.services.yjs_updates import EMPTY_UPDATE, build_document, check_update,
 from storage.db import read_session
 from storage.repositories import crdt as crdt_repo
 from storage.repositories.crdt import StorageInfo, StoredDocument
+from storage.update_batches import UpdateWriter
 
 __all__ = ["MAX_WAITING", "TEXT_NAME", "Limits", "LiveDocument", "LiveDocuments"]
 
@@ -89,8 +90,13 @@ class LiveDocuments:
         *,
         on_change: Callable[[uuid.UUID], None] | None = None,
         peers: DocumentPeers | None = None,
+        updates: UpdateWriter | None = None,
     ) -> None:
+        """``updates`` appends a batch of updates in one trip
+        (storage.update_batches.update_writer; its owner closes it after
+        ``close_all``); without it they go through SQLAlchemy."""
         self._sessions = sessions
+        self._updates = updates
         self._broadcaster = broadcaster
         self.limits = limits
         # Told of each stored batch that changed a document (its search index, debounced).
@@ -307,11 +313,14 @@ class LiveDocuments:
             # pycrdt's merge_updates, given crafted updates, can return one that
             # cannot be decoded, or one that decodes to another document than
             # the updates applied one by one (found by tests/test_fuzz_yjs.py).
-            async with self._sessions.begin() as session:
-                update_ids = [
-                    await crdt_repo.append_update(session, live.id, pending.update)
-                    for pending in batch
-                ]
+            if self._updates is not None:
+                update_ids = await self._updates.append(live.id, [p.update for p in batch])
+            else:
+                async with self._sessions.begin() as session:
+                    update_ids = [
+                        await crdt_repo.append_update(session, live.id, pending.update)
+                        for pending in batch
+                    ]
         except Exception as exc:
             log.exception("could not store %d update(s) of %s", len(batch), live.id)
             live.size -= sum(len(p.update) for p in batch)
