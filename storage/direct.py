@@ -7,12 +7,14 @@ aiosqlite's thread and back). A writer that sends its statements itself pays a t
 of that:
 
 - PostgreSQL: the asyncpg connection under one of the engine's pooled connections,
-  checked out for good: no checkout and no ping per write. A write that fails on the
-  connection's side (not an error the server answered) closes it; the next write
+  checked out for good: no checkout and no ping per write. A write that fails
+  otherwise than by a constraint refusing a row closes it (the server may be gone, or
+  going: an administrator's shutdown is an error the server answers); the next write
   checks out a fresh one.
 - SQLite: stdlib ``sqlite3`` on a connection of its own, in a thread of its own: a
-  whole transaction is one hop to that thread. Values are converted by the columns'
-  own SQLAlchemy types (``binders``), so rows read back exactly as the ORM wrote them.
+  whole transaction is one hop to that thread, and writes take turns there. Values
+  are converted by the columns' own SQLAlchemy types (``binders``), so rows read back
+  exactly as the ORM wrote them.
 """
 
 from __future__ import annotations
@@ -38,21 +40,25 @@ class PostgresDirect:
         self._engine = engine
         self._connection: AsyncConnection | None = None
         self._driver: asyncpg.Connection | None = None
+        # An asyncpg connection runs one operation at a time, and several documents'
+        # writers share this one: they take turns (each batching what waits meanwhile).
+        self._turn = asyncio.Lock()
 
     async def run(self, write: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """``write`` on the connection (opened on first use)."""
-        if self._driver is None:
-            self._connection = await self._engine.connect()
-            raw = await self._connection.get_raw_connection()
-            self._driver = raw.driver_connection
-        assert self._driver is not None
-        try:
-            return await write(self._driver)
-        except asyncpg.PostgresError:
-            raise  # the server answered: the connection is fine
-        except BaseException:
-            await self.close()  # the next write starts on a fresh connection
-            raise
+        """``write`` on the connection (opened on first use), after the writes before it."""
+        async with self._turn:
+            if self._driver is None:
+                self._connection = await self._engine.connect()
+                raw = await self._connection.get_raw_connection()
+                self._driver = raw.driver_connection
+            assert self._driver is not None
+            try:
+                return await write(self._driver)
+            except asyncpg.IntegrityConstraintViolationError:
+                raise  # a row the database refused: the connection is fine
+            except BaseException:
+                await self.close()  # the next write starts on a fresh connection
+                raise
 
     async def close(self) -> None:
         connection, self._connection, self._driver = self._connection, None, None

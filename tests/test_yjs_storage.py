@@ -359,7 +359,7 @@ async def test_the_one_trip_writer_logs_a_batch_in_its_order_and_nothing_of_a_re
     """storage.update_batches (the app's writer on both backends): ids in the batch's
     order, the rows as SQLAlchemy reads them, and a batch the database refuses stores
     nothing and leaves the writer working."""
-    _, _, doc = await api.room("editor")
+    ann, _, doc = await api.room("editor")
     engine, sessions = api.client.app[ENGINE], api.client.app[SESSIONS]
     writer = update_writer(engine)
     assert writer is not None
@@ -372,6 +372,12 @@ async def test_the_one_trip_writer_logs_a_batch_in_its_order_and_nothing_of_a_re
         with pytest.raises(Exception, match=r"(?i)foreign key"):  # no such document
             await writer.append(missing, [b"\x00", b"\x01"])
         assert await writer.append(uuid_of(doc), [b"after"]) > ids[-1:]
+        # Several documents' writers share it and write at once (they take turns).
+        others = [uuid_of(await api.document(ann)) for _ in range(3)]
+        at_once = await asyncio.gather(
+            *(writer.append(other, [b"a", b"b"]) for other in others for _ in range(3))
+        )
+        assert len({update_id for ids_ in at_once for update_id in ids_}) == 18
         async with read_session(sessions) as session:
             stored = await crdt_repo.load(session, uuid_of(doc))
             refused = await crdt_repo.storage_info(session, missing)
