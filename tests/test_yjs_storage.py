@@ -357,8 +357,8 @@ async def test_the_one_trip_writer_logs_a_batch_in_its_order_and_nothing_of_a_re
     api: Api,
 ) -> None:
     """storage.update_batches (the app's writer on both backends): ids in the batch's
-    order, the rows as SQLAlchemy reads them, and a batch the database refuses stores
-    nothing and leaves the writer working."""
+    order, the rows as SQLAlchemy reads them, a batch the database refuses stores
+    nothing and leaves the writer working, and documents writing at once take turns."""
     ann, _, doc = await api.room("editor")
     engine, sessions = api.client.app[ENGINE], api.client.app[SESSIONS]
     writer = update_writer(engine)
