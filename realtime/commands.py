@@ -3,10 +3,16 @@
 Every command is answered ``{"ok": true, "data": ...}`` or
 ``{"ok": false, "error": {"code", "message", "details"?}}``. A client that sent
 without asking for an ack gets failures as an ``error`` event instead.
+
+A handler is a coroutine function, run in a task of its own for each command; or, for
+a hot command that only waits for a future (a chat send for its commit), a plain
+function registered ``at_once`` that returns ``Later``: it runs in the turn that read
+the command and is answered from the future's done callback, with no task at all.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable
@@ -33,7 +39,20 @@ class Admits(Protocol):
 
 Ctx = TypeVar("Ctx", bound=Admits)
 Payload = TypeVar("Payload", bound=BaseModel)
-Handler = Callable[[Ctx, Any], Awaitable[Any]]
+T = TypeVar("T")
+Envelope = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Later(Generic[T]):
+    """What an ``at_once`` handler returns: the future its answer waits for, and the
+    answer's data made from the future's result."""
+
+    future: asyncio.Future[T]
+    data: Callable[[T], Any]
+
+
+Handler = Callable[[Ctx, Any], Awaitable[Any] | Later[Any]]
 
 
 class UnknownEvent(BadRequest):
@@ -47,6 +66,7 @@ class Command(Generic[Ctx]):
     model: type[BaseModel]
     rate: str  # the rate limit class it is counted in
     handler: Handler[Ctx]
+    at_once: bool  # a plain function returning Later, not a coroutine function
 
 
 class Commands(Generic[Ctx]):
@@ -56,12 +76,10 @@ class Commands(Generic[Ctx]):
         self.unknown_rate = unknown_rate
 
     def __call__(
-        self, name: str, model: type[Payload], *, rate: str
-    ) -> Callable[[Callable[[Ctx, Payload], Awaitable[Any]]], Callable[[Ctx, Payload], Any]]:
-        def register(
-            handler: Callable[[Ctx, Payload], Awaitable[Any]],
-        ) -> Callable[[Ctx, Payload], Any]:
-            self._commands[name] = Command(name, model, rate, handler)
+        self, name: str, model: type[Payload], *, rate: str, at_once: bool = False
+    ) -> Callable[[Callable[[Ctx, Payload], Any]], Callable[[Ctx, Payload], Any]]:
+        def register(handler: Callable[[Ctx, Payload], Any]) -> Callable[[Ctx, Payload], Any]:
+            self._commands[name] = Command(name, model, rate, handler, at_once)
             return handler
 
         return register
@@ -70,25 +88,61 @@ class Commands(Generic[Ctx]):
     def names(self) -> list[str]:
         return sorted(self._commands)
 
-    async def run(self, ctx: Ctx, event: str, args: tuple[Any, ...]) -> dict[str, Any]:
+    def at_once(self, event: Any) -> bool:
+        command = self._commands.get(event)
+        return command is not None and command.at_once
+
+    async def run(self, ctx: Ctx, event: str, args: tuple[Any, ...]) -> Envelope:
         """Parse, run and envelope one command; never raises."""
         try:
             command = self._commands.get(event)
             if command is None:
                 ctx.admit(self.unknown_rate)
                 raise UnknownEvent(f"no such event: {event!r}")
-            # Counted before anything is parsed: a flood of bad payloads costs little.
-            ctx.admit(command.rate)
-            if len(args) != 1:
-                raise BadRequest("send exactly one payload object")
-            payload = parse(command.model, args[0])
-            data = await command.handler(ctx, payload)
-            return {"ok": True, "data": data}
-        except AppError as exc:
-            return {"ok": False, "error": exc.to_body()}
-        except Exception:
-            log.exception("command %r failed", event)
-            return {"ok": False, "error": {"code": "internal", "message": "internal error"}}
+            result = command.handler(ctx, _checked(ctx, command, args))
+            if isinstance(result, Later):
+                return {"ok": True, "data": result.data(await result.future)}
+            return {"ok": True, "data": await result}
+        except Exception as exc:
+            return _failure(event, exc)
+
+    def start(
+        self, ctx: Ctx, event: str, args: tuple[Any, ...], answer: Callable[[Envelope], None]
+    ) -> None:
+        """Run an ``at_once`` command in this turn; ``answer`` gets its envelope, at once
+        when it is refused, else once the future of its ``Later`` is done."""
+        command = self._commands[event]
+        try:
+            later = command.handler(ctx, _checked(ctx, command, args))
+            if not isinstance(later, Later):
+                raise TypeError(f"the at-once command {event!r} returned no Later")
+        except Exception as exc:
+            answer(_failure(event, exc))
+            return
+
+        def settled(future: asyncio.Future[Any]) -> None:
+            try:
+                answer({"ok": True, "data": later.data(future.result())})
+            except (Exception, asyncio.CancelledError) as exc:
+                answer(_failure(event, exc))
+
+        # In this command's context: a failure's log line names its connection.
+        later.future.add_done_callback(settled, context=contextvars.copy_context())
+
+
+def _checked(ctx: Admits, command: Command[Any], args: tuple[Any, ...]) -> BaseModel:
+    # Counted before anything is parsed: a flood of bad payloads costs little.
+    ctx.admit(command.rate)
+    if len(args) != 1:
+        raise BadRequest("send exactly one payload object")
+    return parse(command.model, args[0])
+
+
+def _failure(event: str, exc: BaseException) -> Envelope:
+    if isinstance(exc, AppError):
+        return {"ok": False, "error": exc.to_body()}
+    log.error("command %r failed", event, exc_info=exc)
+    return {"ok": False, "error": {"code": "internal", "message": "internal error"}}
 
 
 def parse(model: type[Payload], raw: Any) -> Payload:

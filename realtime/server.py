@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from functools import partial
 from typing import Any, NoReturn
 
 import orjson
@@ -135,6 +136,9 @@ class RoomServer(socketio.AsyncServer):  # type: ignore[misc]
         if sid is None or not self.manager.is_connected(sid, namespace):
             return
         if namespace == "/":
+            ack = None if id is None else partial(self._ack, eio_sid, id)
+            if self.namespace_handlers["/"].start(sid, data[0], tuple(data[1:]), ack):
+                return  # an at-once command: started, and answered by ``ack``
             run = self._run_command(sid, eio_sid, data, id)
         else:
             run = self._run_event(sid, eio_sid, data, namespace, id)
@@ -148,9 +152,12 @@ class RoomServer(socketio.AsyncServer):  # type: ignore[misc]
         ack_requested.set(id is not None)  # in this event's own task: it leaks to no other
         result = await self.namespace_handlers["/"].trigger_event(data[0], sid, *data[1:])
         if id is not None and result != self.not_handled:
-            socket = self.eio.sockets.get(eio_sid)
-            if socket is not None:
-                socket.outbox.push(encode_ack("/", id, [] if result is None else [result]))
+            self._ack(eio_sid, id, result)
+
+    def _ack(self, eio_sid: str, id: int, result: dict[str, Any] | None) -> None:
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is not None:
+            socket.outbox.push(encode_ack("/", id, [] if result is None else [result]))
 
     async def _run_event(
         self, sid: str, eio_sid: str, data: list[Any], namespace: str, id: int | None

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.auth.principal import Principal
 from app.errors import NotFound
-from app.keys import ENGINE
+from app.keys import CHAT_SERVICE, ENGINE
 from app.services.chat_writer import ChatWriter, Pending, Stored
+from app.services.documents import RoomAccess
 from storage.chat_batches import BatchWriter, Conflict, NewMessage, batch_writer
-from storage.models import AuthorKind
+from storage.models import AuthorKind, GlobalRole
 from tests.helpers import Api, User
 
 
@@ -309,3 +311,46 @@ async def test_documents_it_forgot_are_read_again_with_their_last_seq(api: Api) 
         range(8, 0, -1)
     )
     await w.writer.close()
+
+
+async def test_a_send_that_finds_its_role_known_waits_behind_one_still_reading_it(
+    api: Api,
+) -> None:
+    """ChatService.submit queues a send at once when the sender's role is cached, and
+    after reading it otherwise. The role read by a first send lands in the cache before
+    that send is queued: a second send arriving in between must queue behind it."""
+    ann = await api.user("ann")
+    doc_id = (await api.document(ann))["id"]
+    document_id, user_id = uuid.UUID(doc_id), uuid.UUID(ann.id)
+    chat = api.client.app[CHAT_SERVICE]
+    read = chat._room_access  # the real read: DocumentService's, which fills the cache
+    gate = asyncio.Event()
+
+    async def slow_read(principal: Principal, document_id: uuid.UUID) -> RoomAccess:
+        access = await read(principal, document_id)  # cached from here on
+        await gate.wait()
+        return access
+
+    chat._room_access = slow_read
+    chat._memberships.drop((document_id, user_id))
+    principal = Principal(user_id, ann.username, GlobalRole.USER, "token")
+    first = chat.submit(principal, document_id, client_msg_id="first", text="first")
+    await eventually_true(lambda: chat._memberships.get((document_id, user_id)) is not None)
+    second = chat.submit(principal, document_id, client_msg_id="second", text="second")
+    third = chat.submit(principal, document_id, client_msg_id="third", text="third")
+    gate.set()
+    seqs = [stored.seq for stored, _ in await asyncio.gather(first, second, third)]
+    assert seqs == [1, 2, 3]
+    assert [text for _, text, _ in await stored(api, ann, doc_id)] == ["first", "second", "third"]
+    # Nothing waits any more: the next send is queued at once, with no task.
+    fourth = chat.submit(principal, document_id, client_msg_id="fourth", text="fourth")
+    assert not isinstance(fourth, asyncio.Task)
+    assert (await fourth)[0].seq == 4
+
+
+async def eventually_true(predicate: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("never true")

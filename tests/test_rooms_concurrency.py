@@ -9,6 +9,8 @@ import itertools
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from roomclient import CommandError, RoomClient
 from tests.conftest import AppFactory, ClientFactory, ConnectOn
 from tests.helpers import Api, User, eventually
@@ -185,3 +187,25 @@ async def test_a_crowd_joining_at_once_gets_each_their_own_role(
         username: (titles[document], role) if role else ("not_found", None)
         for username, (document, role) in wanted.items()
     }
+
+
+@pytest.mark.parametrize("access_cache_seconds", [0, 0.01, 60])
+async def test_one_connections_sends_are_stored_in_the_order_it_sent_them(
+    start_app: AppFactory, connect_on: ConnectOn, access_cache_seconds: float
+) -> None:
+    """Sent without waiting for acks: each send is queued in the turn that read it when
+    the sender's role is known, or in a task after reading it (always with no cache; now
+    and then with one that expires every 10 ms). A send that finds the role known while
+    an earlier one still reads it waits behind that one."""
+    api = Api(await start_app(access_cache_seconds=access_cache_seconds))
+    ann = await api.user("ann")
+    doc = (await api.document(ann))["id"]
+    client = await connect_on(api)(ann)
+    await client.join(doc)
+    sends = 300
+    acks = await asyncio.gather(
+        *(client.send(doc, f"m{n}", client_msg_id=f"m{n}") for n in range(sends))
+    )
+    assert [ack["seq"] for ack in acks] == list(range(1, sends + 1))
+    stored = await all_messages(api, ann, doc)
+    assert [m["text"] for m in stored] == [f"m{n}" for n in range(sends)]

@@ -97,7 +97,9 @@ async def test_unknown_events_get_an_ack_or_an_error_event(
     await a.sio.emit("no:such:either", {"x": 1})  # no ack asked: an `error` event instead
     await a.sio.emit("chat:send", {"document_id": doc})
     await until(lambda: len(errors_of(a)) == 2, lambda: errors_of(a))
-    unknown, invalid = errors_of(a)
+    # Commands run side by side: their answers need not come in the order they were sent.
+    by_event = {error["event"]: error for error in errors_of(a)}
+    unknown, invalid = by_event["no:such:either"], by_event["chat:send"]
     assert unknown["code"] == "unknown_event" and unknown["event"] == "no:such:either"
     assert set(unknown) == {"code", "message", "event"}
     assert invalid["code"] == "validation_failed" and invalid["event"] == "chat:send"

@@ -10,10 +10,11 @@ says where a join's backlog ends.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -82,6 +83,14 @@ class _Read:
         return dataclasses.replace(self._page, last_seq=last_seq)
 
 
+@dataclass(eq=False)
+class _Reads:
+    """One user's sends in one document that wait for the user's role to be read."""
+
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+    waiting: int = 0
+
+
 class ChatService:
     def __init__(
         self,
@@ -103,6 +112,9 @@ class ChatService:
         self._broadcaster = broadcaster
         self._memberships = memberships
         self._room_access = room_access
+        # Sends waiting for their sender's role to be read, by (document, user).
+        self._reading: dict[tuple[uuid.UUID, uuid.UUID], _Reads] = {}
+        self._read_tasks: set[asyncio.Task[tuple[Stored, bool]]] = set()
         self._writer = ChatWriter(
             engine,
             self._announce_new,
@@ -187,7 +199,7 @@ class ChatService:
             encoded=_encode(rows[: self.page_size]),
         )
 
-    async def send(
+    def submit(
         self,
         principal: Principal,
         document_id: uuid.UUID,
@@ -195,18 +207,69 @@ class ChatService:
         client_msg_id: str,
         text: str,
         connection_id: str | None = None,
-    ) -> Stored:
-        """Store and broadcast a message; a retry with the same ``client_msg_id``
-        returns the stored message and broadcasts nothing.
+    ) -> asyncio.Future[tuple[Stored, bool]]:
+        """Store and broadcast a message: the future of it stored, and whether it is new
+        (a retry with the same ``client_msg_id`` gets the stored message and broadcasts
+        nothing).
 
-        The role comes from the membership cache: a send costs no read of its own.
+        Queued at once when the role is in the membership cache (a send costs no read of
+        its own and no task); else, and while an earlier send of the same user in the
+        document still waits for its read, after the read, in a task. Either way a
+        user's sends reach the writer in the order they came.
         """
-        access = self._memberships.get((document_id, principal.user_id)) or await self._room_access(
-            principal, document_id
+        key = (document_id, principal.user_id)
+        reads = self._reading.get(key)
+        if reads is None:
+            access = self._memberships.get(key)
+            if access is not None:
+                return self._submit(
+                    access, principal, document_id, client_msg_id, text, connection_id
+                )
+            reads = self._reading[key] = _Reads()
+        reads.waiting += 1
+        after_read = self._submit_after_read(
+            reads, principal, document_id, client_msg_id, text, connection_id
         )
+        task = asyncio.get_running_loop().create_task(after_read)
+        self._read_tasks.add(task)  # the loop keeps tasks weakly
+        task.add_done_callback(self._read_tasks.discard)
+        return task
+
+    async def _submit_after_read(
+        self,
+        reads: _Reads,
+        principal: Principal,
+        document_id: uuid.UUID,
+        client_msg_id: str,
+        text: str,
+        connection_id: str | None,
+    ) -> tuple[Stored, bool]:
+        try:
+            # One at a time, first come first served: a send that finds the role read
+            # (cached by an earlier send's read) is still queued after that send.
+            async with reads.turn:
+                access = await self._room_access(principal, document_id)
+                sent = self._submit(
+                    access, principal, document_id, client_msg_id, text, connection_id
+                )
+        finally:
+            reads.waiting -= 1
+            if not reads.waiting:
+                del self._reading[(document_id, principal.user_id)]
+        return await sent
+
+    def _submit(
+        self,
+        access: RoomAccess,
+        principal: Principal,
+        document_id: uuid.UUID,
+        client_msg_id: str,
+        text: str,
+        connection_id: str | None,
+    ) -> asyncio.Future[tuple[Stored, bool]]:
         if access.role not in CAN_WRITE:
             raise Forbidden("viewers cannot send messages")
-        message, _ = await self._writer.write(
+        return self._writer.submit(
             Pending(
                 document_id=document_id,
                 author_kind=AuthorKind.USER,
@@ -217,7 +280,6 @@ class ChatService:
                 skip_connection=connection_id,
             )
         )
-        return message
 
     async def post_assistant(
         self,

@@ -123,6 +123,13 @@ class ChatWriter:
 
     async def write(self, message: Pending) -> tuple[Stored, bool]:
         """Store ``message`` with its document's next seq (or find its first copy)."""
+        # A sender that gives up cancels only its wait: the message stays in its batch
+        # and is stored or refused all the same.
+        return await self.submit(message)
+
+    def submit(self, message: Pending) -> asyncio.Future[tuple[Stored, bool]]:
+        """Queue ``message``; the future :meth:`write` awaits (for a caller that takes
+        the result in a callback rather than a task)."""
         if self._closed:
             raise RuntimeError("the chat writer is closed")
         if self._task is None:
@@ -132,9 +139,7 @@ class ChatWriter:
         self._wakeup.set()
         if self._fill_to and len(self._queue) >= self._fill_to:
             self._filled.set()
-        # A sender that gives up cancels only its wait: the message stays in its batch
-        # and is stored or refused all the same.
-        return await message.done
+        return message.done
 
     async def announced(self, document_id: uuid.UUID) -> int:
         """The last seq announced in the document: every message up to it was handed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import socketio
@@ -15,7 +16,7 @@ from app.keys import METRICS
 from app.logs import correlation_id
 from app.metrics import Metrics
 from app.wire import ServerEvent, iso
-from realtime.commands import ack_requested
+from realtime.commands import Envelope, ack_requested
 from realtime.connections import Connection
 from realtime.namespaces.rooms import commands, joined_rooms, leave_room
 from realtime.protocol import AuthRefresh, event_name
@@ -174,11 +175,37 @@ class MainNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         token = correlation_id.set(sid)
         try:
             result = await commands.run(Call(self.rt, connection), event, args[1:])
-            if not result["ok"] and ack_requested.get() is False:
-                # Nobody waits for an ack: say it with an event instead.
-                self.rt.to_connection(
-                    sid, ServerEvent.ERROR, {**result["error"], "event": event_name(event)}
-                )
+            if ack_requested.get() is False:
+                self._unacked(sid, event, result)
             return result
         finally:
             correlation_id.reset(token)
+
+    def start(
+        self, sid: str, event: Any, args: tuple[Any, ...], ack: Callable[[Envelope], None] | None
+    ) -> bool:
+        """Start an ``at_once`` command (realtime/commands.py) in this turn, answered
+        by ``ack`` (None: the client asked for none); False for any other event."""
+        if not commands.at_once(event):
+            return False
+        connection = self.rt.connections.get(sid)
+        if connection is None:  # a command racing its connection's end
+            return True
+        token = correlation_id.set(sid)
+        try:
+            commands.start(
+                Call(self.rt, connection),
+                event,
+                args,
+                ack or (lambda result: self._unacked(sid, event, result)),
+            )
+        finally:
+            correlation_id.reset(token)
+        return True
+
+    def _unacked(self, sid: str, event: Any, result: Envelope) -> None:
+        if not result["ok"]:
+            # Nobody waits for an ack: say it with an event instead.
+            self.rt.to_connection(
+                sid, ServerEvent.ERROR, {**result["error"], "event": event_name(event)}
+            )

@@ -10,8 +10,9 @@ import orjson
 
 from app.errors import Forbidden, NotFound, PayloadTooLarge, TooManyRooms, ValidationFailed
 from app.events import EventClass
+from app.services.chat_writer import Stored
 from app.wire import ServerEvent, dump, message_data
-from realtime.commands import Commands
+from realtime.commands import Commands, Later
 from realtime.connections import Connection
 from realtime.delivery import Event
 from realtime.presence import Departure
@@ -156,19 +157,24 @@ async def leave_room(rt: Realtime, connection: Connection, document_id: uuid.UUI
         rt.delivery.to_room(room, state_event(document_id, user_id, connection.sid, None))
 
 
-@commands("chat:send", ChatSend, rate="chat")
-async def chat_send(call: Call, payload: ChatSend) -> dict[str, Any]:
-    # A client's sends keep their order even when it does not wait for each ack:
-    # they reach the chat writer in the order they arrived.
+@commands("chat:send", ChatSend, rate="chat", at_once=True)
+def chat_send(call: Call, payload: ChatSend) -> Later[tuple[Stored, bool]]:
+    # Queued in the turn that read it, so a client's sends keep their order even when
+    # it does not wait for each ack; answered once the message is committed.
     joined(call, payload.document_id)
     check_length(call, payload.text)
-    message = await call.rt.chat.send(
+    stored = call.rt.chat.submit(
         call.connection.principal,
         payload.document_id,
         client_msg_id=payload.client_msg_id,
         text=payload.text,
         connection_id=call.sid,
     )
+    return Later(stored, _sent)
+
+
+def _sent(stored: tuple[Stored, bool]) -> dict[str, Any]:
+    message, _ = stored
     return {"id": message.data["id"], "seq": message.seq, "created_at": message.data["created_at"]}
 
 
