@@ -130,7 +130,8 @@ class RoomServer(socketio.AsyncServer):  # type: ignore[misc]
     ) -> None:
         """python-socketio's ``_handle_event``, without its log call and its engine's
         task wrappers: each event runs in a task of its own (a command may await a
-        commit while the connection's next events are read)."""
+        commit while the connection's next events are read), but for an at-once
+        command (realtime/commands.py), started here and answered from a callback."""
         namespace = namespace or "/"
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         if sid is None or not self.manager.is_connected(sid, namespace):
