@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 import pytest
@@ -22,7 +22,7 @@ from app.services.chat_writer import ChatWriter, Pending, Stored
 from app.services.documents import RoomAccess
 from storage.chat_batches import BatchWriter, Conflict, NewMessage, batch_writer
 from storage.models import AuthorKind, GlobalRole
-from tests.helpers import Api, User
+from tests.helpers import Api, User, eventually, truthy
 
 
 class Writer:
@@ -335,7 +335,7 @@ async def test_a_send_that_finds_its_role_known_waits_behind_one_still_reading_i
     chat._memberships.drop((document_id, user_id))
     principal = Principal(user_id, ann.username, GlobalRole.USER, "token")
     first = chat.submit(principal, document_id, client_msg_id="first", text="first")
-    await eventually_true(lambda: chat._memberships.get((document_id, user_id)) is not None)
+    await eventually(lambda: truthy(chat._memberships.get((document_id, user_id))))
     second = chat.submit(principal, document_id, client_msg_id="second", text="second")
     third = chat.submit(principal, document_id, client_msg_id="third", text="third")
     gate.set()
@@ -346,11 +346,3 @@ async def test_a_send_that_finds_its_role_known_waits_behind_one_still_reading_i
     fourth = chat.submit(principal, document_id, client_msg_id="fourth", text="fourth")
     assert not isinstance(fourth, asyncio.Task)
     assert (await fourth)[0].seq == 4
-
-
-async def eventually_true(predicate: Callable[[], bool]) -> None:
-    for _ in range(500):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("never true")
