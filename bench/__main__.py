@@ -174,7 +174,9 @@ async def run(
                 f"open loop {chat.OPEN_RATE}/s p99 {_ms(c.open.latency.percentile(0.99))} ms, "
                 f"{c.open.acked}/{c.open.sent} acked; room of {chat.LARGE_ROOM} "
                 f"{c.large.delivered_per_s:,.0f} deliveries/s ({c.large_vs_fanout:.2f}x "
-                f"fan-out); {chat.MANY_ROOMS} rooms {c.many.acked_per_s:,.0f}/s",
+                f"burst, {c.large_vs_fanout_per_core:.2f}x per core; "
+                f"{c.large_vs_relay:.2f}x relay, {c.large_vs_relay_per_core:.2f}x per core); "
+                f"{chat.MANY_ROOMS} rooms {c.many.acked_per_s:,.0f}/s",
                 flush=True,
             )
             chat_results.append(chat_result)

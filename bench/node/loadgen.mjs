@@ -214,7 +214,9 @@ const chatMake = (req, socket) => req.make ?? { document_id: socket.benchJoin?.d
 let chatRuns = 0; // keeps client_msg_id unique across runs
 
 // Closed loop: each of the first `senders` connections sends, waits for the ack and
-// sends again until `duration_ms` has passed (or it sent `count`).
+// sends again until `duration_ms` has passed (or it sent `count`). Each send is a chat
+// message, or with `template` that payload (and the room's document_id) with the
+// {t,n,pad} stamp at `path`: another event in the same loop (a relay, to compare with).
 async function chatLoad(req) {
   const senders = req.senders ?? 1;
   if (senders > sockets.length) return { ok: false, error: `${senders} senders but ${sockets.length} connections` };
@@ -231,7 +233,9 @@ async function chatLoad(req) {
     const make = chatMake(req, socket);
     for (let seq = 0; seq < count && now() < stopAt; seq++) {
       const sentAt = now();
-      const payload = { ...make, client_msg_id: `${process.pid}-${run}-${k}-${seq}`, text: chatText(sentAt, seq) };
+      const payload = req.template
+        ? makeMessage({ ...req.template, ...make }, req.path ?? [], seq, CHAT_PAD)
+        : { ...make, client_msg_id: `${process.pid}-${run}-${k}-${seq}`, text: chatText(sentAt, seq) };
       try {
         const reply = await socket.timeout(timeoutMs).emitWithAck(req.event, payload);
         if (reply && reply.ok === false) { failed++; firstError ??= JSON.stringify(reply.error); }

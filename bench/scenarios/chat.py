@@ -12,7 +12,10 @@ and timing each from the stamp its text carries). In order:
 - *solo*: 10 rooms of 1 sender each, closed loop: the same load with no fan-out at all;
 - *fan-out*: a room of 100 members, the fan-out scenario's burst of ``presence:update``
   from one sender (bench/scenarios/fanout.py): this server's plain relay rate to 100;
-- *large*: that room's 100 members all sending, closed loop;
+- *large*: that room's 100 members all sending, closed loop; and, repeat by repeat in
+  turn with it, *relay*: the same members and loop sending ``presence:update`` (the
+  plain relay) instead of ``chat:send``: what storing and ordering cost on top of
+  delivery, with everything else the same;
 - *many*: 100 rooms of 2, 3, 4, 5, 2, ... people, every one sending, closed loop.
 
 Each closed or open run is repeated; the report takes medians.
@@ -40,12 +43,16 @@ OPEN_RATE = 1_000  # messages/s in all, into the hot room
 LARGE_ROOM = 100
 MANY_ROOMS = 100
 MANY_SIZES = (2, 3, 4, 5)
-# A chat:message's text is the sender's {t,n,pad} stamp (bench/node/loadgen.mjs).
-LISTENS = {"chat:message": ["message", "text"]}
+# A chat:message's text is the sender's {t,n,pad} stamp (bench/node/loadgen.mjs), as
+# is a relayed presence:state's state.
+LISTENS = {"chat:message": ["message", "text"], "presence:state": ["state"]}
 # Every connection here is bench/node/wire.mjs's: a room of 100 receiving through
 # socket.io-client saturates the load core before the server's.
 CLIENT = "wire"
 ACK_TIMEOUT_S = 60
+# The plain fan-out's bursts into the room of 100: ten times the fan-out section's, so
+# that each lasts seconds and its CPU time (read in 10 ms ticks) is exact to about 1%.
+BURST_DELIVERIES = 10 * fanout.DELIVERIES_PER_BURST
 
 
 @dataclass
@@ -54,8 +61,13 @@ class ClosedLoop:
 
     rooms: int
     senders: int
+    # What each sends: a chat message, or ``template`` (the room's document_id added)
+    # with the stamp at ``path``.
+    event: str = "chat:send"
+    template: dict[str, Any] | None = None
+    path: list[str] = field(default_factory=list)
     rates: list[float] = field(default_factory=list)  # acked/s, per repeat
-    deliveries: list[float] = field(default_factory=list)  # chat:message received/s
+    deliveries: list[float] = field(default_factory=list)  # events received/s
     server_cpu: list[float] = field(default_factory=list)  # share of one core
     cpu_per_ack: list[float] = field(default_factory=list)  # server CPU s per acked send
     load_cpu: list[float] = field(default_factory=list)
@@ -95,6 +107,13 @@ class ClosedLoop:
     def deliveries_per_ack(self) -> float:
         return self.received / self.acked if self.acked else 0.0
 
+    @property
+    def delivered_per_core(self) -> float:
+        """Deliveries per second of the server's CPU: its rate were it the limit."""
+        return statistics.median(
+            d / c for d, c in zip(self.deliveries, self.server_cpu, strict=True)
+        )
+
 
 @dataclass
 class OpenLoop:
@@ -131,14 +150,28 @@ class ChatResult:
     hot: ClosedLoop
     open: OpenLoop
     solo: ClosedLoop
-    fanout: fanout.FanoutResult  # the plain relay to a room of LARGE_ROOM, same server
+    fanout: fanout.FanoutResult  # one sender's burst into the room of LARGE_ROOM
     large: ClosedLoop
+    relay: ClosedLoop  # the large room's loop relaying presence:update instead
     many: ClosedLoop
 
     @property
     def large_vs_fanout(self) -> float:
         """The large room's chat deliveries/s over the plain fan-out rate to as many."""
         return self.large.delivered_per_s / self.fanout.delivered_per_s
+
+    @property
+    def large_vs_fanout_per_core(self) -> float:
+        """The same, per second of server CPU on each side."""
+        return self.large.delivered_per_core / self.fanout.delivered_per_core
+
+    @property
+    def large_vs_relay(self) -> float:
+        return self.large.delivered_per_s / self.relay.delivered_per_s
+
+    @property
+    def large_vs_relay_per_core(self) -> float:
+        return self.large.delivered_per_core / self.relay.delivered_per_core
 
 
 @asynccontextmanager
@@ -218,10 +251,12 @@ async def closed_loop(
             CpuMeter([worker.pid]) as load_cpu,
             OthersMeter([target.server.pid, worker.pid]) as others,
         ):
+            shape = {"template": result.template, "path": result.path} if result.template else {}
             reply = await worker.request(
                 op="chat_load",
-                event="chat:send",
+                event=result.event,
                 senders=result.senders,
+                **shape,
                 duration_ms=int(seconds * 1000),
                 timeout_ms=ACK_TIMEOUT_S * 1000,
                 reply_within=seconds + ACK_TIMEOUT_S + 30,
@@ -289,18 +324,31 @@ async def measure(backend_name: str, target: Target, *, repeats: int, seconds: f
     async with members_connected(target, solo_rooms) as worker:
         solo = await closed_loop(target, worker, ClosedLoop(HOT_SENDERS, HOT_SENDERS), **timing)
     # The fan-out scenario's own method, into the same room of 100 members.
-    relay = dataclasses.replace(
+    burst_target = dataclasses.replace(
         target,
         join={"event": "join", "payload": {"document_id": large_room}},
         template={"document_id": large_room, "state": {}},
         tokens=[user.token for user in users[:LARGE_ROOM]],
     )
-    plain = await fanout.run_size(relay, LARGE_ROOM, repeats=repeats, rates=(), client=CLIENT)
+    plain = await fanout.run_size(
+        burst_target,
+        LARGE_ROOM,
+        repeats=repeats,
+        rates=(),
+        client=CLIENT,
+        deliveries_per_burst=BURST_DELIVERIES,
+    )
+    large = ClosedLoop(1, LARGE_ROOM)
+    relay = ClosedLoop(
+        1, LARGE_ROOM, event="presence:update", template={"state": {}}, path=["state"]
+    )
     async with members_connected(target, [(large_room, users[:LARGE_ROOM])]) as worker:
-        large = await closed_loop(target, worker, ClosedLoop(1, LARGE_ROOM), **timing)
+        for _ in range(repeats):  # in turn, so that the machine's slow spells hit both
+            await closed_loop(target, worker, large, repeats=1, seconds=seconds)
+            await closed_loop(target, worker, relay, repeats=1, seconds=seconds)
     async with members_connected(target, many_rooms) as worker:
         many = await closed_loop(target, worker, ClosedLoop(MANY_ROOMS, sum(sizes)), **timing)
-    return ChatResult(backend_name, hot, opened, solo, plain, large, many)
+    return ChatResult(backend_name, hot, opened, solo, plain, large, relay, many)
 
 
 async def run(

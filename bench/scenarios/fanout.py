@@ -60,6 +60,11 @@ class FanoutResult:
     def load_cpu(self) -> float:
         return statistics.median(burst.load_cpu for burst in self.bursts)
 
+    @property
+    def delivered_per_core(self) -> float:
+        """Deliveries per second of the server's CPU: its rate were it the limit."""
+        return statistics.median(b.delivered_per_s / b.server_cpu for b in self.bursts)
+
 
 async def run_size(
     target: Target,
@@ -68,6 +73,7 @@ async def run_size(
     repeats: int,
     rates: tuple[int, ...],
     client: str | None = None,
+    deliveries_per_burst: int = DELIVERIES_PER_BURST,
 ) -> FanoutResult:
     """``client="wire"``: the receivers are bench/node/wire.mjs connections, which cost
     the load core less per delivery than socket.io-client (the sender is the latter)."""
@@ -95,7 +101,7 @@ async def run_size(
             memory_per_connection=memory,
         )
         meter_pids = [worker.pid for worker in [*workers, sender]]
-        burst = max(20, DELIVERIES_PER_BURST // size)
+        burst = max(20, deliveries_per_burst // size)
         for _ in range(repeats):
             result.bursts.append(await burst_once(target, workers, sender, burst, size, meter_pids))
         for rate in rates:
