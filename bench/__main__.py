@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from bench import report
-from bench.harness import ROOT, ensure_node_modules
+from bench.harness import ROOT, ensure_node_modules, yardstick_ms
 from bench.scenarios import assistant, chat, cluster, connections, documents, fanout, knowledge
 from bench.scenarios import joins as joining
 from bench.targets import (
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     ensure_node_modules()
     (args.output.parent / "bench").mkdir(parents=True, exist_ok=True)
+    yardstick_at_start = yardstick_ms()
     started = time.monotonic()
     sections = asyncio.run(
         run(
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         elapsed_s=time.monotonic() - started,
         repeats=args.repeats,
         sections=sections,
+        yardstick_ms=(yardstick_at_start, yardstick_ms()),
         keep_others=set(only) != set(SCENARIOS),
     )
     print(f"wrote {args.output}")

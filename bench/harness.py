@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,29 @@ def ensure_node_modules() -> None:
 def installed_npm_version(package: str) -> str | None:
     manifest = NODE_DIR / "node_modules" / package / "package.json"
     return str(json.loads(manifest.read_text())["version"]) if manifest.exists() else None
+
+
+# A fixed piece of pure Python, timed on the servers' core: the speed of the machine as a
+# run found it (a shared machine's cores are not always as fast as their name says).
+_YARDSTICK = """
+import statistics, time
+def once():
+    started = time.perf_counter()
+    sum(range(10_000_000))
+    return time.perf_counter() - started
+print(statistics.median(once() for _ in range(5)) * 1000)
+"""
+
+
+def yardstick_ms() -> float:
+    """The median time of the yardstick on the servers' core, in ms (lower: faster)."""
+    output = subprocess.run(
+        pinned([sys.executable, "-c", _YARDSTICK], SERVER_CPU),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return float(output)
 
 
 # --- resource use of a process, from /proc --------------------------------------------

@@ -26,6 +26,7 @@ def _read(path: Path) -> tuple[list[str], dict[str, dict[str, Any]]]:
     header = text[:first]
     sections = ["## " + part for part in text[first + 4 :].split("\n## ")]
     runs: dict[str, dict[str, Any]] = {}
+    machine_line = re.search(r"^Machine: (.+)\.$", header, re.MULTILINE)
     if RUNS_MARKER in header:
         recorded = header.split(RUNS_MARKER, 1)[1].split(" -->", 1)[0]
         runs = json.loads(recorded)
@@ -40,7 +41,18 @@ def _read(path: Path) -> tuple[list[str], dict[str, dict[str, Any]]]:
                 "repeats": int(repeats[1]) if repeats else None,
             }
             runs = {_title(section): run for section in sections}
+    for run in runs.values():
+        # Recorded before each run kept its own: the one machine the header named.
+        if "machine" not in run and machine_line:
+            run["machine"] = machine_line[1]
     return sections, runs
+
+
+def _yardstick(run: dict[str, Any]) -> str:
+    start, end = run.get("yardstick_ms") or (None, None)
+    if start is None:
+        return "yardstick not recorded"
+    return f"yardstick {start:.0f} / {end:.0f} ms"
 
 
 def write(
@@ -50,15 +62,19 @@ def write(
     elapsed_s: float,
     repeats: int,
     sections: list[str],
+    yardstick_ms: tuple[float, float],
     keep_others: bool = False,
 ) -> None:
     """Write the report; ``keep_others``: keep the sections of the existing file that
-    this run did not measure, in their place, each credited to the run that did."""
+    this run did not measure, in their place, each credited to the run that did.
+    ``yardstick_ms``: ``bench.harness.yardstick_ms`` at the run's start and end."""
     run = {
         "command": command,
         "at": f"{datetime.now(UTC):%Y-%m-%d %H:%M}",
         "minutes": round(elapsed_s / 60, 1),
         "repeats": repeats,
+        "machine": machine(),
+        "yardstick_ms": [round(value, 1) for value in yardstick_ms],
     }
     fresh = {_title(section): section for section in sections}
     ordered: list[str] = []
@@ -81,34 +97,52 @@ def write(
     for title in runs:
         if runs[title] not in distinct:
             distinct.append(runs[title])
+    yardstick = (
+        "*Yardstick*: a fixed piece of pure Python (`sum(range(10_000_000))`, median of 5) "
+        "timed on the servers' core at a run's start and end: how fast the machine was "
+        "then (lower is faster; a shared machine's cores are not always as fast as their "
+        "name says)."
+    )
     if len(distinct) == 1:
         written = (
-            f"Written by `{run['command']}` on {run['at']} UTC in {run['minutes']:.1f} minutes. "
-            "Every number comes from this one run; the machine is shared and noisy, so compare "
-            "ratios within the run rather than across runs. "
-            f"Throughput figures are medians of {run['repeats']} repeats."
+            f"Written by `{run['command']}` on {run['at']} UTC in {run['minutes']:.1f} minutes "
+            f"({_yardstick(run)}). Every number comes from this one run; the machine is "
+            "shared and noisy, so compare ratios within the run rather than across runs. "
+            f"Throughput figures are medians of {run['repeats']} repeats. {yardstick}"
         )
+        machines = f"Machine: {run['machine']}."
     else:
         credits = "; ".join(
             f"`{r['command']}` on {r['at']} UTC in {r['minutes']:.1f} minutes"
             + (f", {r['repeats']} repeats" if r.get("repeats") else "")
-            + " ("
+            + f", {_yardstick(r)} ("
             + ", ".join(title for title in runs if runs[title] == r)
             + ")"
             for r in distinct
         )
         written = (
-            f"Written by {len(distinct)} runs of the suite on this machine: {credits}. Every "
-            "table comes from one run, and the servers it compares ran in that same run; the "
-            "machine is shared and noisy, so compare ratios within a table rather than across "
-            "runs. Throughput figures are medians of the run's repeats."
+            f"Written by {len(distinct)} runs of the suite: {credits}. Every table comes "
+            "from one run, and the servers it compares ran in that same run; the machine "
+            "is shared and noisy, so compare ratios within a table rather than across "
+            f"runs. Throughput figures are medians of the run's repeats. {yardstick}"
         )
+        named = [r.get("machine", "not recorded") for r in distinct]
+        if len(set(named)) == 1:
+            machines = f"Machine: {named[0]}."
+        else:
+            machines = (
+                "Machines: "
+                + "; ".join(
+                    f"{r['at']} UTC: {name}" for r, name in zip(distinct, named, strict=True)
+                )
+                + "."
+            )
     header = [
         "# Benchmarks",
         "",
         written,
         "",
-        f"Machine: {machine()}.",
+        machines,
         "",
         "Servers ran pinned to core 0 and the load generators (Node: `socket.io-client` in "
         "bench/node/loadgen.mjs, or its minimal client bench/node/wire.mjs where a section "
