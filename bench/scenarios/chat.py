@@ -11,7 +11,8 @@ and timing each from the stamp its text carries). In order:
   spread over the 10 senders, none waiting for its previous ack;
 - *solo*: 10 rooms of 1 sender each, closed loop: the same load with no fan-out at all;
 - *fan-out*: a room of 100 members, the fan-out scenario's burst of ``presence:update``
-  from one sender (bench/scenarios/fanout.py): this server's plain relay rate to 100;
+  from one sender (bench/scenarios/fanout.py, ten times as long): this server's plain
+  relay rate to 100;
 - *large*: that room's 100 members all sending, closed loop; and, repeat by repeat in
   turn with it, *relay*: the same members and loop sending ``presence:update`` (the
   plain relay) instead of ``chat:send``: what storing and ordering cost on top of
