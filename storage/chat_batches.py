@@ -7,10 +7,14 @@ The chat writer's hot path (app/services/chat_writer.py), on a connection of its
   counter row's lock orders concurrent writers) and inserts the rows.
 - SQLite: one transaction in the writer's thread.
 
-``insert_in`` does the same through SQLAlchemy, in its caller's transaction. All
-answer the seq each message got; a message whose document is gone gets none and
-nothing of it is stored. A constraint that refuses a row (a ``client_msg_id``
-stored already, an author deleted) refuses the whole batch with ``Conflict``.
+A message may carry the usage of the assistant reply it is (``NewUsage``), stored in
+the same transaction: a stored reply is paid for.
+
+``insert_in`` does the same through SQLAlchemy, in its caller's transaction, for the
+databases the one-trip writers do not serve. All answer the seq each message got; a
+message whose document is gone gets none and nothing of it is stored. A constraint that
+refuses a row (a ``client_msg_id`` stored already, an author deleted) refuses the whole
+batch with ``Conflict``.
 """
 
 from __future__ import annotations
@@ -30,10 +34,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage.db import is_sqlite
 from storage.direct import PostgresDirect, SqliteDirect, binders, sqlite_path
-from storage.models import AuthorKind, ChatMessage, Document
+from storage.models import AiUsage, AuthorKind, ChatMessage, Document
+from storage.repositories.usage import NewUsage
 
 _MESSAGES = ChatMessage.metadata.tables[ChatMessage.__tablename__]
 _DOCUMENTS = Document.metadata.tables[Document.__tablename__]
+_USAGE = AiUsage.metadata.tables[AiUsage.__tablename__]
+_USAGE_COLUMNS = tuple(NewUsage.__dataclass_fields__)  # the order every insert lists them in
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +53,7 @@ class NewMessage:
     text: str
     meta: dict[str, Any]
     created_at: datetime
+    usage: NewUsage | None = None  # stored with the message (an assistant reply's)
 
 
 class Conflict(Exception):
@@ -92,6 +100,24 @@ SELECT b.id, b.document_id,
 FROM batch AS b JOIN taken AS t ON t.id = b.document_id
 RETURNING id, seq
 """
+# The same with the batch's usage rows, their columns in ``_USAGE_COLUMNS``' order (a
+# data-modifying WITH runs whether or not the statement reads it): messages and usage,
+# one statement, one transaction.
+_POSTGRES_INSERT_WITH_USAGE = _POSTGRES_INSERT.replace(
+    "\nINSERT INTO chat_messages",
+    """, usage AS (
+    INSERT INTO ai_usage (
+        user_id, document_id, reply_id, model, status, input_tokens, output_tokens,
+        cache_creation_input_tokens, cache_read_input_tokens, cost_usd, created_at
+    )
+    SELECT * FROM unnest(
+        $9::uuid[], $10::uuid[], $11::uuid[], $12::text[], $13::text[], $14::int[],
+        $15::int[], $16::int[], $17::int[], $18::numeric[], $19::timestamptz[]
+    )
+)
+INSERT INTO chat_messages""",
+    1,
+)
 
 
 class PostgresBatches:
@@ -99,20 +125,22 @@ class PostgresBatches:
         self._direct = PostgresDirect(engine)
 
     async def insert(self, messages: Sequence[NewMessage]) -> dict[uuid.UUID, int]:
+        arguments: list[Any] = [
+            [m.id for m in messages],
+            [m.document_id for m in messages],
+            [m.author_kind.value for m in messages],
+            [m.author_id for m in messages],
+            [m.client_msg_id for m in messages],
+            [m.text for m in messages],
+            [orjson.dumps(m.meta).decode() for m in messages],
+            messages[0].created_at,
+        ]
+        usage = [m.usage for m in messages if m.usage is not None]
+        if usage:
+            arguments += [[getattr(u, name) for u in usage] for name in _USAGE_COLUMNS]
+        statement = _POSTGRES_INSERT_WITH_USAGE if usage else _POSTGRES_INSERT
         try:
-            rows = await self._direct.run(
-                lambda driver: driver.fetch(
-                    _POSTGRES_INSERT,
-                    [m.id for m in messages],
-                    [m.document_id for m in messages],
-                    [m.author_kind.value for m in messages],
-                    [m.author_id for m in messages],
-                    [m.client_msg_id for m in messages],
-                    [m.text for m in messages],
-                    [orjson.dumps(m.meta).decode() for m in messages],
-                    messages[0].created_at,
-                )
-            )
+            rows = await self._direct.run(lambda driver: driver.fetch(statement, *arguments))
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise Conflict(str(exc)) from exc
         return {row["id"]: row["seq"] for row in rows}
@@ -136,6 +164,10 @@ _SQLITE_INSERT = (
     f"INSERT INTO chat_messages ({', '.join(_MESSAGE_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _MESSAGE_COLUMNS)})"
 )
+_SQLITE_USAGE = (
+    f"INSERT INTO ai_usage ({', '.join(_USAGE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _USAGE_COLUMNS)})"
+)
 _SQLITE_TAKE = (
     "UPDATE documents SET last_message_seq = last_message_seq + ? WHERE id = ? "
     "RETURNING last_message_seq"
@@ -148,6 +180,7 @@ class SqliteBatches:
         dialect = engine.dialect
         self._convert = binders(_MESSAGES, _MESSAGE_COLUMNS, dialect)
         self._document_id = binders(_DOCUMENTS, ["id"], dialect)["id"]
+        self._usage = binders(_USAGE, _USAGE_COLUMNS, dialect)
 
     async def insert(self, messages: Sequence[NewMessage]) -> dict[uuid.UUID, int]:
         return await self._direct.run(lambda connection: self._insert(connection, messages))
@@ -182,6 +215,15 @@ class SqliteBatches:
                 for m, seq in numbered
             ]
             connection.executemany(_SQLITE_INSERT, rows)
+            usage = [m.usage for m in messages if m.usage is not None]
+            if usage:
+                connection.executemany(
+                    _SQLITE_USAGE,
+                    [
+                        tuple(self._usage[name](getattr(u, name)) for name in _USAGE_COLUMNS)
+                        for u in usage
+                    ],
+                )
             connection.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
             connection.execute("ROLLBACK")
@@ -199,9 +241,8 @@ class SqliteBatches:
 async def insert_in(
     connection: AsyncConnection, messages: Sequence[NewMessage]
 ) -> dict[uuid.UUID, int]:
-    """What the one-trip writers do, through SQLAlchemy and in the caller's transaction:
-    for batches that write more in it (an assistant reply's usage), and for databases
-    the one-trip writers do not serve."""
+    """What the one-trip writers do, through SQLAlchemy and in the caller's transaction,
+    for the databases they do not serve."""
     counts = Counter(m.document_id for m in messages)
     increment: Any = (
         next(iter(counts.values()))
@@ -232,6 +273,11 @@ async def insert_in(
                 }
                 for m, seq in numbered
             ],
+        )
+    usage = [m.usage for m in messages if m.usage is not None]
+    if usage:
+        await connection.execute(
+            insert(_USAGE), [{name: getattr(u, name) for name in _USAGE_COLUMNS} for u in usage]
         )
     return {m.id: seq for m, seq in numbered}
 

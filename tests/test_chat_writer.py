@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Sequence
+from decimal import Decimal
 from typing import Any, cast
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,7 +23,8 @@ from app.keys import CHAT_SERVICE, ENGINE
 from app.services.chat_writer import ChatWriter, Pending, Stored
 from app.services.documents import RoomAccess
 from storage.chat_batches import BatchWriter, Conflict, NewMessage, batch_writer
-from storage.models import AuthorKind, GlobalRole
+from storage.models import AiUsage, AuthorKind, GlobalRole, utcnow
+from storage.repositories.usage import NewUsage
 from tests.helpers import Api, User, eventually, truthy
 
 
@@ -67,7 +70,7 @@ class Writer:
 @pytest.fixture(params=["one trip", "sqlalchemy"])
 def one_trip(request: pytest.FixtureRequest) -> bool:
     """Batches written by the backend's one-trip writer, or through SQLAlchemy (the
-    path of batches that write more in their transaction)."""
+    path of the databases the one-trip writers do not serve)."""
     return bool(request.param == "one trip")
 
 
@@ -186,6 +189,59 @@ async def test_a_message_that_cannot_be_stored_is_refused_alone(api: Api, one_tr
     assert after.seq == 3
     assert [seq for seq, _, _ in await stored(api, ann, doc)] == [1, 2, 3]
     assert [m.data["text"] for m in w.announced] == ["kept 1", "kept 2", "kept 3"]
+    await w.writer.close()
+
+
+def spent(document_id: str, user_id: str, tokens: int) -> NewUsage:
+    return NewUsage(
+        user_id=uuid.UUID(user_id),
+        document_id=uuid.UUID(document_id),
+        reply_id=uuid.uuid4(),
+        model="claude-test",
+        status="completed",
+        input_tokens=tokens,
+        output_tokens=7,
+        cache_creation_input_tokens=0,
+        cache_read_input_tokens=3,
+        cost_usd=Decimal("0.000123"),
+        created_at=utcnow(),
+    )
+
+
+async def test_a_reply_and_its_usage_are_stored_together_or_not_at_all(
+    api: Api, one_trip: bool
+) -> None:
+    ann = await api.user("ann")
+    doc = (await api.document(ann, "asked"))["id"]
+    w = Writer(engine_of(api), one_trip=one_trip)
+
+    def reply(text: str, usage: NewUsage) -> Pending:
+        return Pending(
+            document_id=uuid.UUID(doc),
+            author_kind=AuthorKind.ASSISTANT,
+            author_id=None,
+            author_name=None,
+            text=text,
+            usage=usage,
+        )
+
+    paid = spent(doc, ann.id, 100)
+    unpayable = spent(doc, str(uuid.uuid4()), 200)  # no such user: its usage row fails
+    outcomes = await w.batch(
+        w.message(ann, doc, "a question"), reply("an answer", paid), reply("unpaid", unpayable)
+    )
+    assert [out.seq for out, _ in outcomes[:2]] == [1, 2]
+    assert isinstance(outcomes[2], Conflict | IntegrityError)
+    assert [text for _, text, _ in await stored(api, ann, doc)] == ["a question", "an answer"]
+    async with engine_of(api).connect() as connection:
+        rows = (
+            await connection.execute(
+                select(AiUsage.reply_id, AiUsage.input_tokens, AiUsage.cost_usd, AiUsage.model)
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [
+        (paid.reply_id, 100, Decimal("0.000123"), "claude-test")
+    ]
     await w.writer.close()
 
 

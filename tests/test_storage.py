@@ -167,15 +167,19 @@ async def test_usage_totals(sessions: Sessions) -> None:
         for tokens in (100, 250):
             await usage.record_usage(
                 session,
-                user_id=author,
-                document_id=document,
-                reply_id=uuid.uuid4(),
-                model="claude",
-                status="completed",
-                input_tokens=tokens,
-                output_tokens=10,
-                cache_read_input_tokens=5,
-                cost_usd=Decimal("0.0015"),
+                usage.NewUsage(
+                    user_id=author,
+                    document_id=document,
+                    reply_id=uuid.uuid4(),
+                    model="claude",
+                    status="completed",
+                    input_tokens=tokens,
+                    output_tokens=10,
+                    cache_creation_input_tokens=0,
+                    cache_read_input_tokens=5,
+                    cost_usd=Decimal("0.0015"),
+                    created_at=datetime.now(UTC),
+                ),
             )
     since = datetime.now(UTC) - timedelta(hours=1)
     async with sessions() as session:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import logging
 import random
@@ -48,8 +47,9 @@ from app.services.responders import (
 )
 from app.wire import ServerEvent
 from storage.db import read_session
+from storage.models import utcnow
 from storage.repositories import usage as usage_repo
-from storage.repositories.usage import UsageTotals
+from storage.repositories.usage import NewUsage, UsageTotals
 
 log = logging.getLogger(__name__)
 
@@ -402,16 +402,28 @@ class Assistant:
             "citations": [citation.body() for citation in reply.citations],
         }
         message: Stored | None = None
-        record = functools.partial(self._record_usage, reply=reply, status=status)
+        spent = NewUsage(
+            user_id=reply.asked_by.user_id,
+            document_id=reply.document_id,
+            reply_id=reply.id,
+            model=self.responder.model,
+            status=status,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens,
+            cost_usd=self.prices.cost(usage),
+            created_at=utcnow(),
+        )
         try:
             # The message and its usage in one transaction: a stored reply is paid for.
             if reply.text or status == "completed":
                 message = await self._chat.post_assistant(
-                    reply.document_id, reply.text, meta, also=record
+                    reply.document_id, reply.text, meta, usage=spent
                 )
             else:
                 async with self._sessions.begin() as session:
-                    await record(session)
+                    await usage_repo.record_usage(session, spent)
         except Exception:
             # The room still hears how the reply ended, if not what it said.
             log.exception("could not store assistant reply %s", reply.id)
@@ -427,22 +439,6 @@ class Assistant:
             self._emit(reply, ServerEvent.AI_DONE, body)
         else:
             self._emit(reply, ServerEvent.AI_ERROR, {**body, "error": error.to_body()})
-
-    async def _record_usage(self, session: AsyncSession, *, reply: Reply, status: str) -> None:
-        usage = reply.outcome.usage
-        await usage_repo.record_usage(
-            session,
-            user_id=reply.asked_by.user_id,
-            document_id=reply.document_id,
-            reply_id=reply.id,
-            model=self.responder.model,
-            status=status,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_creation_input_tokens=usage.cache_creation_input_tokens,
-            cache_read_input_tokens=usage.cache_read_input_tokens,
-            cost_usd=self.prices.cost(usage),
-        )
 
     def _emit(self, reply: Reply, event: ServerEvent, data: dict[str, Any]) -> None:
         # Chunks of one reply merge for a reader that falls behind; its start and end

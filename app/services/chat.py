@@ -25,7 +25,7 @@ from app.auth.principal import Principal
 from app.errors import Forbidden, NotFound
 from app.events import Broadcaster, EventClass
 from app.services.cache import ExpiringCache
-from app.services.chat_writer import Also, ChatWriter, Pending, Stored
+from app.services.chat_writer import ChatWriter, Pending, Stored
 from app.services.documents import Memberships, RoomAccess, membership
 from app.wire import MessageOut, ServerEvent, dump, message_data
 from storage.chat_batches import batch_writer
@@ -33,6 +33,7 @@ from storage.db import read_session
 from storage.models import AuthorKind, DocumentRole
 from storage.repositories import messages as messages_repo
 from storage.repositories import users as users_repo
+from storage.repositories.usage import NewUsage
 
 CAN_WRITE = frozenset({DocumentRole.OWNER, DocumentRole.EDITOR})
 
@@ -287,10 +288,10 @@ class ChatService:
         text: str,
         meta: dict[str, Any],
         *,
-        also: Also | None = None,
+        usage: NewUsage | None = None,
     ) -> Stored:
-        """Store and broadcast an assistant message (in seq order, like any send);
-        ``also`` writes in the same transaction (the reply's usage)."""
+        """Store and broadcast an assistant message (in seq order, like any send), with
+        the reply's ``usage`` in the same transaction."""
         message, _ = await self._writer.write(
             Pending(
                 document_id=document_id,
@@ -299,7 +300,7 @@ class ChatService:
                 author_name=None,
                 text=text,
                 meta=meta,
-                also=also,
+                usage=usage,
             )
         )
         return message

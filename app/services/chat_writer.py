@@ -35,23 +35,21 @@ import contextlib
 import logging
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.errors import NotFound
 from app.wire import iso, message_data, new_message_data
 from storage.chat_batches import BatchWriter, Conflict, NewMessage, insert_in
 from storage.models import AuthorKind, utcnow
 from storage.repositories import messages as messages_repo
+from storage.repositories.usage import NewUsage
 
 log = logging.getLogger(__name__)
-
-# Writes made in the message's transaction (an assistant reply's usage).
-Also = Callable[[AsyncSession], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +73,7 @@ class Pending:
     text: str
     client_msg_id: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-    also: Also | None = None
+    usage: NewUsage | None = None  # an assistant reply's, stored in its transaction
     skip_connection: str | None = None
     done: asyncio.Future[tuple[Stored, bool]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -263,20 +261,15 @@ class ChatWriter:
                 text=m.text,
                 meta=m.meta,
                 created_at=now,
+                usage=m.usage,
             )
             for m in messages
         ]
-        also = [m.also for m in messages if m.also is not None]
-        if self._one_trip is not None and not also:
+        if self._one_trip is not None:
             seqs = await self._one_trip.insert(rows)
         else:
             async with self._engine.begin() as connection:
                 seqs = await insert_in(connection, rows)
-                if also:
-                    async with AsyncSession(bind=connection) as session:  # this transaction
-                        for write in also:
-                            await write(session)
-                        await session.flush()
         created_at = iso(now)
         stored: dict[int, Stored] = {}
         for message, row in zip(messages, rows, strict=True):

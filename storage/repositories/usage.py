@@ -13,32 +13,26 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage.models import AiUsage
 
 
-async def record_usage(
-    session: AsyncSession,
-    *,
-    user_id: uuid.UUID | None,
-    document_id: uuid.UUID | None,
-    reply_id: uuid.UUID,
-    model: str,
-    status: str,
-    input_tokens: int,
-    output_tokens: int,
-    cache_creation_input_tokens: int = 0,
-    cache_read_input_tokens: int = 0,
-    cost_usd: Decimal = Decimal(0),
-) -> AiUsage:
-    row = AiUsage(
-        user_id=user_id,
-        document_id=document_id,
-        reply_id=reply_id,
-        model=model,
-        status=status,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cache_creation_input_tokens=cache_creation_input_tokens,
-        cache_read_input_tokens=cache_read_input_tokens,
-        cost_usd=cost_usd,
-    )
+@dataclass(frozen=True, slots=True)
+class NewUsage:
+    """An ``AiUsage`` row to store: the tokens and cost of one assistant reply (with its
+    message, storage/chat_batches.py, or alone: ``record_usage``)."""
+
+    user_id: uuid.UUID | None
+    document_id: uuid.UUID | None
+    reply_id: uuid.UUID
+    model: str
+    status: str
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    cost_usd: Decimal
+    created_at: datetime
+
+
+async def record_usage(session: AsyncSession, usage: NewUsage) -> AiUsage:
+    row = AiUsage(**{name: getattr(usage, name) for name in NewUsage.__dataclass_fields__})
     session.add(row)
     await session.flush()
     return row
