@@ -276,9 +276,7 @@ async def insert_in(
         )
     usage = [m.usage for m in messages if m.usage is not None]
     if usage:
-        await connection.execute(
-            insert(_USAGE), [{name: getattr(u, name) for name in _USAGE_COLUMNS} for u in usage]
-        )
+        await connection.execute(insert(_USAGE), [u.values() for u in usage])
     return {m.id: seq for m, seq in numbered}
 
 

@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,9 +31,13 @@ class NewUsage:
     cost_usd: Decimal
     created_at: datetime
 
+    def values(self) -> dict[str, Any]:
+        """Column by column, in the order the fields are declared."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
 
 async def record_usage(session: AsyncSession, usage: NewUsage) -> AiUsage:
-    row = AiUsage(**{name: getattr(usage, name) for name in NewUsage.__dataclass_fields__})
+    row = AiUsage(**usage.values())
     session.add(row)
     await session.flush()
     return row
