@@ -249,16 +249,25 @@ async def test_size_limits_refuse_updates_and_leave_the_document_whole(
 
     other = pycrdt.Doc()  # grow the document with updates that fit, until it is full
     other_text = other.get("content", type=pycrdt.Text)
-    sent = ""
-    for n in range(10):
+    chunks = [f"[{n}]" + "y" * 1500 for n in range(10)]
+    for chunk in chunks:
         before = other.get_state()
-        chunk = f"[{n}]" + "y" * 1500
         other_text.insert(len(other_text), chunk)
         await b.sio.emit("sync-update", other.get_update(before), namespace=b.namespace)
-        sent += chunk
-    await eventually(lambda: truthy("document_too_large" in codes(b)))
+
+    async def answered() -> int:
+        # A refusal is told at once (once per kind); the updates before it are applied,
+        # and counted, once stored.
+        applied = int(await metric(api, "yjs_updates_total", outcome="applied"))
+        refused = int(await metric(api, "yjs_updates_total", outcome="document_too_large"))
+        assert applied + refused == len(chunks), (applied, refused)
+        return applied
+
+    applied = await eventually(answered)
+    assert 0 < applied < len(chunks)
+    assert codes(b) == ["document_too_large"]
     text = await stored_text(api, ann, doc)
-    assert 0 < len(text) < len(sent) and sent.startswith(text)
+    assert text == "".join(chunks[:applied])
     fresh = await open_document_on(client, ann, doc["id"])  # refusals stay with their senders
     assert fresh.text == text
     # The REST edit path obeys the same limit.
