@@ -31,6 +31,8 @@ export class Assistant {
   private readonly askButton = h("button", { type: "submit" }, "Ask");
   private readonly askNote = h("p", { class: "note", role: "status" });
   private readonly replyList = h("ol", { class: "replies", "aria-label": "Assistant answers", "aria-live": "polite", tabindex: "0" });
+  // The answer element of each reply shown, by reply id (the list as last drawn).
+  private readonly answers = new Map<string, HTMLElement>();
 
   /** ``listen`` registers a socket handler that the room removes when it closes;
    * ``nameOf`` gives a user id's username when the room knows it. */
@@ -60,7 +62,11 @@ export class Assistant {
       if (event.seq <= reply.seq || first > reply.seq + 1) return; // held already, or a gap
       reply.text += event.text;
       reply.seq = event.seq;
-      this.renderReplies();
+      const answer = this.answers.get(reply.id);
+      // The text alone changes: redrawing the list on every chunk would replace the
+      // Cancel button under a pointer between its press and release, and lose the click.
+      if (answer === undefined) this.renderReplies();
+      else this.keepingTheEnd(() => { answer.textContent = reply.text; });
     });
     const ended = (event: {
       document_id: string;
@@ -166,9 +172,20 @@ export class Assistant {
     }
   }
 
-  private renderReplies(): void {
+  /** Run ``change``; a list scrolled to its end before stays at its end after. */
+  private keepingTheEnd(change: () => void): void {
     const atEnd = this.replyList.scrollHeight - this.replyList.scrollTop - this.replyList.clientHeight < 40;
+    change();
+    if (atEnd) this.replyList.scrollTop = this.replyList.scrollHeight;
+  }
+
+  private renderReplies(): void {
+    this.keepingTheEnd(() => this.drawReplies());
+  }
+
+  private drawReplies(): void {
     clear(this.replyList);
+    this.answers.clear();
     const writer = this.role !== "viewer";
     // Ended replies in the room's order (their messages' seq), then those streaming.
     const order = (reply: Reply): number => reply.messageSeq ?? Number.MAX_SAFE_INTEGER;
@@ -178,7 +195,9 @@ export class Assistant {
       const asker = reply.askedBy || (reply.askedById === null ? null : this.nameOf(reply.askedById)) || "someone";
       if (reply.question !== "") item.append(h("p", { class: "question" }, h("strong", {}, asker), " asked: ", reply.question));
       else if (reply.askedById !== null) item.append(h("p", { class: "question" }, "Asked by ", h("strong", {}, asker)));
-      item.append(h("p", { class: "answer" }, reply.text || (reply.status === "streaming" ? "…" : "")));
+      const answer = h("p", { class: "answer" }, reply.text || (reply.status === "streaming" ? "…" : ""));
+      this.answers.set(reply.id, answer);
+      item.append(answer);
       if (reply.status === "streaming") {
         item.append(h("p", { class: "meta" }, "answering…"));
         if (writer) item.append(h("button", { type: "button", onclick: () => void this.cancel(reply.id) }, "Cancel"));
@@ -191,7 +210,6 @@ export class Assistant {
       }
       this.replyList.append(item);
     }
-    if (atEnd) this.replyList.scrollTop = this.replyList.scrollHeight;
   }
 }
 
