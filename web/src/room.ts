@@ -64,6 +64,9 @@ export class Room {
   private readonly typing = new Set<string>();
   private readonly names = new Map<string, string>(); // user id -> username, from the members list
   private editing: string | null = null;
+  // Each item of the message list as last drawn, by message seq or pending client_msg_id,
+  // with what it was drawn from: an item is drawn again only when that changed.
+  private readonly drawn = new Map<number | string, { from: unknown[]; item: HTMLElement }>();
   private editDraft: string | null = null;
   private typingSentAt = 0;
   private typingTimer: number | undefined;
@@ -447,38 +450,68 @@ export class Room {
       names.length === 0 ? "" : `${names.join(", ")} ${names.length === 1 ? "is" : "are"} typing…`;
   }
 
+  /** The message list brought up to date, item by item: an item whose message, pending
+   * send or controls did not change stays the same element, so a busy room neither
+   * redraws its whole history on each message nor replaces a button under the pointer
+   * (a click whose press and release fall on two elements is lost). */
   private renderMessages(): void {
     this.olderButton.hidden = !this.hasOlder;
-    clear(this.list);
     const me = this.session.user?.id;
-    const seqs = [...this.messages.keys()].sort((a, b) => a - b);
-    for (const seq of seqs) {
+    const wanted: HTMLElement[] = [];
+    const kept = new Set<number | string>();
+    const draw = (key: number | string, from: unknown[], make: () => HTMLElement): void => {
+      let entry = this.drawn.get(key);
+      if (entry === undefined || entry.from.some((value, n) => value !== from[n])) {
+        entry = { from, item: make() };
+        this.drawn.set(key, entry);
+      }
+      kept.add(key);
+      wanted.push(entry.item);
+    };
+    for (const seq of [...this.messages.keys()].sort((a, b) => a - b)) {
       const message = this.messages.get(seq);
-      if (message !== undefined) append(this.list, this.renderMessage(message, me));
+      if (message === undefined) continue;
+      draw(seq, [message, this.editing === message.id, this.role, me], () => this.renderMessage(message, me));
     }
     for (const pending of this.pending.values()) {
-      const item = h(
-        "li",
-        { class: "message pending", "data-client-msg-id": pending.clientMsgId },
-        h("span", { class: "who" }, this.session.user?.username ?? "you"),
-        h("span", { class: "text" }, pending.text),
-        h("span", { class: "meta" }, pending.error === null ? "sending…" : `not sent: ${pending.error}`),
-      );
-      if (pending.error !== null) {
-        item.append(
-          h("button", { type: "button", class: "link", onclick: () => void this.trySend(pending) }, "Retry"),
-          h("button", {
-            type: "button",
-            class: "link",
-            onclick: () => {
-              this.pending.delete(pending.clientMsgId);
-              this.renderMessages();
-            },
-          }, "Discard"),
-        );
-      }
-      this.list.append(item);
+      draw(pending.clientMsgId, [pending.text, pending.error], () => this.renderPending(pending));
     }
+    for (const key of this.drawn.keys()) if (!kept.has(key)) this.drawn.delete(key);
+    // Into place in order: items already there stay; new ones (mostly at the end) go in.
+    let at = this.list.firstElementChild;
+    for (const item of wanted) {
+      if (item === at) at = at.nextElementSibling;
+      else this.list.insertBefore(item, at);
+    }
+    while (at !== null) {
+      const next = at.nextElementSibling;
+      at.remove();
+      at = next;
+    }
+  }
+
+  private renderPending(pending: Pending): HTMLElement {
+    const item = h(
+      "li",
+      { class: "message pending", "data-client-msg-id": pending.clientMsgId },
+      h("span", { class: "who" }, this.session.user?.username ?? "you"),
+      h("span", { class: "text" }, pending.text),
+      h("span", { class: "meta" }, pending.error === null ? "sending…" : `not sent: ${pending.error}`),
+    );
+    if (pending.error !== null) {
+      item.append(
+        h("button", { type: "button", class: "link", onclick: () => void this.trySend(pending) }, "Retry"),
+        h("button", {
+          type: "button",
+          class: "link",
+          onclick: () => {
+            this.pending.delete(pending.clientMsgId);
+            this.renderMessages();
+          },
+        }, "Discard"),
+      );
+    }
+    return item;
   }
 
   private renderMessage(message: Message, me: string | undefined): HTMLElement {
@@ -491,7 +524,7 @@ export class Room {
       return item;
     }
     if (this.editing === message.id) {
-      // The list is redrawn whenever a message arrives: the draft is kept across.
+      // Kept across a redraw of this message (edited or deleted meanwhile, say).
       const box = h("input", { type: "text", value: this.editDraft ?? message.text, "aria-label": "Edit message", maxlength: 4000 });
       box.addEventListener("input", () => { this.editDraft = box.value; });
       const form = h("form", { class: "inline" }, box, h("button", { type: "submit" }, "Save"),
