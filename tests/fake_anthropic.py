@@ -29,6 +29,8 @@ class Plan:
     input_tokens: int = 25
     cache_read_input_tokens: int = 0
     stop_reason: str = "end_turn"
+    line_end: str = "\n"  # "\r\n" as well in the SSE format
+    piece: int | None = None  # write each event in pieces of this many bytes
 
 
 @dataclass
@@ -75,7 +77,11 @@ class FakeAnthropic:
                     assert request.transport is not None
                     request.transport.close()
                     return response
-                await response.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
+                end = plan.line_end
+                frame = f"event: {event}{end}data: {json.dumps(data)}{end}{end}".encode()
+                step = plan.piece or len(frame)
+                for start in range(0, len(frame), step):
+                    await response.write(frame[start : start + step])
             seen.finished = True
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
@@ -105,6 +111,7 @@ class FakeAnthropic:
                 },
             },
         )
+        yield "ping", {"type": "ping"}  # as the service sends, now and then
         yield (
             "content_block_start",
             {

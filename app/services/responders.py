@@ -14,6 +14,7 @@ from typing import Protocol, cast
 
 import anthropic
 import httpx2
+import orjson
 from anthropic.types import MessageParam
 
 
@@ -91,26 +92,41 @@ class AnthropicResponder:
 
     async def stream(self, prompt: Prompt, outcome: Outcome) -> AsyncGenerator[str, None]:
         try:
-            # The raw event stream, not messages.stream(): that helper also builds the
-            # whole message as it grows and a second event for every text delta, work
-            # per token that nothing here reads (the assistant keeps its own text).
-            stream = await self._client.messages.create(
+            # The SDK sends the request and answers its HTTP errors; the event stream is
+            # read here. Its own stream builds a validated model object of every event
+            # (and messages.stream() the whole message as well): about half the CPU of
+            # a streamed token, for fields that nothing here reads (bench/sdk_only.py).
+            request = self._client.messages.with_streaming_response.create(
                 model=self.model,
                 max_tokens=prompt.max_tokens,
                 system=prompt.system,
                 messages=cast(list[MessageParam], prompt.messages),
                 stream=True,
             )
-            async with stream:  # closes the upstream response, also when closed early
-                async for event in stream:
-                    if event.type == "content_block_delta":
-                        if event.delta.type == "text_delta":
-                            yield event.delta.text
-                    elif event.type == "message_start":
-                        _take_usage(outcome.usage, event.message.usage)
-                    elif event.type == "message_delta":
-                        outcome.stop_reason = event.delta.stop_reason
-                        _take_usage(outcome.usage, event.usage)
+            # Closes the upstream response on the way out, also when closed early.
+            async with request as response:
+                events = EventStreamDecoder()
+                async for data in response.http_response.aiter_bytes():
+                    for kind, body in events.feed(data):
+                        if kind == "content_block_delta":
+                            delta = body.get("delta")
+                            if isinstance(delta, dict) and delta.get("type") == "text_delta":
+                                yield str(delta["text"])
+                        elif kind == "message_start":
+                            message = body.get("message")
+                            if isinstance(message, dict):
+                                _take_usage(outcome.usage, message.get("usage"))
+                        elif kind == "message_delta":
+                            delta = body.get("delta")
+                            if isinstance(delta, dict):
+                                outcome.stop_reason = delta.get("stop_reason")
+                            _take_usage(outcome.usage, body.get("usage"))
+                        elif kind == "error":
+                            detail = body.get("error")
+                            detail = detail if isinstance(detail, dict) else {}
+                            status = ERROR_STATUS.get(str(detail.get("type")), 500)
+                            message_text = detail.get("message", "an error event")
+                            raise UpstreamError(f"{status}: {message_text}", status=status)
         except anthropic.APIStatusError as exc:
             status = _status_of(exc)
             raise UpstreamError(
@@ -149,6 +165,69 @@ def _status_of(error: anthropic.APIStatusError) -> int:
     return error.status_code
 
 
+# An event of the Messages stream larger than this is refused (a text delta is a few
+# bytes; message_start, the largest, well under a kilobyte).
+MAX_EVENT_BYTES = 1 << 20
+
+
+class EventStreamDecoder:
+    """A Messages stream's server-sent events, from its bytes as they arrive.
+
+    ``feed`` takes the next bytes and returns the events they complete, each as its
+    ``event`` field and its ``data`` parsed as a JSON object. Lines end in LF or CRLF;
+    comments, ``ping`` events, events without data and fields other than ``event`` and
+    ``data`` are passed over (the SSE format, as the Messages API uses it). Data that is
+    not a JSON object, or an event over ``MAX_EVENT_BYTES``, is refused with
+    ``UpstreamError``.
+    """
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[tuple[str, dict[str, object]]]:
+        buffer = self._buffer + data
+        if b"\r" in buffer:
+            # A CR held back at the end may be the first half of a CRLF.
+            buffer = buffer.replace(b"\r\n", b"\n")
+        events: list[tuple[str, dict[str, object]]] = []
+        start = 0
+        while (end := buffer.find(b"\n\n", start)) >= 0:
+            event = self._event(buffer[start:end])
+            if event is not None:
+                events.append(event)
+            start = end + 2
+        self._buffer = buffer[start:]
+        if len(self._buffer) > MAX_EVENT_BYTES:
+            raise UpstreamError(f"the model's service sent an event over {MAX_EVENT_BYTES} bytes")
+        return events
+
+    @staticmethod
+    def _event(block: bytes) -> tuple[str, dict[str, object]] | None:
+        kind = "message"
+        data: list[bytes] = []
+        for line in block.split(b"\n"):
+            name, _, value = line.partition(b":")
+            if value.startswith(b" "):
+                value = value[1:]
+            if name == b"data":
+                data.append(value)
+            elif name == b"event":
+                kind = value.decode(errors="replace")
+        if not data or kind == "ping":
+            return None
+        try:
+            body = orjson.loads(b"\n".join(data))
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError(
+                f"the model's service sent an event that is not JSON: {exc}"
+            ) from exc
+        if not isinstance(body, dict):
+            raise UpstreamError("the model's service sent an event that is not an object")
+        return kind, body
+
+
 def _retry_after(headers: Mapping[str, str]) -> float | None:
     """The wait the service asked for: ``retry-after-ms``, or ``retry-after`` in seconds
     or as an HTTP date."""
@@ -166,14 +245,16 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 
 def _take_usage(usage: Usage, reported: object) -> None:
     # message_start carries the input side, message_delta the running totals.
+    if not isinstance(reported, dict):
+        return
     for name in (
         "input_tokens",
         "output_tokens",
         "cache_creation_input_tokens",
         "cache_read_input_tokens",
     ):
-        value = getattr(reported, name, None)
-        if value is not None:
+        value = reported.get(name)
+        if isinstance(value, int):
             setattr(usage, name, value)
 
 
