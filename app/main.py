@@ -199,7 +199,14 @@ def create_app(settings: Settings) -> web.Application:
                 sessions, live_documents, limits, knowledge, passages=settings.ai_passages
             )
             app[ASSISTANT] = assistant = Assistant(
-                sessions, broadcaster, chat, context, responder, limits, realtime.replies
+                sessions,
+                broadcaster,
+                chat,
+                documents.room_access,
+                context,
+                responder,
+                limits,
+                realtime.replies,
             )
             if realtime.replies is not None:  # another node's cancel of a reply here
                 realtime.replies.use(assistant.cancel_here)

@@ -15,7 +15,7 @@ from storage.models import GlobalRole
 from tests.assistant_support import ask, of, room_of_two, streamed
 from tests.conftest import ClaudeFactory, ClientFactory, ConnectOn
 from tests.fake_anthropic import FakeAnthropic, Plan
-from tests.helpers import Api, eventually, truthy
+from tests.helpers import Api, equal, eventually, truthy
 
 
 async def test_the_whole_room_gets_the_same_stream_and_one_final_message(
@@ -129,6 +129,26 @@ async def test_one_reply_per_room_and_viewers_cannot_ask(
     await eventually(lambda: truthy(of(a, "ai:done", first)), timeout=10)
     third = await ask(a, doc_id, "three")  # the room is free again
     await eventually(lambda: truthy(of(a, "ai:done", third)), timeout=10)
+
+
+async def test_an_ask_follows_the_askers_role_as_it_changes(
+    claude: tuple[FakeAnthropic, Api], connect_on: ConnectOn
+) -> None:
+    # The role an ask is checked against is cached (as a send's is): a change drops it.
+    _, api = claude
+    ann, ben, doc_id, _, b = await room_of_two(api, connect_on(api))
+    first = await ask(b, doc_id, "as an editor")
+    await eventually(lambda: truthy(of(b, "ai:done", first)), timeout=10)
+    member = f"/api/v1/documents/{doc_id}/members/{ben.id}"
+    await api.call("PUT", member, user=ann, json={"role": "viewer"})
+    await eventually(lambda: equal([d["role"] for d in of(b, "room:role")], ["viewer"]))
+    with pytest.raises(CommandError) as forbidden:
+        await ask(b, doc_id, "as a viewer")
+    assert forbidden.value.code == "forbidden"
+    await api.call("PUT", member, user=ann, json={"role": "editor"})  # and back
+    await eventually(lambda: equal([d["role"] for d in of(b, "room:role")], ["viewer", "editor"]))
+    again = await ask(b, doc_id, "an editor again")
+    await eventually(lambda: truthy(of(b, "ai:done", again)), timeout=10)
 
 
 async def test_usage_and_cost_per_user_admins_see_everyone(

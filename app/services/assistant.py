@@ -22,6 +22,7 @@ import logging
 import random
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -35,7 +36,7 @@ from app.services.ai_limits import FREE, AssistantLimits, CircuitBreaker, Hold, 
 from app.services.assistant_context import Citation, ContextBuilder
 from app.services.chat import CAN_WRITE, ChatService
 from app.services.chat_writer import Stored
-from app.services.documents import membership
+from app.services.documents import RoomAccess
 from app.services.responders import (
     OFFLINE_MODEL,
     Outcome,
@@ -115,12 +116,15 @@ class Assistant:
         sessions: async_sessionmaker[AsyncSession],
         broadcaster: Broadcaster,
         chat: ChatService,
+        room_access: Callable[[Principal, uuid.UUID], Awaitable[RoomAccess]],
         context: ContextBuilder,
         responder: Responder,
         limits: AssistantLimits,
         cluster: ReplyCluster | None = None,
     ) -> None:
+        """``room_access`` is DocumentService's: an asker's role, cached as a sender's."""
         self._sessions = sessions
+        self._room_access = room_access
         self._cluster = cluster
         self._broadcaster = broadcaster
         self._chat = chat
@@ -150,9 +154,7 @@ class Assistant:
 
     async def ask(self, principal: Principal, document_id: uuid.UUID, question: str) -> Reply:
         """Start a reply; returns at once (the answer streams to the room)."""
-        async with read_session(self._sessions) as session:
-            view = await membership(session, principal, document_id)
-        if view.role not in CAN_WRITE:
+        if (await self._room_access(principal, document_id)).role not in CAN_WRITE:
             raise Forbidden("viewers cannot ask the assistant")
         # Held before what was spent is read, so that an ask at the same time counts it
         # (TokenBudgets says why); dropped if this ask is refused.
@@ -217,9 +219,7 @@ class Assistant:
                 owner = await self._cluster.owner(document_id, reply_id)
             if owner is None:
                 raise NotFound("no such reply streaming in this room")
-        async with read_session(self._sessions) as session:
-            view = await membership(session, principal, document_id)
-        if view.role not in CAN_WRITE:
+        if (await self._room_access(principal, document_id)).role not in CAN_WRITE:
             raise Forbidden("viewers cannot cancel a reply")
         if owner is not None and self._cluster is not None:
             await self._cluster.cancel(owner, document_id, reply_id, principal.user_id)
