@@ -162,10 +162,10 @@ def _assistant_reading(results: list[AssistantResult], ideal: float) -> list[str
     text += f"It spent {per_token:,.0f} µs of CPU per upstream token"
     if default.responder_us is not None:
         text += (
-            f", of which the responder alone, the SDK streaming the same {a.ROOMS} replies in "
-            f"a process that does nothing else, takes {default.responder_us:,.0f} µs "
-            f"({default.responder_us / per_token:.0%}): each token arrives as one HTTP read "
-            "and one parsed, validated event object, before any fan-out"
+            f", of which the responder alone, the same {a.ROOMS} replies streamed through the "
+            "SDK's request in a process that does nothing else, takes "
+            f"{default.responder_us:,.0f} µs ({default.responder_us / per_token:.0%}): each "
+            "token arrives as one HTTP read and one server-sent event, before any fan-out"
         )
     text += ". "
     idle, busy = default.probe_idle, default.probe_busy

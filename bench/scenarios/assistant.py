@@ -20,7 +20,7 @@ run (replies starting, only streaming, ending).
 All of it twice: with the default coalescing (``AI_CHUNK_INTERVAL_SECONDS`` 0.05) and
 with none (0: one event per token), to show what batching buys. Once, before the
 server starts: the server's responder alone (bench/sdk_only.py, on the server's core)
-consuming the same 50 streams, what the SDK costs per token before roomserver does
+consuming the same 50 streams, what a streamed token costs before roomserver does
 anything with the text.
 
 Placement: roomserver on core 0; the load generator (bench/node/aigen.mjs, all 170
@@ -404,7 +404,7 @@ async def measure(
 
 
 async def responder_alone(upstream: ServerProcess) -> float | None:
-    """Server CPU per token of the SDK's streaming alone, in µs (None: it failed)."""
+    """Server CPU per token of the responder's streaming alone, in µs (None: it failed)."""
     command = [
         sys.executable,
         "-m",
