@@ -128,6 +128,18 @@ class Settings(BaseSettings):
         description="...and waiting for a turn; past both, sign-ins and registrations are "
         "answered 503 unavailable with Retry-After.",
     )
+    password_hash_time_cost: int = Field(
+        3,
+        ge=1,
+        description="Argon2id passes over the memory (RFC 9106's second recommendation: 3)...",
+    )
+    password_hash_memory_kib: int = Field(
+        65536,
+        ge=32,  # 8 KiB for each of the 4 lanes
+        description="...and the memory each hash fills, in KiB (64 MiB). A stored hash made "
+        "with other parameters is made again at its user's next sign-in. Below OWASP's "
+        "minimum (19 MiB with 2 passes) the server warns at start: for tests only.",
+    )
 
     # --- AI and knowledge (used by later features) ---------------------------------
     anthropic_api_key: SecretStr | None = Field(

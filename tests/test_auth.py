@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import jwt
+import pytest
+from sqlalchemy import select
 
+from app.auth.passwords import argon2id
+from app.keys import SESSIONS
+from storage.models import User
 from tests.conftest import AppFactory
 from tests.helpers import PASSWORD, Api
 
@@ -169,3 +175,33 @@ async def test_me_reports_the_current_role(api: Api) -> None:
     me = await api.call("GET", "/api/v1/auth/me", user=leo)
     assert set(me) == {"id", "username", "role", "disabled", "created_at"}
     assert me["id"] == leo.id
+
+
+async def stored_hash(api: Api, username: str) -> str:
+    async with api.client.app[SESSIONS]() as session:
+        found = await session.scalar(select(User.password_hash).where(User.username == username))
+    assert found is not None
+    return found
+
+
+async def test_a_hash_of_other_parameters_is_made_again_at_sign_in(start_app: AppFactory) -> None:
+    before = Api(await start_app(password_hash_time_cost=1, password_hash_memory_kib=32))
+    await before.user("dora")
+    assert "$m=32,t=1,p=4$" in await stored_hash(before, "dora")
+    # The same database, served with other parameters: the old hash still signs in...
+    after = Api(await start_app(password_hash_time_cost=2, password_hash_memory_kib=64))
+    await after.login("dora")
+    # ...and is replaced by one of the new parameters, which signs in too.
+    assert "$m=64,t=2,p=4$" in await stored_hash(after, "dora")
+    await after.login("dora")
+    await after.login("dora", "not the password", expect=401)
+
+
+def test_a_hash_cheaper_than_owasp_advises_is_warned_of(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="app.auth.passwords"):
+        argon2id(time_cost=3, memory_kib=65536)  # the defaults
+        argon2id(time_cost=2, memory_kib=19 * 1024)  # OWASP's second option
+        assert not caplog.records
+        argon2id(time_cost=1, memory_kib=32)
+    [warning] = caplog.records
+    assert "less than OWASP advises" in warning.getMessage()

@@ -120,7 +120,13 @@ async def test_registrations_from_one_address_are_throttled(start_app: AppFactor
 async def test_concurrent_sign_ins_past_the_hashing_bound_are_refused_at_once(
     start_app: AppFactory,
 ) -> None:
-    client = await start_app(password_hash_concurrency=1, password_hash_queue=2)
+    # At the default cost (the tests' is the least): logins take long enough to pile up.
+    client = await start_app(
+        password_hash_concurrency=1,
+        password_hash_queue=2,
+        password_hash_time_cost=3,
+        password_hash_memory_kib=65536,
+    )
     api = Api(client)
     for i in range(12):
         await api.user(f"user{i}")

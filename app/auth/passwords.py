@@ -1,14 +1,15 @@
 """Argon2id password hashing, run in worker threads, a bounded number at a time.
 
-Each hash costs ~50 ms of a core and 64 MiB: ``concurrency`` run at once and
-``queue`` more may wait their turn; past that the caller is refused at once
-(``ServiceUnavailable`` with a retry-after) rather than the server queueing work
-it cannot finish.
+Each hash costs ~50 ms of a core and 64 MiB (``argon2id``'s settings' defaults):
+``concurrency`` run at once and ``queue`` more may wait their turn; past that the
+caller is refused at once (``ServiceUnavailable`` with a retry-after) rather than the
+server queueing work it cannot finish.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -19,6 +20,23 @@ from app.errors import ServiceUnavailable
 
 T = TypeVar("T")
 BUSY_RETRY_AFTER_SECONDS = 1
+# OWASP's Argon2id options, from 46 MiB with 1 pass to 7 MiB with 5, each spend at
+# least this many KiB-passes: a cheaper hash is weaker than it advises.
+OWASP_LEAST_KIB_PASSES = 7 * 1024 * 5
+
+log = logging.getLogger(__name__)
+
+
+def argon2id(*, time_cost: int, memory_kib: int) -> PasswordHasher:
+    """The hasher of ``PASSWORD_HASH_TIME_COST`` and ``PASSWORD_HASH_MEMORY_KIB``."""
+    if time_cost * memory_kib < OWASP_LEAST_KIB_PASSES:
+        log.warning(
+            "password hashes cost %d pass(es) over %d KiB, less than OWASP advises: "
+            "fit for tests, not for real passwords",
+            time_cost,
+            memory_kib,
+        )
+    return PasswordHasher(time_cost=time_cost, memory_cost=memory_kib)
 
 
 class Passwords:
