@@ -26,6 +26,7 @@ class Plan:
     retry_after: float | None = None
     error_after: int | None = None  # send an `error` event after this many tokens
     drop_after: int | None = None  # close the connection after this many tokens
+    end_after: int | None = None  # end the response, well formed, after this many tokens
     input_tokens: int = 25
     cache_read_input_tokens: int = 0
     stop_reason: str = "end_turn"
@@ -132,6 +133,8 @@ class FakeAnthropic:
                 return
             if plan.drop_after == index:
                 yield "drop", {}
+                return
+            if plan.end_after == index:
                 return
             if plan.delay:
                 await asyncio.sleep(plan.delay)

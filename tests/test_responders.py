@@ -149,3 +149,21 @@ async def test_an_error_event_and_an_http_error_carry_their_status(
     assert (overloaded.value.status, overloaded.value.retry_after) == (529, None)
     assert "Overloaded" in str(overloaded.value)
     assert (limited.value.status, limited.value.retry_after) == (429, 3.0)
+
+
+async def test_a_stream_that_ends_before_message_stop_is_an_upstream_error(
+    anthropic_server: tuple[FakeAnthropic, str],
+) -> None:
+    fake, url = anthropic_server
+    fake.plan(Plan(tokens=["cut ", "short ", "here"], end_after=2))
+    responder = AnthropicResponder(api_key="test-key", base_url=url, model="claude-test")
+    prompt = Prompt(system="", messages=[{"role": "user", "content": "hi"}], max_tokens=9)
+    seen: list[str] = []
+    try:
+        with pytest.raises(UpstreamError, match="before its message_stop") as cut:
+            async for delta in responder.stream(prompt, Outcome()):
+                seen.append(delta)
+    finally:
+        await responder.close()
+    assert seen == ["cut ", "short "]
+    assert cut.value.status is None  # no answer of the service's: retried if nothing came

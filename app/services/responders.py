@@ -106,12 +106,17 @@ class AnthropicResponder:
             # Closes the upstream response on the way out, also when closed early.
             async with request as response:
                 events = EventStreamDecoder()
+                stopped = False
                 async for data in response.http_response.aiter_bytes():
                     for kind, body in events.feed(data):
                         if kind == "content_block_delta":
                             delta = body.get("delta")
                             if isinstance(delta, dict) and delta.get("type") == "text_delta":
-                                yield str(delta["text"])
+                                text = delta.get("text")
+                                if isinstance(text, str):
+                                    yield text
+                        elif kind == "message_stop":
+                            stopped = True
                         elif kind == "message_start":
                             message = body.get("message")
                             if isinstance(message, dict):
@@ -127,6 +132,9 @@ class AnthropicResponder:
                             status = ERROR_STATUS.get(str(detail.get("type")), 500)
                             message_text = detail.get("message", "an error event")
                             raise UpstreamError(f"{status}: {message_text}", status=status)
+                if not stopped:
+                    # A reply cut short is not a whole reply, however the stream ended.
+                    raise UpstreamError("the stream ended before its message_stop")
         except anthropic.APIStatusError as exc:
             status = _status_of(exc)
             raise UpstreamError(
