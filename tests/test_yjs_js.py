@@ -26,7 +26,7 @@ from roomclient import DocumentClient
 from storage.db import create_engine, create_sessionmaker
 from storage.repositories import crdt as crdt_repo
 from tests.conftest import TEST_JWT_SECRET, AppFactory, DocumentFactory, NodePrograms
-from tests.helpers import Api, User, eventually
+from tests.helpers import Api, User, equal, eventually
 from tests.test_cli import ROOT, free_port, wait_until_up
 from tests.yjs_js import YjsJsClient
 
@@ -76,10 +76,6 @@ async def shared(api: Api, member_role: str) -> tuple[User, User, str]:
     """ann owns a document shared with ben as ``member_role``: (ann, ben, its id)."""
     ann, ben, doc = await api.room(member_role)
     return ann, ben, str(doc["id"])
-
-
-def equal(actual: object, expected: object) -> None:
-    assert actual == expected
 
 
 async def content(api: Api, user: User, document_id: str) -> str:
@@ -220,10 +216,14 @@ async def test_late_joiner_receives_everything(
     ann, ben, doc_id = await shared(api, "editor")
     a = await js(ann, doc_id)
     py = await open_document(ben, doc_id)
+    lines = "".join(f"line {i}\n" for i in range(20))
     for i in range(20):
         await a.append(f"line {i}\n")
+    # The title goes before the lines once they are here: inserted into an empty copy,
+    # it would be concurrent with them, placed before or after by the clients' ids.
+    await eventually(lambda: equal(py.text, lines))
     py.edit(lambda text: text.insert(0, "title\n"))
-    expected = "title\n" + "".join(f"line {i}\n" for i in range(20))
+    expected = "title\n" + lines
     await converged(expected, a, py)
 
     late = await js(ben, doc_id)
