@@ -16,15 +16,15 @@ class TokenBucket:
         self._tokens = float(burst)
         self._updated = time.monotonic()
 
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+    def _refill(self, now: float) -> None:
+        tokens = self._tokens + (now - self._updated) * self.rate
+        self._tokens = tokens if tokens < self.burst else self.burst
         self._updated = now
 
     def take(self, tokens: float = 1) -> bool:
         """Spend ``tokens`` (at most ``burst`` are ever asked) if there are that many."""
         tokens = min(tokens, self.burst)
-        self._refill()
+        self._refill(time.monotonic())
         if self._tokens >= tokens:
             self._tokens -= tokens
             return True
@@ -32,16 +32,18 @@ class TokenBucket:
 
     def spend(self, tokens: float = 1) -> None:
         """Spend ``tokens`` that ``wait`` just found there (no second refill)."""
-        self._tokens -= min(tokens, self.burst)
+        self._tokens -= tokens if tokens < self.burst else self.burst
 
-    def wait(self, tokens: float = 1) -> float:
-        """Seconds until ``tokens`` are available."""
-        self._refill()
-        return max(0.0, (min(tokens, self.burst) - self._tokens) / self.rate)
+    def wait(self, tokens: float = 1, now: float | None = None) -> float:
+        """Seconds until ``tokens`` are available; ``now``: ``time.monotonic()`` read
+        already (by a caller asking several buckets at once)."""
+        self._refill(time.monotonic() if now is None else now)
+        short = (tokens if tokens < self.burst else self.burst) - self._tokens
+        return short / self.rate if short > 0 else 0.0
 
     @property
     def full(self) -> bool:
-        self._refill()
+        self._refill(time.monotonic())
         return self._tokens >= self.burst
 
 

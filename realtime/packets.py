@@ -10,14 +10,21 @@ undecodable packet and goes on.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import orjson
 from socketio import packet
 
 KINDS = frozenset(
     {packet.CONNECT, packet.DISCONNECT, packet.EVENT, packet.ACK, packet.BINARY_EVENT}
     | {packet.BINARY_ACK}
 )
+# A plain text event packet up to its data: "2", a namespace and its comma, an ack id
+# (ASCII digits, as many as JavaScript's safe integers have: a longer id goes to the
+# packet class, which takes up to 100), then the data's "[".
+_NAME_TYPES = (str, int, float)  # what may name an event (a bool may not)
+_PLAIN_EVENT = re.compile(r"2(?:(/[^,?]*),)?([0-9]{0,16})(?=\[)")
 
 
 class UndecodablePacket(ValueError):
@@ -25,6 +32,26 @@ class UndecodablePacket(ValueError):
     interpreter's recursion limit, a number of thousands of digits), an attachment
     placeholder that names no attachment, or an event that is not a list headed by its
     name."""
+
+
+def plain_event(encoded: str) -> tuple[str | None, int | None, list[Any]] | None:
+    """A plain text event packet (``2``, a namespace, an ack id, a JSON list headed by
+    the event's name) decoded as ``CheckedPacket`` would; None for every other packet,
+    which the packet class decodes (or refuses). Nearly every packet a client sends is
+    of this shape, and the general decoder took twice as long.
+    """
+    head = _PLAIN_EVENT.match(encoded)
+    if head is None:
+        return None  # attachments ("-"), a "?" in the namespace, no data, not an event
+    try:
+        data = orjson.loads(encoded[head.end() :])
+    except orjson.JSONDecodeError:
+        return None  # the stdlib may take it (realtime.server._OrjsonModule)
+    name = data[0] if data else None  # a list: it began with "["
+    if not isinstance(name, _NAME_TYPES) or isinstance(name, bool):
+        return None
+    namespace, digits = head.group(1, 2)
+    return namespace, int(digits) if digits else None, data
 
 
 class CheckedPacket(packet.Packet):  # type: ignore[misc]
@@ -60,7 +87,7 @@ class CheckedPacket(packet.Packet):  # type: ignore[misc]
         data = self.data
         if self.packet_type in (packet.EVENT, packet.BINARY_EVENT):
             name = data[0] if isinstance(data, list) and data else None
-            if not isinstance(name, str | int | float) or isinstance(name, bool):
+            if not isinstance(name, _NAME_TYPES) or isinstance(name, bool):
                 raise UndecodablePacket("an event is a list headed by its name")
         elif self.packet_type in (packet.ACK, packet.BINARY_ACK) and not isinstance(data, list):
             raise UndecodablePacket("an ack is a list")

@@ -9,6 +9,7 @@ multiply what a user may send. A refused command costs nothing and is answered
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,15 +39,18 @@ class CommandLimits:
         self, buckets: Mapping[str, TokenBucket], user_id: uuid.UUID, kind: str, cost: float = 1
     ) -> float:
         """Seconds until ``cost`` of class ``kind`` may be spent (0: now)."""
-        return max(buckets[kind].wait(cost), self._users[kind].get(user_id).wait(cost))
+        now = time.monotonic()
+        mine, theirs = buckets[kind], self._users[kind].get(user_id)
+        return max(mine.wait(cost, now), theirs.wait(cost, now))
 
     def take(
         self, buckets: Mapping[str, TokenBucket], user_id: uuid.UUID, kind: str, cost: float = 1
     ) -> float:
         """Spend ``cost`` of class ``kind`` from the connection's and the user's
         buckets and return 0, or spend nothing and return the seconds to wait."""
+        now = time.monotonic()
         mine, theirs = buckets[kind], self._users[kind].get(user_id)
-        wait = max(mine.wait(cost), theirs.wait(cost))
+        wait = max(mine.wait(cost, now), theirs.wait(cost, now))
         if wait == 0:
             mine.spend(cost)
             theirs.spend(cost)

@@ -29,7 +29,7 @@ from realtime.delivery.encoding import Encoded, encode_ack, encode_event
 from realtime.delivery.manager import DeliveryManager
 from realtime.delivery.metrics import DeliveryMetrics
 from realtime.engine.server import EngineServer
-from realtime.packets import CheckedPacket, UndecodablePacket
+from realtime.packets import CheckedPacket, UndecodablePacket, plain_event
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +112,15 @@ class RoomServer(socketio.AsyncServer):  # type: ignore[misc]
         awaits nothing, without the reader task and the chain of coroutines between."""
         if data[:1] != "2" or eio_sid in self._binary_packet:
             return False  # not an event, or an attachment of a binary packet
-        try:
-            pkt = self.packet_class(encoded_packet=data)
-        except UndecodablePacket as exc:
-            log.info("dropped a packet that could not be decoded (%s)", exc)
-            return True
-        self._start_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
+        event = plain_event(data)
+        if event is None:
+            try:
+                pkt = self.packet_class(encoded_packet=data)
+            except UndecodablePacket as exc:
+                log.info("dropped a packet that could not be decoded (%s)", exc)
+                return True
+            event = pkt.namespace, pkt.id, pkt.data
+        self._start_event(eio_sid, *event)
         return True
 
     async def _handle_event(

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.auth.principal import Principal
 from app.errors import NotFound
 from app.keys import CHAT_SERVICE, ENGINE
-from app.services.chat_writer import ChatWriter, Pending, Stored
+from app.services.chat_writer import ChatWriter, Pending, Stored, random_uuids
 from app.services.documents import RoomAccess
 from storage.chat_batches import BatchWriter, Conflict, NewMessage, batch_writer
 from storage.models import AiUsage, AuthorKind, GlobalRole, utcnow
@@ -402,3 +402,16 @@ async def test_a_send_that_finds_its_role_known_waits_behind_one_still_reading_i
     fourth = chat.submit(principal, document_id, client_msg_id="fourth", text="fourth")
     assert not isinstance(fourth, asyncio.Task)
     assert (await fourth)[0].seq == 4
+
+
+def test_message_ids_are_random_version_4_uuids() -> None:
+    ids = random_uuids(10_000)
+    assert len(set(ids)) == len(ids)
+    assert {(i.version, i.variant) for i in ids} == {(4, uuid.RFC_4122)}
+    # Every other bit is random: each is set in about half of them (a bit held at 0 or
+    # 1 would be 5,000 ± 300 away; chance alone, six standard deviations).
+    for bit in range(128):
+        if bit in range(76, 80) or bit in (62, 63):  # the version and the variant
+            continue
+        ones = sum(i.int >> bit & 1 for i in ids)
+        assert 4_700 < ones < 5_300, bit

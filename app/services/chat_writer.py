@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -253,7 +254,7 @@ class ChatWriter:
         now = utcnow()
         rows = [
             NewMessage(
-                id=uuid.uuid4(),
+                id=id,
                 document_id=m.document_id,
                 author_kind=m.author_kind,
                 author_id=m.author_id,
@@ -263,7 +264,7 @@ class ChatWriter:
                 created_at=now,
                 usage=m.usage,
             )
-            for m in messages
+            for m, id in zip(messages, random_uuids(len(messages)), strict=True)
         ]
         if self._one_trip is not None:
             seqs = await self._one_trip.insert(rows)
@@ -341,6 +342,21 @@ class ChatWriter:
         self._in_flight[message.document_id] -= 1
         if not self._in_flight[message.document_id]:
             del self._in_flight[message.document_id]
+
+
+# uuid.uuid4's version and variant bits, set in a random 128-bit integer.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & (1 << 128) - 1
+_UUID4_SET = (4 << 76) | (0x8000 << 48)
+
+
+def random_uuids(count: int) -> list[uuid.UUID]:
+    """``count`` random (version 4) UUIDs, as ``uuid.uuid4`` makes them, from one read
+    of the operating system's random source: uuid4's read per id took half its time."""
+    raw = os.urandom(16 * count)
+    return [
+        uuid.UUID(int=int.from_bytes(raw[at : at + 16]) & _UUID4_CLEAR | _UUID4_SET)
+        for at in range(0, 16 * count, 16)
+    ]
 
 
 def _first_copies(batch: list[Pending]) -> list[Pending]:
