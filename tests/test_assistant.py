@@ -306,3 +306,21 @@ async def test_replies_build_their_prompts_a_few_at_a_time(
     await eventually(lambda: [truthy(of(a, "ai:done", r)) for r in replies], timeout=10)
     assert most == 2
     assert all(of(a, "ai:done", r)[0]["status"] == "completed" for r in replies)
+
+
+async def test_a_reply_with_a_nul_character_is_streamed_and_stored_as_a_replacement(
+    claude: tuple[FakeAnthropic, Api], connect_on: ConnectOn
+) -> None:
+    # PostgreSQL stores no U+0000 in text: such a reply failed its batch, and with it
+    # every chat message committed in the same batch.
+    fake, api = claude
+    fake.plan(Plan(tokens=["a\x00b", " c"]))
+    _, ben, doc_id, a, b = await room_of_two(api, connect_on(api))
+    reply_id = await ask(a, doc_id, "Anything?")
+
+    await eventually(lambda: truthy(of(b, "ai:done", reply_id)), timeout=10)
+    [done] = of(b, "ai:done", reply_id)
+    assert done["status"] == "completed"
+    assert streamed(b, reply_id) == done["message"]["text"] == "a\ufffdb c"
+    history = await api.call("GET", f"/api/v1/documents/{doc_id}/messages", user=ben)
+    assert history["items"][-1]["text"] == "a\ufffdb c"

@@ -333,7 +333,9 @@ class Assistant:
                 stream = self.responder.stream(prompt, reply.outcome)
                 async with contextlib.aclosing(stream) as deltas:
                     async for delta in deltas:
-                        reply.pending += delta
+                        # Stored text holds no U+0000 (PostgreSQL refuses it, and with
+                        # it the batch the reply is committed in): shown as stored.
+                        reply.pending += delta.replace("\x00", "\ufffd")
                         if not batched or len(reply.pending) >= self.limits.chunk_chars:
                             self._flush(reply)
                 return
