@@ -45,12 +45,29 @@ def ws_frame(opcode: int, payload: bytes, *, compressed: bool = False) -> bytes:
 class Encoded:
     """One event or packet ready for any transport."""
 
-    __slots__ = ("_deflated", "frames", "packets")
+    __slots__ = ("_deflated", "_message", "_packets", "frames")
 
-    def __init__(self, packets: tuple[eio_packet.Packet, ...], frames: bytes) -> None:
-        self.packets = packets  # for long-polling responses
+    def __init__(
+        self,
+        packets: tuple[eio_packet.Packet, ...] | None,
+        frames: bytes,
+        *,
+        message: bytes = b"",
+    ) -> None:
+        """``packets``, or (None) the UTF-8 of the one MESSAGE packet they are, made
+        into it only when a long-polling connection takes it: nearly every recipient is
+        a websocket connection, and the packet cost a third of the encoding."""
+        self._packets = packets
+        self._message = message
         self.frames = frames  # for websocket connections: every part's frame, back to back
         self._deflated: bytes | None = None
+
+    @property
+    def packets(self) -> tuple[eio_packet.Packet, ...]:
+        """The Engine.IO packets, for long-polling responses."""
+        if self._packets is None:
+            self._packets = (eio_packet.Packet(eio_packet.MESSAGE, self._message.decode()),)
+        return self._packets
 
     @property
     def size(self) -> int:
@@ -120,9 +137,8 @@ def _encode_json(kind: str, namespace: str, ack_id: int | None, body: bytes) -> 
     head = kind if namespace == "/" else f"{kind}{namespace},"
     if ack_id is not None:
         head += str(ack_id)
-    text = head + body.decode()
-    packet = eio_packet.Packet(eio_packet.MESSAGE, text)
-    return Encoded((packet,), ws_frame(TEXT, b"4" + head.encode() + body))
+    message = head.encode() + body
+    return Encoded(None, ws_frame(TEXT, b"4" + message), message=message)
 
 
 PING = encode_packets((eio_packet.Packet(eio_packet.PING),))
