@@ -81,7 +81,8 @@ def batch_writer(engine: AsyncEngine) -> BatchWriter | None:
 
 # The batch goes as one JSON array of objects, one per message, in order: as arrays
 # (one per column, through unnest) asyncpg checked each element against the
-# collection ABCs, twice what building and encoding the JSON costs.
+# collection ABCs, twice this server's CPU for the JSON. PostgreSQL parses the JSON
+# instead, on its own processes (a 350-message statement took 10 ms, not 9.5).
 _POSTGRES_INSERT = """
 WITH batch AS (
     SELECT * FROM ROWS FROM (
