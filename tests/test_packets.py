@@ -5,6 +5,7 @@ raises; and it takes the packets clients send."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,12 +17,12 @@ from realtime.server import _OrjsonModule
 
 
 @pytest.fixture(autouse=True, scope="module")
-def server_json() -> Any:
-    # What RoomServer gives python-socketio (its packet class decodes with it).
-    before = CheckedPacket.json
-    CheckedPacket.json = _OrjsonModule
-    yield
-    CheckedPacket.json = before
+def server_json() -> Iterator[None]:
+    # What RoomServer gives python-socketio (its packet class decodes with it); undone
+    # as it was (inherited from python-socketio's Packet, not set on the class).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CheckedPacket, "json", _OrjsonModule)
+        yield
 
 
 def general(encoded: str) -> tuple[str | None, int | None, Any] | UndecodablePacket:
