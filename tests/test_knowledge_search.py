@@ -169,7 +169,9 @@ async def test_failed_index_writes_are_retried(
     async def searchable() -> None:
         assert await found(api, admin, "how do I ship a new release?") == ["Deploying"]
 
-    await eventually(searchable)
+    # Each try embeds the entry again before the store refuses it: under a full run's
+    # load two tries took the default 5 s (CI, 4ed6749).
+    await eventually(searchable, timeout=30)
     assert failing["replace"] == 0
 
     monkeypatch.setattr(VectorStore, "delete", delete)
@@ -183,5 +185,5 @@ async def test_failed_index_writes_are_retried(
     async def gone() -> None:
         assert await store.count() == 0
 
-    await eventually(gone)
+    await eventually(gone, timeout=30)
     assert failing["delete"] == 0
