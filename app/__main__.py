@@ -90,7 +90,7 @@ async def _create_user(settings: Settings, username: str, password: str, role: s
     from pydantic import TypeAdapter
 
     from app.api.schemas import Credentials
-    from app.auth.passwords import Passwords, argon2id
+    from app.auth.passwords import Passwords, password_hasher
     from app.auth.tokens import token_codec
     from app.errors import AppError
     from app.events import NullBroadcaster
@@ -111,12 +111,7 @@ async def _create_user(settings: Settings, username: str, password: str, role: s
         service = AuthService(
             create_sessionmaker(engine),
             token_codec(settings),
-            Passwords(
-                argon2id(
-                    time_cost=settings.password_hash_time_cost,
-                    memory_kib=settings.password_hash_memory_kib,
-                )
-            ),
+            Passwords(password_hasher(settings)),
             ExpiringCache(ttl=0, max_entries=1),
             NullBroadcaster(),
             allow_registration=True,

@@ -19,7 +19,7 @@ from app.api import usage as _usage_routes  # noqa: F401
 from app.api import users as _user_routes  # noqa: F401
 from app.api.middleware import cors, errors, observe
 from app.api.v1 import api
-from app.auth.passwords import Passwords, argon2id
+from app.auth.passwords import Passwords, password_hasher
 from app.auth.throttle import SignInThrottle
 from app.auth.tokens import token_codec
 from app.buckets import Rate
@@ -124,10 +124,7 @@ def create_app(settings: Settings) -> web.Application:
                 sessions,
                 codec,
                 Passwords(
-                    argon2id(
-                        time_cost=settings.password_hash_time_cost,
-                        memory_kib=settings.password_hash_memory_kib,
-                    ),
+                    password_hasher(settings),
                     concurrency=settings.password_hash_concurrency,
                     queue=settings.password_hash_queue,
                 ),

@@ -16,6 +16,7 @@ from typing import TypeVar
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from app.config import Settings
 from app.errors import ServiceUnavailable
 
 T = TypeVar("T")
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def argon2id(*, time_cost: int, memory_kib: int) -> PasswordHasher:
-    """The hasher of ``PASSWORD_HASH_TIME_COST`` and ``PASSWORD_HASH_MEMORY_KIB``."""
+    """An Argon2id hasher of ``time_cost`` passes over ``memory_kib`` KiB, warned of
+    below OWASP's minimum."""
     if time_cost * memory_kib < OWASP_LEAST_KIB_PASSES:
         log.warning(
             "password hashes cost %d pass(es) over %d KiB, less than OWASP advises: "
@@ -37,6 +39,13 @@ def argon2id(*, time_cost: int, memory_kib: int) -> PasswordHasher:
             memory_kib,
         )
     return PasswordHasher(time_cost=time_cost, memory_cost=memory_kib)
+
+
+def password_hasher(settings: Settings) -> PasswordHasher:
+    """``argon2id`` of ``PASSWORD_HASH_TIME_COST`` and ``PASSWORD_HASH_MEMORY_KIB``."""
+    return argon2id(
+        time_cost=settings.password_hash_time_cost, memory_kib=settings.password_hash_memory_kib
+    )
 
 
 class Passwords:
