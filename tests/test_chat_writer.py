@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, cast
 
@@ -252,11 +253,13 @@ class FailingOnce:
         self.batches = batches
         self.failed = False
 
-    async def insert(self, messages: Sequence[NewMessage]) -> dict[uuid.UUID, int]:
+    async def insert(
+        self, messages: Sequence[NewMessage], created_at: datetime
+    ) -> dict[uuid.UUID, int]:
         if not self.failed:
             self.failed = True
             raise OperationalError("INSERT", {}, ConnectionRefusedError("database away"))
-        return await self.batches.insert(messages)
+        return await self.batches.insert(messages, created_at)
 
     async def close(self) -> None:
         await self.batches.close()
@@ -284,9 +287,11 @@ class Recording:
         self.batches = batches
         self.sizes: list[int] = []
 
-    async def insert(self, messages: Sequence[NewMessage]) -> dict[uuid.UUID, int]:
+    async def insert(
+        self, messages: Sequence[NewMessage], created_at: datetime
+    ) -> dict[uuid.UUID, int]:
         self.sizes.append(len(messages))
-        return await self.batches.insert(messages)
+        return await self.batches.insert(messages, created_at)
 
     async def close(self) -> None:
         await self.batches.close()

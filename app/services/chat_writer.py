@@ -261,16 +261,15 @@ class ChatWriter:
                 client_msg_id=m.client_msg_id,
                 text=m.text,
                 meta=m.meta,
-                created_at=now,
                 usage=m.usage,
             )
             for m, id in zip(messages, random_uuids(len(messages)), strict=True)
         ]
         if self._one_trip is not None:
-            seqs = await self._one_trip.insert(rows)
+            seqs = await self._one_trip.insert(rows, now)
         else:
             async with self._engine.begin() as connection:
-                seqs = await insert_in(connection, rows)
+                seqs = await insert_in(connection, rows, now)
         created_at = iso(now)
         stored: dict[int, Stored] = {}
         for message, row in zip(messages, rows, strict=True):
