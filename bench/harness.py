@@ -290,6 +290,7 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         ready_path: str = "/socket.io/?EIO=4&transport=polling",
         cpu: str = SERVER_CPU,
+        ready_within: float = 60,
     ) -> ServerProcess:
         """Start ``command`` pinned to ``cpu`` (the servers' core unless told otherwise).
 
@@ -309,7 +310,7 @@ class ServerProcess:
             if not isinstance(output, int):
                 output.close()  # the child has its own copy
         server = cls(name, process, port)
-        await server._wait_ready(ready_path)
+        await server._wait_ready(ready_path, ready_within)
         return server
 
     async def _wait_ready(self, path: str, within: float = 60) -> None:

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,10 +94,15 @@ LOAD_GENERATOR_LIMITS = {
 
 @asynccontextmanager
 async def ours(
-    *, database_url: str | None = None, users: int = 10, settings: dict[str, str] | None = None
+    *,
+    database_url: str | None = None,
+    users: int = 10,
+    settings: dict[str, str] | None = None,
+    under: Sequence[str] = (),
 ) -> AsyncIterator[Target]:
     """roomserver on its embedded defaults (or ``database_url``, and any ``settings`` as
-    environment variables), with a shared room."""
+    environment variables), with a shared room; ``under``: a command that runs it (a
+    profiler: bench/instructions.py), which may make it start a hundred times slower."""
     data_dir = Path(tempfile.mkdtemp(prefix="bench-roomserver-"))
     port = free_port()
     env = {
@@ -125,7 +130,12 @@ async def ours(
     if await migrate.wait() != 0:
         raise RuntimeError("python -m app migrate failed")
     server = await ServerProcess.start(
-        "roomserver", [sys.executable, "-m", "app"], port, env=env, ready_path="/health"
+        "roomserver",
+        [*under, sys.executable, "-m", "app"],
+        port,
+        env=env,
+        ready_path="/health",
+        ready_within=600 if under else 60,
     )
     try:
         tokens, document_id = await asyncio.to_thread(_room_with_members, server.url, users)

@@ -40,7 +40,7 @@ def machine() -> str:
 
 def interpreter() -> str:
     """The Python that ran the run (and its servers) and how it was built: with a
-    shared libpython, as pyenv builds it, this server spent 14% more instructions per
+    shared libpython, as pyenv builds it, this server spent 12% more instructions per
     chat message than on Debian's build (README, "Which Python")."""
     with open("/proc/self/maps") as maps:
         shared = any("libpython" in line for line in maps)
