@@ -60,10 +60,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(settings: Settings) -> int:
     from app.main import NotMigrated
-    from app.server import serve
+    from app.server import event_loop_factory, serve
 
     try:
-        asyncio.run(serve(settings))
+        with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
+            runner.run(serve(settings))
     except NotMigrated as exc:
         log.error("%s", exc)
         return 1

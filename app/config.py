@@ -347,6 +347,11 @@ class Settings(BaseSettings):
     socket_ping_timeout_seconds: float = Field(
         20, gt=0, description="Engine.IO ping timeout (see the interval)."
     )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto",
+        description="The event loop `python -m app` runs on: uvloop (libuv, in C), the "
+        "standard library's, or auto: uvloop where it is installed (not on Windows).",
+    )
     gc_freeze: bool = Field(
         True,
         description="After start-up, move every object then alive out of the cyclic "

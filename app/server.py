@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -20,6 +21,19 @@ log = logging.getLogger(__name__)
 # while the loop was busy: each dropped SYN cost its client a 1 s retransmission
 # (1,000 users connecting 400 at a time: ~100 of them, join p99 ~1.1 s).
 LISTEN_BACKLOG = 4096
+
+
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop for ``EVENT_LOOP`` (``auto``: uvloop where it is installed)."""
+    if choice == "asyncio":
+        return asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
 
 
 async def serve(settings: Settings) -> None:

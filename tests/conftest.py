@@ -25,6 +25,7 @@ from sqlalchemy import text
 
 from app.config import Settings
 from app.main import create_app
+from app.server import event_loop_factory
 from roomclient import DocumentClient, RoomClient
 from storage.db import create_engine
 from storage.migrate import upgrade
@@ -51,6 +52,15 @@ T = TypeVar("T")
 
 # The cluster tests' nodes and their fixtures (several test modules use them).
 pytest_plugins = ["tests.cluster_nodes"]
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every test's loop is the one the server runs on (``EVENT_LOOP``, as in the
+    environment: uvloop where it is installed; ``EVENT_LOOP=asyncio`` for the other)."""
+    choice = os.environ.get("EVENT_LOOP", "auto")
+    return {choice: event_loop_factory(choice)}
 
 
 def run_blocking(coroutine: Coroutine[Any, Any, T]) -> T:

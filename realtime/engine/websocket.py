@@ -21,7 +21,7 @@ import asyncio
 import base64
 import binascii
 import logging
-from typing import Protocol
+from typing import Protocol, cast
 
 from aiohttp import hdrs, web
 from aiohttp._websocket.helpers import websocket_mask
@@ -82,8 +82,8 @@ class WebSocketConnection(asyncio.Protocol):
     # --- asyncio.Protocol -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport: uvloop's is one without deriving from asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self._ws.state is ConnectionState.CLOSED:
