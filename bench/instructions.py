@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(measure(args.scenario, args.backend, args.messages))
         print(
             f"{args.scenario} on {args.backend}, Python {sys.version.split()[0]} "
-            f"({sys.base_prefix}): {result['acked']:,.0f} acked, "
+            f"({sys.base_prefix}), EVENT_LOOP={os.environ.get('EVENT_LOOP', 'auto')}: "
+            f"{result['acked']:,.0f} acked, "
             f"{result['per_message']:,.0f} instructions per message",
             flush=True,
         )

@@ -102,7 +102,7 @@ async def ours(
 ) -> AsyncIterator[Target]:
     """roomserver on its embedded defaults (or ``database_url``, and any ``settings`` as
     environment variables), with a shared room; ``under``: a command that runs it (a
-    profiler: bench/instructions.py), which may make it start a hundred times slower."""
+    profiler: bench/instructions.py), which may make it start many times slower."""
     data_dir = Path(tempfile.mkdtemp(prefix="bench-roomserver-"))
     port = free_port()
     env = {
