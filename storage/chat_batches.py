@@ -198,6 +198,7 @@ class SqliteBatches:
         self._convert = binders(_MESSAGES, _MESSAGE_COLUMNS, dialect)
         self._document_id = binders(_DOCUMENTS, ["id"], dialect)["id"]
         self._usage = binders(_USAGE, _USAGE_COLUMNS, dialect)
+        self._no_metadata = self._convert["metadata"]({})  # most messages' (converted once)
 
     async def insert(
         self, messages: Sequence[NewMessage], created_at: datetime
@@ -210,9 +211,10 @@ class SqliteBatches:
         self, connection: sqlite3.Connection, messages: Sequence[NewMessage], now: datetime
     ) -> dict[uuid.UUID, int]:
         convert = self._convert
-        # Once a batch, not once a row (the two dearest conversions, 4 µs a row).
+        # Once a batch, not once a row (with empty metadata, the two dearest
+        # conversions: 4 µs a row).
         created_at = convert["created_at"](now)
-        no_meta, meta = convert["metadata"]({}), convert["metadata"]
+        no_meta, meta = self._no_metadata, convert["metadata"]
         counts = Counter(m.document_id for m in messages)
         connection.execute("BEGIN IMMEDIATE")
         try:
