@@ -66,7 +66,7 @@ class JoinResult:
         return statistics.median(self.cpu_at_ack) / self.users * 1e6
 
 
-async def _roomserver_room(target: Target, users: int, catch_up: bool) -> Target:
+async def roomserver_room(target: Target, users: int, catch_up: bool) -> Target:
     """``target`` made to join ``users`` distinct members of a new document with a backlog."""
     members = await seed_users(target, users, "join")
     document_id = await room_of(target, members)
@@ -84,7 +84,7 @@ async def _roomserver_room(target: Target, users: int, catch_up: bool) -> Target
     )
 
 
-async def _idle(pid: int) -> None:
+async def idle(pid: int) -> None:
     previous, started = cpu_seconds(pid), time.monotonic()
     while time.monotonic() - started < IDLE_WITHIN_S:
         await asyncio.sleep(0.5)
@@ -116,13 +116,13 @@ async def join_once(target: Target, result: JoinResult) -> None:
             ):
                 replies = await asyncio.gather(
                     *(
-                        _join(worker, worker_target, share)
+                        join_request(worker, worker_target, share)
                         for worker, worker_target, share in zip(
                             workers, targets, shares, strict=True
                         )
                     )
                 )
-            await _idle(pid)
+            await idle(pid)
         stats = [await worker.request(op="stats") for worker in workers]
     finally:
         for worker in workers:
@@ -139,7 +139,7 @@ async def join_once(target: Target, result: JoinResult) -> None:
     result.listed.append(sum(r["join_presence"] for r in replies))
 
 
-async def _join(worker: LoadWorker, target: Target, count: int) -> dict[str, Any]:
+async def join_request(worker: LoadWorker, target: Target, count: int) -> dict[str, Any]:
     return await worker.request(
         op="connect",
         client=CLIENT,
@@ -170,7 +170,7 @@ async def run(
         for (_, make_target, catch_up), result in zip(targets, results, strict=True):
             async with make_target() as target:
                 if catch_up is not None:
-                    target = await _roomserver_room(target, users, catch_up)
+                    target = await roomserver_room(target, users, catch_up)
                 await join_once(target, result)
     for result in results:
         yield result
