@@ -77,17 +77,57 @@ async def start_server(app_env: dict[str, str]) -> AsyncIterator[Callable[..., o
             await process.wait()
 
 
-async def wait_until_up(base: str) -> None:
+def listening_port_of(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds the socket listening on ``port`` (Linux: /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                # local_address is HEXIP:HEXPORT; state 0A is LISTEN.
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    inodes.add(f"socket:[{fields[9]}]")
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # gone, or not ours to read
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd) in inodes:
+                return True
+        except OSError:  # closed meanwhile (the listing's own, for one)
+            continue
+    return False
+
+
+async def wait_until_up(base: str, pid: int | None = None) -> None:
+    """Until ``base`` answers /health; with ``pid``, answered by that process: a port
+    picked by ``free_port`` can be picked by a test running beside this one too, whose
+    server then answers for a moment (and is gone when this test calls)."""
+
     async def up() -> None:
         try:
             async with aiohttp.ClientSession() as http, http.get(f"{base}/health") as response:
                 assert response.status == 200
         except aiohttp.ClientConnectionError as exc:
             raise AssertionError("not up yet") from exc
+        if pid is not None:
+            port = int(base.rsplit(":", 1)[1])
+            assert listening_port_of(pid, port), f"another process answers on port {port}"
 
     # A start-up imports anthropic, qdrant-client and numpy: ~3 s alone, but several
     # nodes starting at once on a busy 2-core machine have taken over 30 s.
     await eventually(up, timeout=90, interval=0.1)
+
+
+def test_the_readiness_check_knows_which_process_listens() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = int(listener.getsockname()[1])
+        assert not listening_port_of(os.getpid(), port)  # bound, not listening yet
+        listener.listen()
+        assert listening_port_of(os.getpid(), port)
+        assert not listening_port_of(os.getppid(), port)
 
 
 def test_serving_an_unmigrated_database_is_refused(app_env: dict[str, str]) -> None:
@@ -142,7 +182,7 @@ async def test_serve_then_sigterm_drains_and_exits_cleanly(
     process = await start_server(SHUTDOWN_GRACE_SECONDS="1", LOG_FORMAT="json")  # type: ignore[misc]
     assert isinstance(process, asyncio.subprocess.Process)
     base = f"http://127.0.0.1:{app_env['PORT']}"
-    await wait_until_up(base)
+    await wait_until_up(base, process.pid)
 
     async with aiohttp.ClientSession() as http:
         async with http.post(
@@ -185,7 +225,7 @@ async def test_sigterm_with_no_connection_exits_without_a_traceback(
     assert run_app(app_env, "migrate").returncode == 0
     process = await start_server(SHUTDOWN_GRACE_SECONDS="0")  # type: ignore[misc]
     assert isinstance(process, asyncio.subprocess.Process)
-    await wait_until_up(f"http://127.0.0.1:{app_env['PORT']}")
+    await wait_until_up(f"http://127.0.0.1:{app_env['PORT']}", process.pid)
     process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(process.wait(), timeout=20) == 0
     assert process.stdout is not None
@@ -204,7 +244,7 @@ async def test_development_secret_is_generated_once_and_kept(
     for _ in range(2):
         process = await start_server()  # type: ignore[misc]
         assert isinstance(process, asyncio.subprocess.Process)
-        await wait_until_up(base)
+        await wait_until_up(base, process.pid)
         async with aiohttp.ClientSession() as http:
             if not tokens:
                 credentials = {"username": "bob", "password": PASSWORD}
@@ -229,7 +269,7 @@ async def test_sigterm_does_not_wait_forever_for_a_silent_polling_client(
     process = await start_server(SHUTDOWN_TIMEOUT_SECONDS="1")  # type: ignore[misc]
     assert isinstance(process, asyncio.subprocess.Process)
     base = f"http://127.0.0.1:{app_env['PORT']}"
-    await wait_until_up(base)
+    await wait_until_up(base, process.pid)
     async with aiohttp.ClientSession() as http:
         credentials = {"username": "pat", "password": PASSWORD}
         async with http.post(f"{base}/api/v1/auth/register", json=credentials) as response:

@@ -372,7 +372,7 @@ class Server:
     async def start(self) -> None:
         assert self.process is None or self.process.returncode is not None
         self.process = await self._spawn()
-        await wait_until_up(self.base)
+        await wait_until_up(self.base, self.process.pid)
 
     async def kill(self) -> None:
         """SIGKILL: no shutdown work at all, as in a crash or an OOM kill."""
