@@ -176,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for _ in range(args.repeats):
         if args.scenario == "joins":
-            joins = asyncio.run(measure_joins(args.backend, args.users, args.catch_up))
+            burst = asyncio.run(measure_joins(args.backend, args.users, args.catch_up))
             variant = "joins with since_seq 0" if args.catch_up else "joins"
             print(
-                f"{variant} {ran_on}: {joins['joined']:,} joined, "
-                f"{joins['per_join']:,.0f} instructions per join",
+                f"{variant} {ran_on}: {burst['joined']:,} joined, "
+                f"{burst['per_join']:,.0f} instructions per join",
                 flush=True,
             )
             continue

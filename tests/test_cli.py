@@ -77,11 +77,15 @@ async def start_server(app_env: dict[str, str]) -> AsyncIterator[Callable[..., o
             await process.wait()
 
 
+# Where Linux lists the sockets (elsewhere a server's port is not checked for its owner).
+PROC_NET_TCP = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
+
+
 def listening_port_of(pid: int, port: int) -> bool:
     """Whether process ``pid`` holds the socket listening on ``port`` (Linux: /proc)."""
     inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as lines:
+    for table in (table for table in PROC_NET_TCP if table.exists()):
+        with table.open() as lines:
             for line in list(lines)[1:]:
                 fields = line.split()
                 # local_address is HEXIP:HEXPORT; state 0A is LISTEN.
@@ -111,7 +115,7 @@ async def wait_until_up(base: str, pid: int | None = None) -> None:
                 assert response.status == 200
         except aiohttp.ClientConnectionError as exc:
             raise AssertionError("not up yet") from exc
-        if pid is not None:
+        if pid is not None and PROC_NET_TCP[0].exists():
             port = int(base.rsplit(":", 1)[1])
             assert listening_port_of(pid, port), f"another process answers on port {port}"
 
@@ -120,6 +124,7 @@ async def wait_until_up(base: str, pid: int | None = None) -> None:
     await eventually(up, timeout=90, interval=0.1)
 
 
+@pytest.mark.skipif(not PROC_NET_TCP[0].exists(), reason="reads Linux's /proc/net/tcp")
 def test_the_readiness_check_knows_which_process_listens() -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
