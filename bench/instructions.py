@@ -39,7 +39,6 @@ from typing import Any
 from bench.harness import LoadWorker
 from bench.scenarios import joins
 from bench.scenarios.chat import MANY_ROOMS, backend, cycled_sizes, members_connected, partition
-from bench.scenarios.fanout import split
 from bench.targets import BenchUser, Target, ours, room_of, seed_users
 
 WARM_UP = 20  # messages per sender before counting (first batches, caches, imports)
@@ -116,15 +115,17 @@ async def measure(scenario: str, backend_name: str, messages: int) -> dict[str, 
 async def joined(target: Target, tokens: list[str]) -> AsyncIterator[list[dict[str, Any]]]:
     """``tokens``' members connect and join, ``joins.WORKERS`` generators at once (as
     the joins scenario does): each generator's reply; they leave on exit."""
-    shares = split(len(tokens), joins.WORKERS)
-    workers = [await LoadWorker.start() for _ in shares]
+    slices = joins.per_worker(dataclasses.replace(target, tokens=tokens), len(tokens))
+    workers = [await LoadWorker.start() for _ in slices]
     try:
-        requests, start = [], 0
-        for worker, share in zip(workers, shares, strict=True):
-            members = dataclasses.replace(target, tokens=tokens[start : start + share])
-            requests.append(joins.join_request(worker, members, share))
-            start += share
-        yield list(await asyncio.gather(*requests))
+        yield list(
+            await asyncio.gather(
+                *(
+                    joins.join_request(worker, members, share)
+                    for worker, (members, share) in zip(workers, slices, strict=True)
+                )
+            )
+        )
     finally:
         for worker in workers:
             await worker.stop()

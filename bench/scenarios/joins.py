@@ -94,15 +94,20 @@ async def idle(pid: int) -> None:
         previous = current
 
 
-async def join_once(target: Target, result: JoinResult) -> None:
-    shares = split(result.users, WORKERS)
-    targets = []
-    start = 0
-    for share in shares:  # distinct users: each worker its own slice of the tokens
+def per_worker(target: Target, users: int) -> list[tuple[Target, int]]:
+    """``users`` joins split over ``WORKERS`` generators: each its share, and (distinct
+    users) its own slice of the target's tokens."""
+    slices, start = [], 0
+    for share in split(users, WORKERS):
         tokens = target.tokens[start : start + share] if target.tokens else None
-        targets.append(replace(target, tokens=tokens))
+        slices.append((replace(target, tokens=tokens), share))
         start += share
-    workers = [await LoadWorker.start() for _ in range(WORKERS)]
+    return slices
+
+
+async def join_once(target: Target, result: JoinResult) -> None:
+    slices = per_worker(target, result.users)
+    workers = [await LoadWorker.start() for _ in slices]
     try:
         for worker in workers:
             await worker.request(op="reset")
@@ -116,10 +121,8 @@ async def join_once(target: Target, result: JoinResult) -> None:
             ):
                 replies = await asyncio.gather(
                     *(
-                        join_request(worker, worker_target, share)
-                        for worker, worker_target, share in zip(
-                            workers, targets, shares, strict=True
-                        )
+                        join_request(worker, members, share)
+                        for worker, (members, share) in zip(workers, slices, strict=True)
                     )
                 )
             await idle(pid)
