@@ -61,6 +61,7 @@ from realtime.cluster.documents import DocumentLog
 from realtime.cluster.resync import Resync
 from realtime.server import shutdown
 from realtime.wiring import cluster_link, create_realtime, redis_target
+from storage.access_reads import access_reads
 from storage.db import create_engine, create_sessionmaker
 from storage.migrate import current_revision, head_revision
 from storage.update_batches import update_writer
@@ -120,6 +121,7 @@ def create_app(settings: Settings) -> web.Application:
             memberships: Memberships = ExpiringCache(
                 ttl=settings.access_cache_seconds, max_entries=ACCESS_CACHE_ENTRIES
             )
+            reads = access_reads(engine, sessions)  # opens its connection on first use
             app[AUTH_SERVICE] = AuthService(
                 sessions,
                 codec,
@@ -131,6 +133,7 @@ def create_app(settings: Settings) -> web.Application:
                 accounts,
                 broadcaster,
                 allow_registration=settings.allow_registration,
+                reads=reads,
             )
             app[USER_SERVICE] = UserService(sessions, broadcaster, accounts)
             search_index = make_search_index(settings)
@@ -172,6 +175,7 @@ def create_app(settings: Settings) -> web.Application:
                 memberships,
                 max_owned=settings.max_documents_per_user,
                 index=document_index,
+                reads=reads,
             )
             app[CHAT_SERVICE] = chat = ChatService(
                 sessions,
@@ -221,6 +225,7 @@ def create_app(settings: Settings) -> web.Application:
             await live_documents.close_all()
             if updates is not None:
                 await updates.close()
+            await reads.close()
         finally:
             await engine.dispose()
 

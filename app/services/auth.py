@@ -29,6 +29,7 @@ from app.errors import (
 )
 from app.events import Broadcaster, RevokedBecause
 from app.services.cache import BatchedLoads, ExpiringCache
+from storage.access_reads import AccessReads, SessionReads
 from storage.db import read_session
 from storage.errors import AlreadyExists
 from storage.models import GlobalRole, User
@@ -96,8 +97,12 @@ class AuthService:
         broadcaster: Broadcaster,
         *,
         allow_registration: bool,
+        reads: AccessReads | None = None,
     ) -> None:
+        """``reads``: where connects read accounts (storage/access_reads.py; none:
+        through ``sessions``)."""
         self._sessions = sessions
+        self._reads = reads or SessionReads(sessions)
         self._tokens = tokens
         self._passwords = passwords
         # Dropped by UserService when it changes a user, and here when one of the
@@ -247,8 +252,7 @@ class AuthService:
         connects by many users costs one read, not one each)."""
         # Sessions revoked before this could only have expired access tokens.
         since = datetime.now(UTC) - self._tokens.access_ttl - EXPIRY_LEEWAY
-        async with read_session(self._sessions) as session:
-            rows = await users_repo.account_rows(session, user_ids, revoked_since=since)
+        rows = await self._reads.accounts(user_ids, revoked_since=since)
         columns: dict[uuid.UUID, tuple[str, GlobalRole, bool, datetime | None]] = {}
         revoked: dict[uuid.UUID, set[uuid.UUID]] = {}
         for user_id, username, role, disabled, valid_after, family_id in rows:

@@ -23,6 +23,7 @@ from app.events import Broadcaster
 from app.services.cache import BatchedLoads, ExpiringCache
 from app.services.live_documents import LiveDocuments
 from app.services.text_edits import TextEdit
+from storage.access_reads import AccessReads, SessionReads
 from storage.db import read_session
 from storage.models import Document, DocumentRole, GlobalRole, User
 from storage.repositories import documents as documents_repo
@@ -84,8 +85,12 @@ class DocumentService:
         *,
         max_owned: int,
         index: DocumentIndex | None = None,
+        reads: AccessReads | None = None,
     ) -> None:
+        """``reads``: where joins read members' roles (storage/access_reads.py; none:
+        through ``sessions``)."""
         self._sessions = sessions
+        self._reads = reads or SessionReads(sessions)
         self._index = index
         self._max_owned = max_owned
         self._broadcaster = broadcaster
@@ -145,12 +150,9 @@ class DocumentService:
         for document_id, user_id in keys:
             users_of.setdefault(document_id, []).append(user_id)
         found = {}
-        async with read_session(self._sessions) as session:
-            for document_id, user_ids in users_of.items():
-                for user_id, title, role in await documents_repo.member_roles(
-                    session, document_id, user_ids
-                ):
-                    found[document_id, user_id] = RoomAccess(document_id, title, role)
+        for document_id, user_ids in users_of.items():
+            for user_id, title, role in await self._reads.member_roles(document_id, user_ids):
+                found[document_id, user_id] = RoomAccess(document_id, title, role)
         return found
 
     async def rename(
