@@ -358,6 +358,17 @@ class Settings(BaseSettings):
         "GC's sight (gc.freeze), so full collections walk only what connections and "
         "requests allocate (docs/benchmarks.md measures both ways).",
     )
+    gc_young_threshold: int = Field(
+        10_000,
+        ge=1,
+        description="The cyclic GC's first threshold (gc.set_threshold): a young "
+        "collection starts once this many more objects it tracks are alive than at the "
+        "last one. Connections are long-lived objects: at CPython's 700, 1,000 users "
+        "joining at once cost about 10% of their CPU in collections (most of it in the "
+        "older generations' that the young ones' count sets off), at 10,000 a third of "
+        "that; a young collection then pauses for about 3 ms (docs/benchmarks.md, "
+        '"Joins", measures both).',
+    )
     websocket_compression: bool = Field(
         False,
         description="Negotiate permessage-deflate with websocket clients that offer it "

@@ -36,6 +36,18 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
+def tune_gc(settings: Settings) -> None:
+    """The cyclic GC, once the server has started (GC_FREEZE, GC_YOUNG_THRESHOLD)."""
+    if settings.gc_freeze:
+        # Everything loaded so far (modules, the ORM's and pydantic's tables, clients)
+        # lives as long as the process: out of the cyclic GC's sight, full collections
+        # walk only what connections and requests allocate.
+        gc.collect()
+        gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(settings.gc_young_threshold, older, oldest)
+
+
 async def serve(settings: Settings) -> None:
     app = create_app(settings)
     runner = web.AppRunner(
@@ -48,12 +60,7 @@ async def serve(settings: Settings) -> None:
     try:
         site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
         await site.start()
-        if settings.gc_freeze:
-            # Everything loaded so far (modules, the ORM's and pydantic's tables,
-            # clients) lives as long as the process: out of the cyclic GC's sight, full
-            # collections walk only what connections and requests allocate.
-            gc.collect()
-            gc.freeze()
+        tune_gc(settings)
         log.info("listening on http://%s:%d (env=%s)", settings.host, settings.port, settings.env)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

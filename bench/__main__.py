@@ -30,6 +30,7 @@ from bench.targets import (
 
 COMPRESSION = {"WEBSOCKET_COMPRESSION": "true"}
 NO_GC_FREEZE = {"GC_FREEZE": "false"}
+PYTHON_GC_THRESHOLD = {"GC_YOUNG_THRESHOLD": "700"}  # CPython's own
 SCENARIOS = (
     "fanout",
     "connections",
@@ -188,7 +189,17 @@ async def run(
         join_variants: list[tuple[str, joining.TargetFactory, bool | None]] = [
             ("roomserver", ours, False),
             ("roomserver, join with since_seq 0", ours, True),
+            (
+                "roomserver, GC_YOUNG_THRESHOLD=700",
+                partial(ours, settings=PYTHON_GC_THRESHOLD),
+                False,
+            ),
             ("Node socket.io 4", node_baseline, None),
+            (
+                joining.NODE_WITH_BACKLOG,
+                partial(node_baseline, backlog=joining.BACKLOG),
+                None,
+            ),
         ]
         async for join_result in joining.run(join_variants, users=join_users, repeats=repeats):
             print(

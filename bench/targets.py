@@ -42,10 +42,11 @@ class Target:
 
 
 @asynccontextmanager
-async def node_baseline() -> AsyncIterator[Target]:
+async def node_baseline(backlog: int = 0) -> AsyncIterator[Target]:
+    """``backlog``: chat messages (in roomserver's wire shape) each join's ack carries."""
     port = free_port()
     server = await ServerProcess.start(
-        "node socket.io", ["node", str(NODE_DIR / "server.mjs"), str(port)], port
+        "node socket.io", ["node", str(NODE_DIR / "server.mjs"), str(port), str(backlog)], port
     )
     try:
         yield _relay_target("Node socket.io 4", server)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -18,7 +19,8 @@ import pytest
 import socketio
 
 from app.auth.tokens import DEV_SECRET_FILE
-from tests.conftest import TEST_JWT_SECRET
+from app.server import tune_gc
+from tests.conftest import TEST_JWT_SECRET, make_settings, sqlite_url
 from tests.helpers import PASSWORD, eventually
 
 pytestmark = pytest.mark.slow
@@ -133,6 +135,17 @@ def test_the_readiness_check_knows_which_process_listens() -> None:
         listener.listen()
         assert listening_port_of(os.getpid(), port)
         assert not listening_port_of(os.getppid(), port)
+
+
+def test_the_server_tunes_the_gc_once_started(tmp_path: Path) -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc(make_settings(sqlite_url(tmp_path / "db"), tmp_path, gc_young_threshold=12_345))
+        assert gc.get_threshold() == (12_345, *before[1:])
+        assert gc.get_freeze_count() > 0  # GC_FREEZE (on by default)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
 
 
 def test_serving_an_unmigrated_database_is_refused(app_env: dict[str, str]) -> None:

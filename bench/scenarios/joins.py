@@ -33,6 +33,8 @@ WORKERS = 4  # Node load generators, each joining a share of the users...
 CONCURRENCY = 100  # ...this many at a time (as the connections scenario does)
 JOIN_TIMEOUT_S = 240
 BACKLOG = 100  # messages in the room before the joins: roomserver's catch-up page
+# The baseline for joins with catch-up: Node's join acks carry as many messages.
+NODE_WITH_BACKLOG = f"Node socket.io 4, join ack with {BACKLOG} messages"
 IDLE_CPU_SECONDS = 0.01  # per half second: the server has finished
 IDLE_WITHIN_S = 120
 
