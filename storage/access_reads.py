@@ -129,11 +129,13 @@ def _read(columns: list[Callable[[Any], Any]], rows: Iterable[Sequence[Any]]) ->
 
 
 # What a read meets on a connection the server ended (a query cancelled by an operator
-# included): the read is tried once more.
+# included; asyncpg's InternalClientError when the server's goodbye arrives as the query
+# starts): the read is tried once more.
 _LOST = (
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.exceptions.OperatorInterventionError,
 )
 
