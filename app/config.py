@@ -407,7 +407,7 @@ class Settings(BaseSettings):
         description="Most chat messages stored in one transaction (group commit).",
     )
     chat_batch_linger_seconds: float = Field(
-        0.001,
+        0.003,
         ge=0,
         le=0.05,
         description="After a transaction of several chat messages, the next waits this "

@@ -17,7 +17,10 @@ and timing each from the stamp its text carries). In order:
   turn with it, *relay*: the same members and loop sending ``presence:update`` (the
   plain relay) instead of ``chat:send``: what storing and ordering cost on top of
   delivery, with everything else the same;
-- *many*: 100 rooms of 2, 3, 4, 5, 2, ... people, every one sending, closed loop.
+- *many*: 100 rooms of 2, 3, 4, 5, 2, ... people, every one sending, closed loop;
+- *hot, short linger*: on a second server (and database) with
+  ``CHAT_BATCH_LINGER_SECONDS`` at ``SHORT_LINGER`` (the default before 3 ms), the hot
+  room again: what the default's longer wait for a batch's senders buys.
 
 Each closed or open run is repeated; the report takes medians.
 """
@@ -51,6 +54,8 @@ LISTENS = {"chat:message": ["message", "text"], "presence:state": ["state"]}
 # socket.io-client saturates the load core before the server's.
 CLIENT = "wire"
 ACK_TIMEOUT_S = 60
+# The hot room's comparison: the longest wait for a batch's senders, as it was before.
+SHORT_LINGER = "0.001"
 # The plain fan-out's bursts into the room of 100: ten times the fan-out section's, so
 # that each lasts seconds and its CPU time (read in 10 ms ticks) is exact to about 1%.
 BURST_DELIVERIES = 10 * fanout.DELIVERIES_PER_BURST
@@ -155,6 +160,7 @@ class ChatResult:
     large: ClosedLoop
     relay: ClosedLoop  # the large room's loop relaying presence:update instead
     many: ClosedLoop
+    hot_short_linger: ClosedLoop | None = None  # the hot room at SHORT_LINGER
 
     @property
     def large_vs_fanout(self) -> float:
@@ -352,9 +358,23 @@ async def measure(backend_name: str, target: Target, *, repeats: int, seconds: f
     return ChatResult(backend_name, hot, opened, solo, plain, large, relay, many)
 
 
+async def hot_alone(target: Target, *, repeats: int, seconds: float) -> ClosedLoop:
+    """Only the hot room's closed loop, on a server of its own."""
+    users = await seed_users(target, HOT_SENDERS, "hot")
+    room = await room_of(target, users)
+    async with members_connected(target, [(room, users)]) as worker:
+        return await closed_loop(
+            target, worker, ClosedLoop(1, HOT_SENDERS), repeats=repeats, seconds=seconds
+        )
+
+
 async def run(
     backends: tuple[str, ...], *, repeats: int, seconds: float
 ) -> AsyncIterator[ChatResult]:
+    short = {"CHAT_BATCH_LINGER_SECONDS": SHORT_LINGER}
     for backend_name in backends:
         async with backend(backend_name) as url, ours(database_url=url) as target:
-            yield await measure(backend_name, target, repeats=repeats, seconds=seconds)
+            result = await measure(backend_name, target, repeats=repeats, seconds=seconds)
+        async with backend(backend_name) as url, ours(database_url=url, settings=short) as target:
+            result.hot_short_linger = await hot_alone(target, repeats=repeats, seconds=seconds)
+        yield result
