@@ -95,7 +95,7 @@ def chat_section(results: list[ChatResult]) -> str:
         f"message should reach the {HOT_SENDERS - 1} others (*received per ack*). The "
         f"rows *CHAT_BATCH_LINGER_SECONDS={SHORT_LINGER}*: the same room on a second "
         "server (and a database of its own) whose batches wait at most that long for the "
-        "senders of the batch before (the default, 0.003 s, before it was raised).",
+        "senders of the batch before (the default until it became 0.003 s).",
         "",
         "| database | acked/s | ack p50 / p99 (ms) | server CPU | server CPU per ack (µs) "
         "| chat:message received/s | received per ack | delivery p50 / p99 (ms) | failed "
