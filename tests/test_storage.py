@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pycrdt
 import pytest
@@ -15,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.db import create_engine, create_sessionmaker, read_session
+from storage.direct import SqliteDirect
 from storage.errors import AlreadyExists
 from storage.models import AuthorKind, ChatMessage, DocumentMember, DocumentUpdate, GlobalRole
 from storage.repositories import crdt, messages, usage
@@ -340,3 +342,21 @@ async def send_in(session: AsyncSession, document_id: uuid.UUID, author_id: uuid
         session, document_id=document_id, author_kind=AuthorKind.USER, author_id=author_id, text="x"
     )
     await session.flush()
+
+
+async def test_sqlite_connections_checkpoint_every_4000_pages(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        async with engine.connect() as connection:
+            pages = await connection.scalar(text("PRAGMA wal_autocheckpoint"))
+            assert await connection.scalar(text("PRAGMA journal_mode")) == "wal"
+    finally:
+        await engine.dispose()
+    assert pages == 4000
+    direct = SqliteDirect(str(tmp_path / "db.sqlite"), "test")  # the chat writer's kind
+    try:
+        assert (
+            await direct.run(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 4000
+        )
+    finally:
+        await direct.close()
