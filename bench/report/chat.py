@@ -95,7 +95,8 @@ def chat_section(results: list[ChatResult]) -> str:
         f"message should reach the {HOT_SENDERS - 1} others (*received per ack*). The "
         f"rows *CHAT_BATCH_LINGER_SECONDS={SHORT_LINGER}*: the same room on a second "
         "server (and a database of its own) whose batches wait at most that long for the "
-        "senders of the batch before (the default until it became 0.003 s).",
+        "senders of the batch before (the default until it became 0.003 s), its repeats "
+        "taking turns with the default's so that the machine's slow spells hit both.",
         "",
         "| database | acked/s | ack p50 / p99 (ms) | server CPU | server CPU per ack (µs) "
         "| chat:message received/s | received per ack | delivery p50 / p99 (ms) | failed "
@@ -103,19 +104,25 @@ def chat_section(results: list[ChatResult]) -> str:
         "| --- " * 11 + "|",
     ]
     for r in results:
-        rows = [(r.backend, r.hot)]
-        if r.hot_short_linger is not None:
-            rows.append(
-                (f"{r.backend}, CHAT_BATCH_LINGER_SECONDS={SHORT_LINGER}", r.hot_short_linger)
-            )
-        for name, h in rows:
+        short = (f"{r.backend}, CHAT_BATCH_LINGER_SECONDS={SHORT_LINGER}", r.hot_short_linger)
+        for name, h in [(r.backend, r.hot), short]:
             lines.append(
                 f"| {name} | {h.acked_per_s:,.0f} | {_pair(h.latency)} | {h.cpu_share:.0%} "
                 f"| {h.cpu_us_per_ack:,.0f} | {h.delivered_per_s:,.0f} "
                 f"| {h.deliveries_per_ack:.2f} of {HOT_SENDERS - 1} | {_pair(h.delivery)} "
                 f"| {_failed(h)} | {_load(h.load_share)} | {h.others_share:.0%} |"
             )
+    pairs = "; ".join(
+        f"{r.backend} "
+        + ", ".join(
+            f"{default / short:.2f}x"
+            for default, short in zip(r.hot.rates, r.hot_short_linger.rates, strict=True)
+        )
+        for r in results
+    )
     lines += [
+        "",
+        f"The default's acked/s over {SHORT_LINGER} s's, repeat by repeat: {pairs}.",
         "",
         f"### The same room, open loop at {OPEN_RATE:,} messages/s",
         "",

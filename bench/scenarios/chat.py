@@ -18,9 +18,10 @@ and timing each from the stamp its text carries). In order:
   plain relay) instead of ``chat:send``: what storing and ordering cost on top of
   delivery, with everything else the same;
 - *many*: 100 rooms of 2, 3, 4, 5, 2, ... people, every one sending, closed loop;
-- *hot, short linger*: on a second server (and database) with
-  ``CHAT_BATCH_LINGER_SECONDS`` at ``SHORT_LINGER`` (the default before 3 ms), the hot
-  room again: what the default's longer wait for a batch's senders buys.
+- *hot, short linger*: the hot room on a second server (and database) with
+  ``CHAT_BATCH_LINGER_SECONDS`` at ``SHORT_LINGER`` (the default before 3 ms), repeat
+  by repeat in turn with *hot*: what the default's longer wait for a batch's senders
+  buys.
 
 Each closed or open run is repeated; the report takes medians.
 """
@@ -154,13 +155,13 @@ class OpenLoop:
 class ChatResult:
     backend: str
     hot: ClosedLoop
+    hot_short_linger: ClosedLoop  # the hot room at SHORT_LINGER, in turn with ``hot``
     open: OpenLoop
     solo: ClosedLoop
     fanout: fanout.FanoutResult  # one sender's burst into the room of LARGE_ROOM
     large: ClosedLoop
     relay: ClosedLoop  # the large room's loop relaying presence:update instead
     many: ClosedLoop
-    hot_short_linger: ClosedLoop | None = None  # the hot room at SHORT_LINGER
 
     @property
     def large_vs_fanout(self) -> float:
@@ -316,17 +317,29 @@ async def open_loop(
     return result
 
 
-async def measure(backend_name: str, target: Target, *, repeats: int, seconds: float) -> ChatResult:
+async def measure(
+    backend_name: str, target: Target, short: Target, *, repeats: int, seconds: float
+) -> ChatResult:
+    """Every scenario on ``target``; the hot room also on ``short`` (the server at
+    ``SHORT_LINGER``), taking turns with ``target``'s."""
     sizes = cycled_sizes(MANY_ROOMS)
     users = await seed_users(target, max(sum(sizes), LARGE_ROOM, HOT_SENDERS), "chat")
     hot_room = await room_of(target, users[:HOT_SENDERS])
     solo_rooms = [(await room_of(target, [user]), [user]) for user in users[:HOT_SENDERS]]
     large_room = await room_of(target, users[:LARGE_ROOM])
     many_rooms = [(await room_of(target, group), group) for group in partition(users, sizes)]
+    short_users = await seed_users(short, HOT_SENDERS, "hot")
+    short_room = await room_of(short, short_users)
     timing: dict[str, Any] = {"repeats": repeats, "seconds": seconds}
 
-    async with members_connected(target, [(hot_room, users[:HOT_SENDERS])]) as worker:
-        hot = await closed_loop(target, worker, ClosedLoop(1, HOT_SENDERS), **timing)
+    hot, hot_short = ClosedLoop(1, HOT_SENDERS), ClosedLoop(1, HOT_SENDERS)
+    async with (
+        members_connected(target, [(hot_room, users[:HOT_SENDERS])]) as worker,
+        members_connected(short, [(short_room, short_users)]) as short_worker,
+    ):
+        for _ in range(repeats):  # in turn, so that the machine's slow spells hit both
+            await closed_loop(target, worker, hot, repeats=1, seconds=seconds)
+            await closed_loop(short, short_worker, hot_short, repeats=1, seconds=seconds)
         opened = await open_loop(target, worker, OpenLoop(OPEN_RATE, HOT_SENDERS), **timing)
     async with members_connected(target, solo_rooms) as worker:
         solo = await closed_loop(target, worker, ClosedLoop(HOT_SENDERS, HOT_SENDERS), **timing)
@@ -355,17 +368,7 @@ async def measure(backend_name: str, target: Target, *, repeats: int, seconds: f
             await closed_loop(target, worker, relay, repeats=1, seconds=seconds)
     async with members_connected(target, many_rooms) as worker:
         many = await closed_loop(target, worker, ClosedLoop(MANY_ROOMS, sum(sizes)), **timing)
-    return ChatResult(backend_name, hot, opened, solo, plain, large, relay, many)
-
-
-async def hot_alone(target: Target, *, repeats: int, seconds: float) -> ClosedLoop:
-    """Only the hot room's closed loop, on a server of its own."""
-    users = await seed_users(target, HOT_SENDERS, "hot")
-    room = await room_of(target, users)
-    async with members_connected(target, [(room, users)]) as worker:
-        return await closed_loop(
-            target, worker, ClosedLoop(1, HOT_SENDERS), repeats=repeats, seconds=seconds
-        )
+    return ChatResult(backend_name, hot, hot_short, opened, solo, plain, large, relay, many)
 
 
 async def run(
@@ -373,8 +376,12 @@ async def run(
 ) -> AsyncIterator[ChatResult]:
     short = {"CHAT_BATCH_LINGER_SECONDS": SHORT_LINGER}
     for backend_name in backends:
-        async with backend(backend_name) as url, ours(database_url=url) as target:
-            result = await measure(backend_name, target, repeats=repeats, seconds=seconds)
-        async with backend(backend_name) as url, ours(database_url=url, settings=short) as target:
-            result.hot_short_linger = await hot_alone(target, repeats=repeats, seconds=seconds)
-        yield result
+        async with (
+            backend(backend_name) as url,
+            ours(database_url=url) as target,
+            backend(backend_name) as short_url,
+            ours(database_url=short_url, settings=short) as short_target,
+        ):
+            yield await measure(
+                backend_name, target, short_target, repeats=repeats, seconds=seconds
+            )
