@@ -104,8 +104,8 @@ def chat_section(results: list[ChatResult]) -> str:
         "| --- " * 11 + "|",
     ]
     for r in results:
-        short = (f"{r.backend}, CHAT_BATCH_LINGER_SECONDS={SHORT_LINGER}", r.hot_short_linger)
-        for name, h in [(r.backend, r.hot), short]:
+        short_row = (f"{r.backend}, CHAT_BATCH_LINGER_SECONDS={SHORT_LINGER}", r.hot_short_linger)
+        for name, h in [(r.backend, r.hot), short_row]:
             lines.append(
                 f"| {name} | {h.acked_per_s:,.0f} | {_pair(h.latency)} | {h.cpu_share:.0%} "
                 f"| {h.cpu_us_per_ack:,.0f} | {h.delivered_per_s:,.0f} "
