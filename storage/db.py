@@ -53,7 +53,7 @@ def configure_sqlite(dbapi_connection: Any) -> None:
     # second, 12% less CPU each; 4,000 and 20,000 did alike, 2,000 14% more CPU than
     # 4,000. The price is a longer wait for the commit that checkpoints (the writer's
     # thread runs it): on this machine's disk up to 25-35 ms rather than 10-15, and
-    # the chat scenario's ack p99 at 1,000 messages/s went from 12.7 ms to 15-22. A
+    # the chat scenario's ack p99 at 1,000 messages/s went from 12.7 ms to 15-25. A
     # checkpoint on a thread of its own would not wait for the writer, but neither
     # could it reset a WAL that the writer never stops appending to: the WAL grew until
     # a writer checkpointed it, and waited longer still.
