@@ -122,7 +122,8 @@ def chat_section(results: list[ChatResult]) -> str:
     )
     lines += [
         "",
-        f"The default's acked/s over {SHORT_LINGER} s's, repeat by repeat: {pairs}.",
+        f"Each repeat's acked/s at the default over the same repeat's at {SHORT_LINGER} s "
+        f"(they took turns): {pairs}.",
         "",
         f"### The same room, open loop at {OPEN_RATE:,} messages/s",
         "",
