@@ -286,6 +286,16 @@ async def closed_loop(
     return result
 
 
+async def in_turn(
+    runs: list[tuple[Target, LoadWorker, ClosedLoop]], *, repeats: int, seconds: float
+) -> None:
+    """Each closed loop once a repeat, one after the other, so that the machine's slow
+    spells hit them all alike."""
+    for _ in range(repeats):
+        for target, worker, result in runs:
+            await closed_loop(target, worker, result, repeats=1, seconds=seconds)
+
+
 async def open_loop(
     target: Target, worker: LoadWorker, result: OpenLoop, *, repeats: int, seconds: float
 ) -> OpenLoop:
@@ -337,9 +347,7 @@ async def measure(
         members_connected(target, [(hot_room, users[:HOT_SENDERS])]) as worker,
         members_connected(short, [(short_room, short_users)]) as short_worker,
     ):
-        for _ in range(repeats):  # in turn, so that the machine's slow spells hit both
-            await closed_loop(target, worker, hot, repeats=1, seconds=seconds)
-            await closed_loop(short, short_worker, hot_short, repeats=1, seconds=seconds)
+        await in_turn([(target, worker, hot), (short, short_worker, hot_short)], **timing)
         opened = await open_loop(target, worker, OpenLoop(OPEN_RATE, HOT_SENDERS), **timing)
     async with members_connected(target, solo_rooms) as worker:
         solo = await closed_loop(target, worker, ClosedLoop(HOT_SENDERS, HOT_SENDERS), **timing)
@@ -363,9 +371,7 @@ async def measure(
         1, LARGE_ROOM, event="presence:update", template={"state": {}}, path=["state"]
     )
     async with members_connected(target, [(large_room, users[:LARGE_ROOM])]) as worker:
-        for _ in range(repeats):  # in turn, so that the machine's slow spells hit both
-            await closed_loop(target, worker, large, repeats=1, seconds=seconds)
-            await closed_loop(target, worker, relay, repeats=1, seconds=seconds)
+        await in_turn([(target, worker, large), (target, worker, relay)], **timing)
     async with members_connected(target, many_rooms) as worker:
         many = await closed_loop(target, worker, ClosedLoop(MANY_ROOMS, sum(sizes)), **timing)
     return ChatResult(backend_name, hot, hot_short, opened, solo, plain, large, relay, many)
