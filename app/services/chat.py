@@ -219,7 +219,8 @@ class ChatService:
         user's sends reach the writer in the order they came.
         """
         key = (document_id, principal.user_id)
-        reads = self._reading.get(key)
+        # Usually no send waits for a read: not even a lookup then.
+        reads = self._reading.get(key) if self._reading else None
         if reads is None:
             access = self._memberships.get(key)
             if access is not None:

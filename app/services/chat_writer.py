@@ -35,7 +35,7 @@ import contextlib
 import logging
 import os
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,8 +113,9 @@ class ChatWriter:
         self._fill_to = 0
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        # Per document: messages queued or committing, and the last seq announced.
-        self._in_flight: Counter[uuid.UUID] = Counter()
+        # Per document: messages queued or committing (none: not a key), and the last
+        # seq announced.
+        self._in_flight: dict[uuid.UUID, int] = {}
         self._announced: dict[uuid.UUID, int] = {}
         self._max_known = max_known
         self._settled = asyncio.Event()  # set (and replaced) after every batch
@@ -134,7 +135,8 @@ class ChatWriter:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="chat writer")
         self._queue.append(message)
-        self._in_flight[message.document_id] += 1
+        in_flight = self._in_flight
+        in_flight[message.document_id] = in_flight.get(message.document_id, 0) + 1
         self._wakeup.set()
         if self._fill_to and len(self._queue) >= self._fill_to:
             self._filled.set()
@@ -145,14 +147,14 @@ class ChatWriter:
         to ``announce``, every later one will be. Read it and act on it (enter the
         room) in one event-loop turn after this returns: see :meth:`announced_now`."""
         while document_id not in self._announced:
-            if self._in_flight[document_id]:
+            if document_id in self._in_flight:
                 # A batch of it may be committed and not yet announced: the database
                 # would count it too early. Its announcement tells the seq.
                 await self._settled.wait()
                 continue
             async with self._engine.connect() as connection:
                 stored = await messages_repo.last_seq(connection, document_id)
-            if document_id not in self._announced and not self._in_flight[document_id]:
+            if document_id not in self._announced and document_id not in self._in_flight:
                 self._remember(document_id, stored)  # else a batch began: it knows better
         return self._announced[document_id]
 
@@ -162,7 +164,7 @@ class ChatWriter:
 
     def _remember(self, document_id: uuid.UUID, seq: int) -> None:
         """Record a document's last announced seq, making room for a new document."""
-        if document_id not in self._announced and len(self._announced) >= self._max_known:
+        if len(self._announced) >= self._max_known and document_id not in self._announced:
             self._forget_idle()
         self._announced[document_id] = seq
 
@@ -171,7 +173,8 @@ class ChatWriter:
         # from the database, as no batch of theirs is between its commit and its
         # announcement. A tenth more than needed: the scan is paid once in a while.
         excess = len(self._announced) - self._max_known + 1 + self._max_known // 10
-        for document_id in [d for d in self._announced if not self._in_flight[d]][:excess]:
+        idle = [d for d in self._announced if d not in self._in_flight]
+        for document_id in idle[:excess]:
             del self._announced[document_id]
 
     async def close(self) -> None:
@@ -304,24 +307,25 @@ class ChatWriter:
         announcement schedules for the end of the turn (outbox.Flusher): a sender's
         ack leaves in the same write as the batch's messages to it, one system call
         where it was two."""
+        # Every message stored as new (the usual batch): no copy to answer by its key.
+        copies = len(stored) < len(batch)
         firsts: dict[tuple[Any, ...], Stored] = {}
+        new: list[tuple[Pending, Stored]] = []
         for message in batch:
             self._landed(message)
             out = stored.get(id(message))
-            key = message.key
             if out is not None:
-                if key is not None:
+                new.append((message, out))
+                if copies and (key := message.key) is not None:
                     firsts[key] = out
                 _resolve(message, (out, True))
-            elif key is not None and (key in firsts or key in found):
+            elif (key := message.key) is not None and (key in firsts or key in found):
                 _resolve(message, (firsts.get(key) or found[key], False))
             else:
                 _fail(message, NotFound("no such document"))
-        for message in batch:
-            out = stored.get(id(message))
-            if out is not None:
-                self._announce(out, message.skip_connection)
-                self._remember(message.document_id, out.seq)
+        for message, out in new:
+            self._announce(out, message.skip_connection)
+            self._remember(message.document_id, out.seq)
         self._wake_waiters()
 
     def _wake_waiters(self) -> None:
@@ -338,8 +342,10 @@ class ChatWriter:
     def _landed(self, message: Pending) -> None:
         """``message`` is out of flight: stored, or refused."""
         message.landed = True
-        self._in_flight[message.document_id] -= 1
-        if not self._in_flight[message.document_id]:
+        left = self._in_flight[message.document_id] - 1
+        if left:
+            self._in_flight[message.document_id] = left
+        else:
             del self._in_flight[message.document_id]
 
 
@@ -360,14 +366,12 @@ def random_uuids(count: int) -> list[uuid.UUID]:
 
 def _first_copies(batch: list[Pending]) -> list[Pending]:
     """The batch without later copies of a message (retries sent before its ack)."""
-    seen: set[tuple[Any, ...]] = set()
+    seen: dict[tuple[Any, ...], Pending] = {}
     firsts = []
     for message in batch:
         key = message.key
-        if key is not None:
-            if key in seen:
-                continue
-            seen.add(key)
+        if key is not None and seen.setdefault(key, message) is not message:
+            continue
         firsts.append(message)
     return firsts
 
