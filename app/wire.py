@@ -143,7 +143,7 @@ def new_message_data(
         "document_id": id_text(document_id),
         "seq": seq,
         "author": {
-            "kind": author_kind.value,
+            "kind": str(author_kind),  # its value, without the enum property's two calls
             "id": None if author_id is None else id_text(author_id),
             "username": username,
         },

@@ -140,7 +140,7 @@ class PostgresBatches:
             {
                 "id": m.id,
                 "document_id": m.document_id,
-                "author_kind": m.author_kind.value,
+                "author_kind": m.author_kind,  # orjson writes an enum as its value
                 "author_id": m.author_id,
                 "client_msg_id": m.client_msg_id,
                 "text": m.text,
