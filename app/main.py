@@ -122,7 +122,7 @@ def create_app(settings: Settings) -> web.Application:
                 ttl=settings.access_cache_seconds, max_entries=ACCESS_CACHE_ENTRIES
             )
             reads = access_reads(engine, sessions)  # opens its connection on first use
-            app[AUTH_SERVICE] = AuthService(
+            app[AUTH_SERVICE] = auth = AuthService(
                 sessions,
                 codec,
                 Passwords(
@@ -215,6 +215,13 @@ def create_app(settings: Settings) -> web.Application:
             )
             if realtime.replies is not None:  # another node's cancel of a reply here
                 realtime.replies.use(assistant.cancel_here)
+            realtime.use(
+                auth=auth,
+                documents=documents,
+                chat=chat,
+                assistant=assistant,
+                live_documents=live_documents,
+            )
             yield
             # After the connections ended (on_shutdown): replies streaming are
             # ended and stored, what is unsaved is saved.

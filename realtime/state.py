@@ -13,11 +13,12 @@ from aiohttp import web
 
 from app.config import Settings
 from app.events import EventClass
-from app.keys import ASSISTANT, AUTH_SERVICE, CHAT_SERVICE, DOCUMENT_SERVICE
+from app.metrics import Metrics
 from app.services.assistant import Assistant
 from app.services.auth import AuthService
 from app.services.chat import ChatService
 from app.services.documents import DocumentService
+from app.services.live_documents import LiveDocuments
 from app.wire import ServerEvent
 from realtime.admission import Admission
 from realtime.cluster.presence import SharedPresence
@@ -54,8 +55,8 @@ def user_room_of(user_id: uuid.UUID) -> tuple[str, uuid.UUID]:
 class Realtime:
     sio: RoomServer
     delivery: Delivery
-    app: web.Application
     settings: Settings
+    metrics: Metrics
     limits: CommandLimits
     admission: Admission
     connections: Connections = field(default_factory=Connections)
@@ -65,6 +66,13 @@ class Realtime:
     yjs: YjsConnections = field(default_factory=YjsConnections)
     typing: TypingIndicators = field(init=False)
     presence_changes: PresenceChanges = field(init=False)
+    # The services the handlers call: made once the database is open, after this
+    # (they broadcast through it), and handed in then (``use``).
+    auth: AuthService = field(init=False)
+    documents: DocumentService = field(init=False)
+    chat: ChatService = field(init=False)
+    assistant: Assistant = field(init=False)
+    live_documents: LiveDocuments = field(init=False)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -120,21 +128,18 @@ class Realtime:
         event = Event(ServerEvent.PRESENCE_CHANGED, data, EventClass.PRESENCE)
         self.delivery.to_room(room_of(document_id), event)
 
-    @property
-    def chat(self) -> ChatService:
-        return self.app[CHAT_SERVICE]
-
-    @property
-    def documents(self) -> DocumentService:
-        return self.app[DOCUMENT_SERVICE]
-
-    @property
-    def assistant(self) -> Assistant:
-        return self.app[ASSISTANT]
-
-    @property
-    def auth(self) -> AuthService:
-        return self.app[AUTH_SERVICE]
+    def use(
+        self,
+        *,
+        auth: AuthService,
+        documents: DocumentService,
+        chat: ChatService,
+        assistant: Assistant,
+        live_documents: LiveDocuments,
+    ) -> None:
+        """The services, once made (before the server takes its first connection)."""
+        self.auth, self.documents, self.chat = auth, documents, chat
+        self.assistant, self.live_documents = assistant, live_documents
 
     def to_connection(self, sid: str, event: ServerEvent, data: dict[str, Any]) -> None:
         """A control event for one connection."""

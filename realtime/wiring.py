@@ -47,8 +47,8 @@ def create_realtime(
     rt = Realtime(
         sio=sio,
         delivery=delivery,
-        app=app,
         settings=settings,
+        metrics=metrics,
         limits=command_limits(settings),
         admission=admission,
         presence=shared or Presence(),

@@ -12,7 +12,6 @@ import socketio
 
 from app.auth.principal import Principal
 from app.errors import AppError, Forbidden, ServiceUnavailable, Unauthorized
-from app.keys import METRICS
 from app.logs import correlation_id
 from app.metrics import Metrics
 from app.wire import ServerEvent, iso
@@ -121,7 +120,7 @@ class MainNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         token = correlation_id.set(sid)
-        metrics = self.rt.app[METRICS]
+        metrics = self.rt.metrics
         try:
             try:
                 principal = await authenticate(self.rt, auth)
@@ -156,7 +155,7 @@ class MainNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             connection = self.rt.connections.remove(sid)
             if connection is None:
                 return
-            self.rt.app[METRICS].socket_connections.labels(NAMESPACE).dec()
+            self.rt.metrics.socket_connections.labels(NAMESPACE).dec()
             for document_id in joined_rooms(self.rt, sid):
                 await leave_room(self.rt, connection, document_id)
             log.info("disconnected: %s", reason)

@@ -43,7 +43,6 @@ from app.errors import (
     ServiceUnavailable,
 )
 from app.events import EventClass
-from app.keys import DOCUMENT_SERVICE, LIVE_DOCUMENTS, METRICS
 from app.logs import correlation_id
 from app.services.live_documents import LiveDocuments
 from app.services.yjs_updates import EMPTY_UPDATE
@@ -155,7 +154,7 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     @property
     def documents(self) -> LiveDocuments:
-        return self.rt.app[LIVE_DOCUMENTS]
+        return self.rt.live_documents
 
     @property
     def connections(self) -> YjsConnections:
@@ -179,13 +178,13 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     # --- lifecycle --------------------------------------------------------------------
 
     async def connect(self, namespace: str, sid: str, auth: Any) -> None:
-        metrics = self.rt.app[METRICS]
+        metrics = self.rt.metrics
         try:
             document_id = document_of(namespace)
             if document_id is None:
                 raise NotFound(f"no namespace {namespace!r}; documents are at /yjs|<id>")
             principal = await authenticate(self.rt, auth)
-            view = await self.rt.app[DOCUMENT_SERVICE].get(principal, document_id)
+            view = await self.rt.documents.get(principal, document_id)
             await admit(self.rt, sid, namespace, principal)
         except AppError as exc:
             metrics.socket_refused.labels(exc.code).inc()
@@ -284,7 +283,7 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return
         if connection.resync is not None:
             connection.resync.cancel()
-        self.rt.app[METRICS].socket_connections.labels(METRICS_NAMESPACE).dec()
+        self.rt.metrics.socket_connections.labels(METRICS_NAMESPACE).dec()
         live = connection.live
         room = self.connections.rooms.get(live.id)
         members = yjs_room_of(live.id)
@@ -345,7 +344,7 @@ class YjsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         token: the server asked for it)."""
         live = connection.live
         assert live is not None
-        metrics = self.rt.app[METRICS]
+        metrics = self.rt.metrics
         try:
             if not isinstance(update, bytes):
                 raise InvalidUpdate("send the update as binary")
