@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 
 class TokenBucket:
+    # Every connection has its own (realtime/ratelimit.py): no __dict__ each.
+    __slots__ = ("_tokens", "_updated", "burst", "rate")
+
     def __init__(self, rate: float, burst: int) -> None:
         self.rate = rate
         self.burst = burst

@@ -18,6 +18,22 @@ from app.buckets import KeyedBuckets, Rate, TokenBucket, retry_after
 from app.errors import RateLimited
 
 
+class ConnectionBuckets(dict[str, TokenBucket]):
+    """One connection's bucket per command class, made on the class's first command:
+    a new bucket is full, as one made at connect would be by then, and most
+    connections send few classes (a Yjs connection one)."""
+
+    __slots__ = ("_rates",)
+
+    def __init__(self, rates: Mapping[str, Rate]) -> None:
+        super().__init__()
+        self._rates = rates
+
+    def __missing__(self, kind: str) -> TokenBucket:
+        bucket = self[kind] = self._rates[kind].bucket()
+        return bucket
+
+
 @dataclass(eq=False)
 class CommandLimits:
     """The socket rate limits of this process, by command class."""
@@ -31,9 +47,9 @@ class CommandLimits:
             name: KeyedBuckets(rate, self.user_factor) for name, rate in self.rates.items()
         }
 
-    def connection_buckets(self) -> dict[str, TokenBucket]:
-        """A new connection's own buckets, one per class."""
-        return {name: rate.bucket() for name, rate in self.rates.items()}
+    def connection_buckets(self) -> ConnectionBuckets:
+        """A new connection's own buckets, one per class (made as it is first used)."""
+        return ConnectionBuckets(self.rates)
 
     def wait(
         self, buckets: Mapping[str, TokenBucket], user_id: uuid.UUID, kind: str, cost: float = 1

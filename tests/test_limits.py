@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -18,8 +19,10 @@ import socketio
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from app.buckets import Rate
 from app.config import Settings
 from realtime.namespaces.rooms import commands
+from realtime.ratelimit import CommandLimits
 from tests.conftest import AppFactory, ConnectOn
 from tests.helpers import Api, User
 from tests.raw_socketio import Closed, RawClient
@@ -332,6 +335,17 @@ async def test_a_chat_flood_is_refused_and_the_client_may_send_again_after_the_w
     await asyncio.sleep(error["details"]["retry_after"] + 0.005)
     reply = await ack(sio, "chat:send", {"document_id": doc, "client_msg_id": "late", "text": "hi"})
     assert reply["ok"] is True, reply
+
+
+def test_a_connection_holds_a_bucket_only_for_the_classes_it_has_sent() -> None:
+    """A connection's bucket of a class is made on its first command of the class, as
+    full as one made at connect: the same burst, and nothing held for the rest."""
+    limits = CommandLimits({"chat": Rate(0.01, 3), "room": Rate(0.01, 3)}, user_factor=10)
+    buckets, user = limits.connection_buckets(), uuid.uuid4()
+    assert not buckets
+    waits = [limits.take(buckets, user, "chat") for _ in range(4)]
+    assert waits[:3] == [0, 0, 0] and waits[3] > 0
+    assert list(buckets) == ["chat"]
 
 
 async def test_more_connections_do_not_give_a_user_more_rate(
