@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.auth.principal import Principal
 from app.errors import NotFound
 from app.keys import CHAT_SERVICE, ENGINE
-from app.services.chat_writer import ChatWriter, Pending, Stored, random_uuids
+from app.services.chat_writer import ChatWriter, Pending, Stored, time_ordered_uuids
 from app.services.documents import RoomAccess
 from storage.chat_batches import BatchWriter, Conflict, NewMessage, batch_writer
 from storage.models import AiUsage, AuthorKind, GlobalRole, utcnow
@@ -107,6 +107,7 @@ async def test_one_batch_takes_the_seqs_of_several_documents_in_order(
     ]
     assert await w.writer.announced(uuid.UUID(first)) == 3
     assert await stored(api, ann, first) == [(1, "a1", None), (2, "a2", None), (3, "a3", None)]
+    assert {uuid.UUID(out.data["id"]).version for out, _ in outcomes} == {7}
     await w.writer.close()
 
 
@@ -409,14 +410,21 @@ async def test_a_send_that_finds_its_role_known_waits_behind_one_still_reading_i
     assert (await fourth)[0].seq == 4
 
 
-def test_message_ids_are_random_version_4_uuids() -> None:
-    ids = random_uuids(10_000)
+def test_message_ids_are_version_7_uuids_of_their_batchs_millisecond() -> None:
+    at = datetime(2026, 12, 7, 3, 4, 5, 678_901, tzinfo=UTC)
+    ids = time_ordered_uuids(10_000, at)
     assert len(set(ids)) == len(ids)
-    assert {(i.version, i.variant) for i in ids} == {(4, uuid.RFC_4122)}
-    # Every other bit is random: each is set in about half of them (a bit held at 0 or
-    # 1 would be 5,000 ± 300 away; chance alone, six standard deviations).
-    for bit in range(128):
-        if bit in range(76, 80) or bit in (62, 63):  # the version and the variant
+    assert {(i.version, i.variant) for i in ids} == {(7, uuid.RFC_4122)}
+    assert {i.int >> 80 for i in ids} == {int(at.timestamp() * 1000)}
+    # Every bit after the time is random but the version and the variant: each is set
+    # in about half of them (a bit held at 0 or 1 would be 5,000 ± 300 away; chance
+    # alone, six standard deviations).
+    for bit in range(80):
+        if bit in range(76, 80) or bit in (62, 63):
             continue
         ones = sum(i.int >> bit & 1 for i in ids)
         assert 4_700 < ones < 5_300, bit
+    # A later millisecond's ids sort after all of them: new rows go to the end of the
+    # primary key's index.
+    later = time_ordered_uuids(100, at + timedelta(milliseconds=1))
+    assert min(later) > max(ids)

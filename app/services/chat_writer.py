@@ -38,6 +38,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -266,7 +267,7 @@ class ChatWriter:
                 meta=m.meta,
                 usage=m.usage,
             )
-            for m, id in zip(messages, random_uuids(len(messages)), strict=True)
+            for m, id in zip(messages, time_ordered_uuids(len(messages), now), strict=True)
         ]
         if self._one_trip is not None:
             seqs = await self._one_trip.insert(rows, now)
@@ -349,18 +350,24 @@ class ChatWriter:
             del self._in_flight[message.document_id]
 
 
-# uuid.uuid4's version and variant bits, set in a random 128-bit integer.
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & (1 << 128) - 1
-_UUID4_SET = (4 << 76) | (0x8000 << 48)
+# Version 7 (RFC 9562): a Unix time in milliseconds, then 74 random bits, with the
+# version and variant bits set. Ids that follow the clock land at the end of the
+# primary key's index: a batch's rows touch one page of it, not one random page each
+# (SQLite writes each touched page whole to its WAL, PostgreSQL its first change after
+# a checkpoint). 10 rooms of one sender each, on a table of 170,000 messages, servers
+# taking turns: CPU per message 0.86x on SQLite (8 of 8 pairs), 0.93x on PostgreSQL.
+_UUID7_RANDOM = ~((0xF000 << 64) | (0xC000 << 48)) & (1 << 80) - 1
+_UUID7_SET = (7 << 76) | (0x8000 << 48)
 
 
-def random_uuids(count: int) -> list[uuid.UUID]:
-    """``count`` random (version 4) UUIDs, as ``uuid.uuid4`` makes them, from one read
-    of the operating system's random source: uuid4's read per id took half its time."""
-    raw = os.urandom(16 * count)
+def time_ordered_uuids(count: int, at: datetime) -> list[uuid.UUID]:
+    """``count`` version 7 UUIDs of the moment ``at``, from one read of the operating
+    system's random source (uuid4's read per id took half its time)."""
+    moment = int(at.timestamp() * 1000) << 80 | _UUID7_SET
+    raw = os.urandom(10 * count)
     return [
-        uuid.UUID(int=int.from_bytes(raw[at : at + 16]) & _UUID4_CLEAR | _UUID4_SET)
-        for at in range(0, 16 * count, 16)
+        uuid.UUID(int=moment | int.from_bytes(raw[offset : offset + 10]) & _UUID7_RANDOM)
+        for offset in range(0, 10 * count, 10)
     ]
 
 
