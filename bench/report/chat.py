@@ -228,6 +228,32 @@ def chat_section(results: list[ChatResult]) -> str:
         )
     lines += [
         "",
+        f"Where the server's CPU per message goes in the room of {LARGE_ROOM}: its "
+        f"{LARGE_ROOM - 1} deliveries at what the burst paid for as many (its CPU per "
+        "delivery, the same server and room), and *the rest*: what the message costs "
+        "beyond its deliveries. The burst's sender sends without acks and the server reads "
+        "tens of its messages in one system call; a closed-loop sender's message is a "
+        "read of its own, a parse, an ack, and for chat a place in a batch and a row. "
+        "*Alone*: the CPU per message with no fan-out at all (the table above). A per-core "
+        f"ratio of {LARGE_VS_FANOUT_GOAL} against the burst allows the rest "
+        f"{1 / LARGE_VS_FANOUT_GOAL - 1:.2f} x the deliveries' cost (*allowed*).",
+        "",
+        "| database | CPU per message (µs) | its deliveries at the burst's cost (µs) "
+        "| the rest: chat (µs) | the rest: relay (µs) | alone, no fan-out (µs) "
+        f"| allowed for {LARGE_VS_FANOUT_GOAL} x the burst per core (µs) |",
+        "| --- " * 7 + "|",
+    ]
+    for r in results:
+        g, f, y = r.large, r.fanout, r.relay
+        deliveries = (LARGE_ROOM - 1) * 1e6 / f.delivered_per_core
+        lines.append(
+            f"| {r.backend} | {g.cpu_us_per_ack:,.0f} | {deliveries:,.0f} "
+            f"| {g.cpu_us_per_ack - deliveries:,.0f} | {y.cpu_us_per_ack - deliveries:,.0f} "
+            f"| {r.solo.cpu_us_per_ack:,.0f} "
+            f"| {deliveries * (1 / LARGE_VS_FANOUT_GOAL - 1):,.0f} |"
+        )
+    lines += [
+        "",
         f"### {MANY_ROOMS} rooms of {sizes} people at once",
         "",
         f"Room sizes cycle {sizes}; every person sends, closed loop, and receives. "
