@@ -183,7 +183,14 @@ async def run(
                 flush=True,
             )
             chat_results.append(chat_result)
-        sections.append(report.chat_section(chat_results))
+        baseline = await chat.baseline_room(repeats=repeats, seconds=chat_seconds)
+        print(
+            f"chat, {baseline.name}'s room of {chat.LARGE_ROOM}: relay "
+            f"{baseline.relay_vs_fanout:.2f}x burst, "
+            f"{baseline.relay_vs_fanout_per_core:.2f}x per core",
+            flush=True,
+        )
+        sections.append(report.chat_section(chat_results, baseline))
     if "joins" in only:
         join_results = []
         join_variants: list[tuple[str, joining.TargetFactory, bool | None]] = [

@@ -12,6 +12,7 @@ from bench.scenarios.chat import (
     MANY_SIZES,
     OPEN_RATE,
     SHORT_LINGER,
+    BaselineRoom,
     ChatResult,
     ClosedLoop,
 )
@@ -62,7 +63,7 @@ def _failed(loop: ClosedLoop) -> str:
     return f"{loop.failed} ({loop.first_error})" if loop.failed else "0"
 
 
-def chat_section(results: list[ChatResult]) -> str:
+def chat_section(results: list[ChatResult], baseline: BaselineRoom) -> str:
     sizes = ", ".join(str(size) for size in MANY_SIZES)
     lines = [
         "## Chat with persistence",
@@ -88,6 +89,18 @@ def chat_section(results: list[ChatResult]) -> str:
         "",
     ]
     lines += _goals(results)
+    lines += [
+        f"For scale, the same comparison for {baseline.name}'s plain relay in its own room "
+        f"of {LARGE_ROOM}, which stores and checks nothing: "
+        f"{baseline.relay_vs_fanout:.2f}x its burst"
+        + (" (bound?)" if _baseline_bound(baseline) else "")
+        + f", per core {baseline.relay_vs_fanout_per_core:.2f}x; it made "
+        f"{baseline.relay.delivered_per_core:,.0f} deliveries per second of its CPU, "
+        "roomserver's chat in its room of the same size "
+        + ", ".join(f"{r.large.delivered_per_core:,.0f} on {r.backend}" for r in results)
+        + f" (the room of {LARGE_ROOM} section).",
+        "",
+    ]
     lines += [
         f"### One room of {HOT_SENDERS} senders, closed loop",
         "",
@@ -252,6 +265,7 @@ def chat_section(results: list[ChatResult]) -> str:
             f"| {r.solo.cpu_us_per_ack:,.0f} "
             f"| {deliveries * (1 / LARGE_VS_FANOUT_GOAL - 1):,.0f} |"
         )
+    lines += _plain_relays(results, baseline)
     lines += [
         "",
         f"### {MANY_ROOMS} rooms of {sizes} people at once",
@@ -275,6 +289,46 @@ def chat_section(results: list[ChatResult]) -> str:
             f"| {_failed(m)} | {_load(m.load_share)} | {m.others_share:.0%} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _baseline_bound(baseline: BaselineRoom) -> bool:
+    return max(baseline.relay.load_share, baseline.fanout.load_cpu) >= GENERATOR_BOUND
+
+
+def _plain_relays(results: list[ChatResult], baseline: BaselineRoom) -> list[str]:
+    """The large room's comparison with nothing stored: each server's plain relay in
+    the members' closed loop against its own burst, the baseline's among them."""
+    lines = [
+        "",
+        "The comparison with nothing stored at all: each server's plain relay in the "
+        f"members' closed loop (above, *relay*) against its own burst, and the baseline "
+        f"measured the same two ways in the same run: {baseline.name} "
+        "(bench/node/server.mjs, which stores and checks nothing), its room of "
+        f"{LARGE_ROOM} wire.mjs members receiving one more connection's burst of "
+        "`broadcast`, then themselves sending acknowledged `broadcast`s in the same "
+        "closed loop (each send the bare stamp, as the burst's).",
+        "",
+        "| server | burst: per core | burst: CPU per delivery (µs) | relay: delivered/s "
+        "| relay: per core | relay: CPU per message (µs) | load CPU, burst / relay "
+        f"| relay vs burst | ≥ {LARGE_VS_FANOUT_GOAL} |",
+        "| --- " * 9 + "|",
+    ]
+    rows = [(f"{baseline.name} (stores nothing)", baseline.fanout, baseline.relay)]
+    rows += [(f"roomserver, {r.backend}", r.fanout, r.relay) for r in results]
+    for name, burst, relay in rows:
+        bound = max(relay.load_share, burst.load_cpu) >= GENERATOR_BOUND
+        versus, met = _versus(
+            relay.delivered_per_s / burst.delivered_per_s,
+            relay.delivered_per_core / burst.delivered_per_core,
+            bound,
+        )
+        lines.append(
+            f"| {name} | {burst.delivered_per_core:,.0f} "
+            f"| {1e6 / burst.delivered_per_core:.2f} | {relay.delivered_per_s:,.0f} "
+            f"| {relay.delivered_per_core:,.0f} | {relay.cpu_us_per_ack:,.0f} "
+            f"| {burst.load_cpu:.0%} / {relay.load_share:.0%} | {versus} | {met} |"
+        )
+    return lines
 
 
 def _goals(results: list[ChatResult]) -> list[str]:

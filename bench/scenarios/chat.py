@@ -21,7 +21,11 @@ and timing each from the stamp its text carries). In order:
 - *hot, short linger*: the hot room on a second server (and database) with
   ``CHAT_BATCH_LINGER_SECONDS`` at ``SHORT_LINGER`` (the default before 3 ms), repeat
   by repeat in turn with *hot*: what the default's longer wait for a batch's senders
-  buys.
+  buys;
+- *the baseline's room of 100* (once, after both databases): Node's socket.io 4
+  (bench/node/server.mjs, which stores and checks nothing) measured the same two ways,
+  one sender's burst and the 100 members' closed loop of acknowledged broadcasts: the
+  large room's comparison applied to a plain relay.
 
 Each closed or open run is repeated; the report takes medians.
 """
@@ -40,7 +44,7 @@ import asyncpg
 
 from bench.harness import CpuMeter, Histogram, LoadWorker, OthersMeter
 from bench.scenarios import fanout
-from bench.targets import BenchUser, Target, ours, room_of, seed_users
+from bench.targets import BenchUser, Target, node_baseline, ours, room_of, seed_users
 
 POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 HOT_SENDERS = 10
@@ -182,6 +186,48 @@ class ChatResult:
         return self.large.delivered_per_core / self.relay.delivered_per_core
 
 
+@dataclass
+class BaselineRoom:
+    """Node's socket.io in a room of ``LARGE_ROOM``: one sender's burst, and the members'
+    closed loop of acknowledged broadcasts (the relay stores and checks nothing)."""
+
+    name: str
+    fanout: fanout.FanoutResult
+    relay: ClosedLoop
+
+    @property
+    def relay_vs_fanout(self) -> float:
+        return self.relay.delivered_per_s / self.fanout.delivered_per_s
+
+    @property
+    def relay_vs_fanout_per_core(self) -> float:
+        return self.relay.delivered_per_core / self.fanout.delivered_per_core
+
+
+async def baseline_room(*, repeats: int, seconds: float) -> BaselineRoom:
+    """The large room's two plain fan-outs, measured on Node's socket.io."""
+    async with node_baseline() as target:
+        plain = await fanout.run_size(
+            target,
+            LARGE_ROOM,
+            repeats=repeats,
+            rates=(),
+            client=CLIENT,
+            deliveries_per_burst=BURST_DELIVERIES,
+        )
+        # Each send the bare stamp, as the burst's (its template is empty).
+        relay = ClosedLoop(
+            1, LARGE_ROOM, event=target.send_event, template=target.template, path=target.path
+        )
+        worker = await LoadWorker.start()
+        try:
+            await fanout.connect(worker, target, LARGE_ROOM, client=CLIENT)
+            await closed_loop(target, worker, relay, repeats=repeats, seconds=seconds)
+        finally:
+            await worker.stop()
+    return BaselineRoom(target.name, plain, relay)
+
+
 @asynccontextmanager
 async def postgres_database() -> AsyncIterator[str]:
     """A database of its own for this run, dropped afterwards."""
@@ -259,7 +305,11 @@ async def closed_loop(
             CpuMeter([worker.pid]) as load_cpu,
             OthersMeter([target.server.pid, worker.pid]) as others,
         ):
-            shape = {"template": result.template, "path": result.path} if result.template else {}
+            shape = (
+                {"template": result.template, "path": result.path}
+                if result.template is not None
+                else {}
+            )
             reply = await worker.request(
                 op="chat_load",
                 event=result.event,
