@@ -68,7 +68,8 @@ def chat_section(results: list[ChatResult], baseline: BaselineRoom) -> str:
     lines = [
         "## Chat with persistence",
         "",
-        "roomserver only (the baselines store nothing); issue 12, hot rooms. On each "
+        "roomserver's chat (the baselines store nothing: Node's socket.io appears once, "
+        f"for scale, in the room of {LARGE_ROOM}); issue 12, hot rooms. On each "
         "database one server, its users made beside it through the app's own code "
         "(bench/seed_users.py), each room a document of its own with its members added "
         "over REST. Every connection is a member of one room and counts the "
