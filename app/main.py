@@ -137,6 +137,7 @@ def create_app(settings: Settings) -> web.Application:
             )
             app[USER_SERVICE] = UserService(sessions, broadcaster, accounts)
             search_index = make_search_index(settings)
+            search_index.warm_up()
 
             async def document_text(document_id: uuid.UUID) -> str:
                 async with live_documents.opened(document_id) as live:

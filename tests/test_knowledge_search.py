@@ -4,6 +4,7 @@ index rebuilt from the database, and failed index writes retried."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from app.auth.principal import Principal
 from app.keys import KNOWLEDGE
+from app.services.knowledge.embeddings import MiniLMEmbedder
 from app.services.knowledge.entries import KnowledgeService, Reindexed
 from storage.models import GlobalRole
 from storage.vectors import VectorStore, VectorStoreError
@@ -139,6 +141,35 @@ async def test_a_reindex_asked_while_one_runs_gets_its_answer(
     # Once it has ended, a reindex is a new one.
     assert await api.call("POST", f"{BASE}/reindex", user=other) == answers[0]
     assert len(drops) == 2
+
+
+async def test_the_server_loads_the_embedding_model_at_start_up(
+    start_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not during the first question: 50 asks at once would wait for it, and other
+    # rooms' acks with them (app/services/knowledge/index.py, warm_up).
+    loads: list[str] = []
+    embeds: list[int] = []
+    original_load, original_embed = MiniLMEmbedder.load, MiniLMEmbedder.embed
+
+    def load(self: MiniLMEmbedder) -> None:
+        loads.append(threading.current_thread().name)
+        original_load(self)
+
+    def embed(self: MiniLMEmbedder, texts: Any) -> Any:
+        embeds.append(len(texts))
+        return original_embed(self, texts)
+
+    monkeypatch.setattr(MiniLMEmbedder, "load", load)
+    monkeypatch.setattr(MiniLMEmbedder, "embed", embed)
+    await start_app()
+
+    def loaded() -> None:
+        assert len(loads) == 1
+
+    await eventually(loaded, timeout=30)
+    assert loads[0].startswith("embed")  # the index's own low-priority thread
+    assert embeds == []  # nothing was asked: the start-up did it
 
 
 async def test_failed_index_writes_are_retried(

@@ -216,6 +216,37 @@ async def test_the_store_and_the_embedder_work_at_the_lowest_priority(tmp_path: 
     assert _own_priority() == caller  # the event loop's thread keeps its own
 
 
+class ThreadRecordingEmbedder(MiniLMEmbedder):
+    """The real model, with each load and embed recorded with the thread it ran in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, str]] = []
+
+    def load(self) -> None:
+        self.calls.append(("load", threading.current_thread().name))
+        super().load()
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        self.calls.append(("embed", threading.current_thread().name))
+        return super().embed(texts)
+
+
+async def test_a_warmed_up_index_loads_its_model_in_its_thread_before_any_question(
+    tmp_path: Path,
+) -> None:
+    embedder = ThreadRecordingEmbedder()
+    store = VectorStore(url=None, path=tmp_path / "qdrant", collection="t", dimension=DIMENSION)
+    index = SearchIndex(store, embedder)
+    try:
+        index.warm_up()
+        await index.embed(["the first question"])
+    finally:
+        await index.close()
+    assert [call for call, _ in embedder.calls] == ["load", "embed"]
+    assert all(thread.startswith("embed") for _, thread in embedder.calls)
+
+
 class CountingEmbedder(MiniLMEmbedder):
     """The real model, with the size of each call it gets recorded."""
 

@@ -53,6 +53,9 @@ class TimedEmbedder:
         self.name, self.dimension = self.inner.name, self.inner.dimension
         self.seconds = 0.0
 
+    def load(self) -> None:
+        self.inner.load()
+
     def embed(self, texts: Any) -> Vectors:
         started = time.perf_counter()
         try:

@@ -43,9 +43,14 @@ class Embedder(Protocol):
         """One normalised vector per text (blocking)."""
         ...
 
+    def load(self) -> None:
+        """Make ready what the first ``embed`` would otherwise (blocking)."""
+        ...
+
 
 class MiniLMEmbedder:
-    """all-MiniLM-L6-v2, the weights loaded on first use, once per process."""
+    """all-MiniLM-L6-v2, the weights loaded once per process: by ``load`` (the server
+    calls it at start-up) or else by the first ``embed``."""
 
     name = "all-MiniLM-L6-v2"
     dimension = MINILM_DIMENSION
@@ -56,7 +61,13 @@ class MiniLMEmbedder:
     def embed(self, texts: Sequence[str]) -> Vectors:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        return _load_minilm(self._model_dir or _packaged_model_dir()).embed(texts)
+        return self._model().embed(texts)
+
+    def load(self) -> None:
+        self._model()
+
+    def _model(self) -> _MiniLM:
+        return _load_minilm(self._model_dir or _packaged_model_dir())
 
 
 def _packaged_model_dir() -> Path:
@@ -202,6 +213,9 @@ class ApiEmbedder:
         self._url = url
         self._api_key = api_key
         self._timeout = timeout
+
+    def load(self) -> None:
+        """Nothing to load: the model is the API's."""
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         if not texts:
