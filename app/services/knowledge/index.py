@@ -57,9 +57,9 @@ class SearchIndex:
     def warm_up(self) -> None:
         """Load the embedding model now, in its thread, rather than for the first
         question: the load (imports, the weights read and laid out) takes ~150 ms of
-        CPU beside the event loop. Loaded by 50 assistant asks at once, it took other
-        rooms' chat acks to 6.3 ms at p99, against 4.5 with the model loaded before.
-        A model that cannot load is reported by the first ``embed``, as before."""
+        CPU beside the event loop. Loaded by the first of 50 assistant asks at once, it
+        took other rooms' chat acks to 7.6 ms at p99, against 3.9 ms loaded at start-up
+        (4 runs of each). A model that cannot load is reported by the first ``embed``."""
         self._thread.submit(self._load)
 
     def _load(self) -> None:
